@@ -1,0 +1,107 @@
+//! `mexec`: run one command on the farm, as if it ran here.
+
+use std::ffi::OsString;
+
+use mexec_client::invocation::{self, Form};
+use mexec_client::job::Job;
+use mexec_client::settings::Settings;
+use mexec_client::{driver, masquerade, os, say, status, EXIT_MEXEC_FAILURE};
+
+fn main() {
+    std::process::exit(real_main());
+}
+
+fn real_main() -> i32 {
+    let invocation = match invocation::parse(std::env::args_os().collect()) {
+        Ok(invocation) => invocation,
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() { EXIT_MEXEC_FAILURE } else { 0 };
+        }
+    };
+    let settings = match Settings::resolve(&invocation.flags) {
+        Ok(settings) => settings,
+        Err(err) => {
+            say!("{err}");
+            return EXIT_MEXEC_FAILURE;
+        }
+    };
+    if invocation.flags.status {
+        return show_status(&settings, invocation.flags.json);
+    }
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let argv: Vec<OsString> = match &invocation.form {
+        Form::Options | Form::Command => invocation.args.clone(),
+        Form::Compiler => settings.cc.iter().cloned().chain(invocation.args.clone()).collect(),
+        Form::Masquerade(name) => {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let self_exe = std::env::current_exe().unwrap_or_default();
+            match masquerade::resolve(name, &path, &self_exe) {
+                Ok(resolved) => {
+                    // The job must find the real program, not our symlink.
+                    env.retain(|(k, _)| k != "PATH");
+                    env.push(("PATH".into(), resolved.path));
+                }
+                Err(err) => {
+                    say!("{err}");
+                    return 127;
+                }
+            }
+            std::iter::once(name.clone()).chain(invocation.args.clone()).collect()
+        }
+    };
+    if argv.is_empty() {
+        say!("no command given; usage: mexec [OPTIONS] [--] COMMAND [ARGS...] (see mexec --help)");
+        return EXIT_MEXEC_FAILURE;
+    }
+    let mut job = match Job::here(argv, env) {
+        Ok(job) => job,
+        Err(err) => {
+            say!("cannot read the current directory: {err}");
+            return EXIT_MEXEC_FAILURE;
+        }
+    };
+    job.timeout = settings.timeout;
+    job.forward_stdin = settings.forward_stdin && !os::stdin_is_terminal() && reads_stdin(&job.argv);
+    // Stdin cannot be replayed, so a job that reads it is never repeated.
+    job.repeatable = !job.forward_stdin
+        && (settings.retry || invocation::is_repeatable_compile(&job.argv));
+
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            say!("cannot start: {err}");
+            return EXIT_MEXEC_FAILURE;
+        }
+    };
+    runtime.block_on(driver::run(&settings, &job))
+}
+
+/// A compiler reads stdin only when told to with `-`; forwarding it anyway
+/// would take input meant for the next command of a script.
+fn reads_stdin(argv: &[OsString]) -> bool {
+    let program = invocation::program_name(&argv[0]);
+    !invocation::is_compiler_name(&program) || argv[1..].iter().any(|a| a == "-")
+}
+
+fn show_status(settings: &Settings, json: bool) -> i32 {
+    if settings.nodes.is_empty() {
+        say!("no nodes are configured (set MEXEC_NODES or --nodes)");
+        return EXIT_MEXEC_FAILURE;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let rows = runtime.block_on(status::collect(&settings.nodes, settings.token.as_ref()));
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows).expect("rows serialize"));
+    } else {
+        print!("{}", status::table(&rows));
+    }
+    if rows.iter().any(|r| r.reachable) {
+        0
+    } else {
+        1
+    }
+}

@@ -1,0 +1,208 @@
+//! How `mexec` was started, and the command that follows.
+//!
+//! - `mexec [OPTIONS] [--] CMD ARGS`: our options first (only long ones and
+//!   `-n`, none of which a compiler uses as its first argument).
+//! - `mexec CMD ARGS`: the first argument is a program.
+//! - `CC=mexec`: make runs `mexec -c foo.c ...`; an option or a source file
+//!   first means "the compiler", which is `$MEXEC_CC` or `cc`.
+//! - masquerade: a symlink named `gcc` (or cc, g++, ...) pointing at mexec.
+
+use std::ffi::{OsStr, OsString};
+use std::path::Path;
+
+use clap::{CommandFactory, Parser};
+
+use crate::settings::Flags;
+
+/// The form `mexec` was started in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Form {
+    /// `mexec [OPTIONS] [--] CMD ARGS`.
+    Options,
+    /// `mexec CMD ARGS`.
+    Command,
+    /// `CC=mexec`: the arguments are a compiler's.
+    Compiler,
+    /// Started through a symlink with this name.
+    Masquerade(OsString),
+}
+
+/// A parsed command line.
+#[derive(Debug)]
+pub struct Invocation {
+    pub form: Form,
+    pub flags: Flags,
+    /// The arguments after the program (the program is decided later for
+    /// the compiler and masquerade forms).
+    pub args: Vec<OsString>,
+}
+
+/// Source and object file endings that mean "these are compiler arguments".
+const COMPILER_INPUTS: &[&str] = &[
+    "c", "cc", "cp", "cpp", "cxx", "c++", "C", "CPP", "i", "ii", "s", "S", "sx", "m", "mm", "o",
+    "a", "so",
+];
+
+/// Parses `argv` (with argv[0]).
+pub fn parse(argv: Vec<OsString>) -> Result<Invocation, clap::Error> {
+    let name = program_name(argv.first().map(OsString::as_os_str).unwrap_or_default());
+    let rest: Vec<OsString> = argv.iter().skip(1).cloned().collect();
+    if name != "mexec" {
+        return Ok(Invocation {
+            form: Form::Masquerade(name),
+            flags: env_only_flags()?,
+            args: rest,
+        });
+    }
+    let form = match rest.first() {
+        None => Form::Options,
+        Some(first) if is_our_option(first) => Form::Options,
+        Some(first) if looks_like_compiler_argument(first) => Form::Compiler,
+        Some(_) => Form::Command,
+    };
+    if form == Form::Options {
+        let flags = Flags::try_parse_from(argv)?;
+        let mut flags = flags;
+        let args = std::mem::take(&mut flags.command);
+        return Ok(Invocation { form, flags, args });
+    }
+    Ok(Invocation {
+        form,
+        flags: env_only_flags()?,
+        args: rest,
+    })
+}
+
+/// The name we were started as, without directory or `.exe`.
+pub fn program_name(argv0: &OsStr) -> OsString {
+    let base = Path::new(argv0)
+        .file_name()
+        .map(OsStr::to_os_string)
+        .unwrap_or_default();
+    let text = base.to_string_lossy();
+    match text.strip_suffix(".exe") {
+        Some(stem) => OsString::from(stem),
+        None => base,
+    }
+}
+
+/// Flags from the environment alone, for the forms with no room for ours.
+fn env_only_flags() -> Result<Flags, clap::Error> {
+    Flags::try_parse_from(["mexec"])
+}
+
+fn is_our_option(arg: &OsStr) -> bool {
+    let Some(arg) = arg.to_str() else {
+        return false;
+    };
+    if matches!(arg, "--" | "-n" | "-h" | "--help" | "-V" | "--version") {
+        return true;
+    }
+    let Some(long) = arg.strip_prefix("--") else {
+        return false;
+    };
+    let long = long.split('=').next().unwrap_or(long);
+    Flags::command()
+        .get_arguments()
+        .any(|a| a.get_long() == Some(long))
+}
+
+fn looks_like_compiler_argument(arg: &OsStr) -> bool {
+    let bytes = arg.as_encoded_bytes();
+    if bytes.first() == Some(&b'-') {
+        return true;
+    }
+    Path::new(arg)
+        .extension()
+        .and_then(OsStr::to_str)
+        .is_some_and(|ext| COMPILER_INPUTS.contains(&ext))
+}
+
+/// Whether `argv` is a compiler invocation that is safe to run twice: a
+/// known compiler driver with `-c`, `-S` or `-E`, which writes only its
+/// named output and can be repeated after a lost node.
+pub fn is_repeatable_compile(argv: &[OsString]) -> bool {
+    let Some(program) = argv.first() else {
+        return false;
+    };
+    if !is_compiler_name(&program_name(program)) {
+        return false;
+    }
+    argv[1..]
+        .iter()
+        .any(|a| a == "-c" || a == "-S" || a == "-E")
+}
+
+/// Compiler drivers, also with a target prefix (`x86_64-linux-gnu-gcc`)
+/// or a version suffix (`gcc-12`, `clang-16`).
+pub fn is_compiler_name(name: &OsStr) -> bool {
+    let Some(name) = name.to_str() else {
+        return false;
+    };
+    let name = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+    let name = name.strip_suffix('-').unwrap_or(name);
+    ["cc", "gcc", "g++", "c++", "clang", "clang++", "cpp"]
+        .iter()
+        .any(|driver| name == *driver || name.ends_with(&format!("-{driver}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(words: &[&str]) -> Vec<OsString> {
+        words.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn options_then_command() {
+        let inv = parse(argv(&["mexec", "--no-local", "--", "make", "-j2"])).unwrap();
+        assert_eq!(inv.form, Form::Options);
+        assert!(inv.flags.no_local);
+        assert_eq!(inv.args, argv(&["make", "-j2"]));
+
+        let inv = parse(argv(&["/usr/bin/mexec", "-n", "cat", "-v"])).unwrap();
+        assert!(inv.flags.no_stdin);
+        assert_eq!(inv.args, argv(&["cat", "-v"]));
+
+        let inv = parse(argv(&["mexec", "--nodes=a:1", "gcc", "-c", "x.c"])).unwrap();
+        assert_eq!(inv.flags.nodes.as_deref(), Some("a:1"));
+        assert_eq!(inv.args, argv(&["gcc", "-c", "x.c"]));
+    }
+
+    #[test]
+    fn plain_command_keeps_its_options() {
+        let inv = parse(argv(&["mexec", "gcc", "--version"])).unwrap();
+        assert_eq!(inv.form, Form::Command);
+        assert_eq!(inv.args, argv(&["gcc", "--version"]));
+    }
+
+    #[test]
+    fn cc_form_is_recognised_by_an_option_or_a_source_file() {
+        let inv = parse(argv(&["mexec", "-c", "foo.c", "-o", "foo.o"])).unwrap();
+        assert_eq!(inv.form, Form::Compiler);
+        assert_eq!(inv.args.len(), 4);
+        assert_eq!(parse(argv(&["mexec", "foo.c"])).unwrap().form, Form::Compiler);
+        assert_eq!(parse(argv(&["mexec", "a.o", "b.o"])).unwrap().form, Form::Compiler);
+        // A compiler's `-v` is not ours.
+        assert_eq!(parse(argv(&["mexec", "-v"])).unwrap().form, Form::Compiler);
+    }
+
+    #[test]
+    fn masquerade_names_are_kept() {
+        let inv = parse(argv(&["/opt/mexec/bin/g++", "-c", "x.cc"])).unwrap();
+        assert_eq!(inv.form, Form::Masquerade("g++".into()));
+        assert_eq!(inv.args, argv(&["-c", "x.cc"]));
+        assert_eq!(program_name(OsStr::new("mexec.exe")), "mexec");
+    }
+
+    #[test]
+    fn repeatable_compiles() {
+        assert!(is_repeatable_compile(&argv(&["gcc", "-c", "x.c"])));
+        assert!(is_repeatable_compile(&argv(&["/usr/bin/x86_64-linux-gnu-gcc-12", "-O2", "-S", "x.c"])));
+        assert!(is_repeatable_compile(&argv(&["clang++-16", "-E", "x.cc"])));
+        assert!(!is_repeatable_compile(&argv(&["gcc", "x.o", "-o", "prog"])));
+        assert!(!is_repeatable_compile(&argv(&["sh", "-c", "rm -rf out"])));
+        assert!(!is_repeatable_compile(&argv(&["ccache"])));
+    }
+}

@@ -1,0 +1,40 @@
+//! One JSON line per job, appended to `MEXEC_JOBLOG`, for scripts, demos
+//! and build summaries. Lines are written with one `write` on a file opened
+//! for appending, so concurrent clients do not interleave.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::Serialize;
+
+/// Where and how one job ran.
+#[derive(Debug, Serialize)]
+pub struct Entry<'a> {
+    pub job_id: &'a str,
+    pub program: &'a str,
+    /// The node that ran it, or "local".
+    pub node: &'a str,
+    /// "remote", "local" or "failed".
+    pub placed: &'a str,
+    pub exit_code: i32,
+    pub wall_ms: u64,
+    /// Attempts that failed before the one that counted.
+    pub retries: u32,
+}
+
+/// Appends `entry` to `path`; a log that cannot be written is reported
+/// once on stderr and otherwise ignored (the job's result matters more).
+pub fn append(path: &Path, entry: &Entry<'_>) {
+    let Ok(mut line) = serde_json::to_vec(entry) else {
+        return;
+    };
+    line.push(b'\n');
+    let result = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut file| file.write_all(&line));
+    if let Err(err) = result {
+        crate::say!("cannot append to job log {}: {err}", path.display());
+    }
+}

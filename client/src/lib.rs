@@ -1,0 +1,42 @@
+//! The `mexec` client: started once per command (often by make), it picks
+//! the least-loaded node, runs the command there in the same working
+//! directory, and behaves as the local command would.
+//!
+//! Layout:
+//! - `invocation`: which form we were started in (`mexec -- cmd`, `mexec cmd`,
+//!   `CC=mexec`, a masquerade symlink) and the command that follows.
+//! - `settings`: flags, `MEXEC_*` variables and the TOML config file.
+//! - `masquerade`: finding the real compiler behind a symlink named `gcc`.
+//! - `job`: the job spec built from this process's cwd, environment, umask.
+//! - `placement`: choosing a node, with load shared between client processes.
+//! - `remote`: running the job on one node and relaying everything.
+//! - `output`: writing (or holding back, for retries) the job's output.
+//! - `driver`: the retry loop: next node, back-off, local fallback.
+//! - `local`: running the command here when no node can.
+//! - `status`: `mexec --status`.
+//! - `joblog`: one JSON line per job for scripts and summaries.
+//! - `os`: the operating-system specific parts (signals, umask, processes).
+
+pub mod driver;
+pub mod invocation;
+pub mod job;
+pub mod joblog;
+pub mod local;
+pub mod masquerade;
+pub mod os;
+pub mod output;
+pub mod placement;
+pub mod remote;
+pub mod settings;
+pub mod status;
+
+/// mexec's own failures exit with this code, as ssh does.
+pub const EXIT_MEXEC_FAILURE: i32 = 255;
+
+/// Prints a `mexec: ...` line on stderr.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {
+        eprintln!("mexec: {}", format_args!($($arg)*))
+    };
+}

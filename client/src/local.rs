@@ -1,0 +1,46 @@
+//! Running the command on this machine, when no node can: same stdio,
+//! forwarded signals, the shell's exit code convention.
+
+use tokio::process::Command;
+
+use crate::job::Job;
+use crate::os::{self, SignalStream};
+
+/// Runs `job` here and returns its exit code.
+pub async fn run(job: &Job, signals: &mut SignalStream) -> i32 {
+    let mut command = Command::new(&job.argv[0]);
+    command
+        .args(&job.argv[1..])
+        .env_clear()
+        .envs(job.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&job.cwd);
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            crate::say!("command not found: {}", job.program());
+            return 127;
+        }
+        Err(err) => {
+            crate::say!("cannot run {} locally: {err}", job.program());
+            return 126;
+        }
+    };
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                return match status {
+                    Ok(status) => os::exit_code(status),
+                    Err(err) => {
+                        crate::say!("lost track of local {}: {err}", job.program());
+                        crate::EXIT_MEXEC_FAILURE
+                    }
+                };
+            }
+            signal = signals.next() => {
+                if let Some(pid) = child.id() {
+                    os::send_signal(pid, signal);
+                }
+            }
+        }
+    }
+}

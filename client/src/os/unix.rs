@@ -1,0 +1,147 @@
+//! Unix: umask, process liveness, terminals, signals, identities.
+
+use std::io::IsTerminal;
+use std::process::ExitStatus;
+
+/// The signals a client forwards to the remote job.
+pub const FORWARDED_SIGNALS: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+/// This process's umask, read without changing it where the OS allows.
+pub fn current_umask() -> u32 {
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        if let Some(mask) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:"))
+            .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        {
+            return mask;
+        }
+    }
+    // SAFETY: umask only swaps the mask; we put the old one back at once.
+    // Called before any thread starts, so no one sees the interim value.
+    unsafe {
+        let old = libc::umask(0o022);
+        libc::umask(old);
+        old as u32
+    }
+}
+
+/// Whether a process with this pid exists.
+pub fn process_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks for existence and permission.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Sends `signal` to process `pid`.
+pub fn send_signal(pid: u32, signal: i32) {
+    // SAFETY: kill has no memory effects.
+    unsafe {
+        libc::kill(pid as libc::pid_t, signal);
+    }
+}
+
+/// Whether standard input is a terminal (then it is not forwarded).
+pub fn stdin_is_terminal() -> bool {
+    std::io::stdin().is_terminal()
+}
+
+/// The process group we run in: make and all its children share it, so it
+/// tells one build from another on the same host.
+pub fn process_group() -> u32 {
+    // SAFETY: getpgrp has no preconditions.
+    unsafe { libc::getpgrp() as u32 }
+}
+
+/// The login name of the real user.
+pub fn user_name() -> String {
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer refers to a live buffer of the stated size.
+    let rc = unsafe {
+        libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut result)
+    };
+    if rc == 0 && !result.is_null() {
+        // SAFETY: on success pw_name is a NUL-terminated string in buf.
+        let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
+        return name.to_string_lossy().into_owned();
+    }
+    std::env::var("USER").unwrap_or_else(|_| format!("uid{uid}"))
+}
+
+/// This host's name.
+pub fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its full length.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".to_owned();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// The exit code a shell would report for a local child's status.
+pub fn exit_code(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(signal)) => 128 + signal,
+        (None, None) => crate::EXIT_MEXEC_FAILURE,
+    }
+}
+
+/// A stream of the forwarded signals, as their numbers.
+pub struct SignalStream {
+    streams: Vec<(i32, tokio::signal::unix::Signal)>,
+}
+
+impl std::fmt::Debug for SignalStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignalStream").finish_non_exhaustive()
+    }
+}
+
+impl SignalStream {
+    /// Installs handlers for `FORWARDED_SIGNALS`; from now on they no longer
+    /// kill this process but arrive here.
+    pub fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let streams = FORWARDED_SIGNALS
+            .iter()
+            .map(|&n| Ok((n, signal(SignalKind::from_raw(n))?)))
+            .collect::<std::io::Result<_>>()?;
+        Ok(SignalStream { streams })
+    }
+
+    /// The next signal received.
+    pub async fn next(&mut self) -> i32 {
+        let waits = self.streams.iter_mut().map(|(n, s)| {
+            let n = *n;
+            Box::pin(async move {
+                s.recv().await;
+                n
+            })
+        });
+        futures_select_all(waits).await
+    }
+}
+
+async fn futures_select_all<F>(futures: impl Iterator<Item = std::pin::Pin<Box<F>>>) -> i32
+where
+    F: std::future::Future<Output = i32>,
+{
+    let mut futures: Vec<_> = futures.collect();
+    std::future::poll_fn(move |cx| {
+        for f in futures.iter_mut() {
+            if let std::task::Poll::Ready(n) = f.as_mut().poll(cx) {
+                return std::task::Poll::Ready(n);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}

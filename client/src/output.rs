@@ -1,0 +1,98 @@
+//! The job's output on our stdout and stderr. A job that may be retried on
+//! another node holds its output back (up to a bound) until it ends, so a
+//! retried compile prints the retry's output, not a mix of two attempts.
+
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+
+/// Which of our streams a chunk belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// How much output a repeatable job may hold back; past it the output is
+/// written out and the job can no longer be retried.
+pub const HOLD_LIMIT: usize = 8 * 1024 * 1024;
+
+/// Our stdout and stderr, in streaming or holding mode.
+#[derive(Debug)]
+pub struct Output {
+    holding: bool,
+    held: Vec<(Stream, Bytes)>,
+    held_bytes: usize,
+    written_any: bool,
+    stdout: tokio::io::Stdout,
+    stderr: tokio::io::Stderr,
+}
+
+impl Output {
+    /// `hold` keeps output back until `finish`.
+    pub fn new(hold: bool) -> Self {
+        Output {
+            holding: hold,
+            held: Vec::new(),
+            held_bytes: 0,
+            written_any: false,
+            stdout: tokio::io::stdout(),
+            stderr: tokio::io::stderr(),
+        }
+    }
+
+    /// Takes one chunk of the job's output.
+    pub async fn write(&mut self, stream: Stream, chunk: Bytes) -> std::io::Result<()> {
+        if self.holding {
+            self.held_bytes += chunk.len();
+            self.held.push((stream, chunk));
+            if self.held_bytes > HOLD_LIMIT {
+                self.release().await?;
+            }
+            return Ok(());
+        }
+        self.write_now(stream, &chunk).await
+    }
+
+    /// Whether nothing reached our streams yet, so an attempt can be dropped.
+    pub fn can_restart(&self) -> bool {
+        !self.written_any
+    }
+
+    /// Forgets the held output of a failed attempt.
+    pub fn discard(&mut self) {
+        self.held.clear();
+        self.held_bytes = 0;
+    }
+
+    /// Writes what is held and flushes; the job is over.
+    pub async fn finish(&mut self) -> std::io::Result<()> {
+        self.release().await?;
+        self.stdout.flush().await?;
+        self.stderr.flush().await
+    }
+
+    async fn release(&mut self) -> std::io::Result<()> {
+        self.holding = false;
+        for (stream, chunk) in std::mem::take(&mut self.held) {
+            self.write_now(stream, &chunk).await?;
+        }
+        self.held_bytes = 0;
+        Ok(())
+    }
+
+    async fn write_now(&mut self, stream: Stream, chunk: &[u8]) -> std::io::Result<()> {
+        self.written_any = true;
+        // Flushing each chunk keeps stdout and stderr in the order the job
+        // produced them when both go to one terminal or file.
+        match stream {
+            Stream::Stdout => {
+                self.stdout.write_all(chunk).await?;
+                self.stdout.flush().await
+            }
+            Stream::Stderr => {
+                self.stderr.write_all(chunk).await?;
+                self.stderr.flush().await
+            }
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Choosing a node: rank by live load per slot, reserve the choice in the
+//! state shared by this user's clients, and keep that state fresh.
+//!
+//! Layout:
+//! - `score`: the ranking itself, a pure function.
+//! - `shared_state`: the locked state file client processes share.
+
+pub mod score;
+pub mod shared_state;
+
+use std::collections::HashSet;
+
+use mexec_common::nodes::NodeAddr;
+use mexec_proto::v1::LoadReport;
+
+use score::NodeView;
+use shared_state::{NodeState, SharedState, Snapshot, DOWN_FOR_MS, REFRESH_AFTER_MS, REPORT_TTL_MS};
+
+/// Slots assumed for a node nobody has reported on or configured.
+const GUESSED_SLOTS: u32 = 4;
+
+/// A node chosen for a job, reserved until `release`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    /// Index into the node list.
+    pub index: usize,
+    /// Nodes whose load report is stale and that this client should fetch.
+    pub refresh: Vec<usize>,
+}
+
+/// Placement over a fixed node list.
+#[derive(Debug)]
+pub struct Placement {
+    nodes: Vec<NodeAddr>,
+    state: SharedState,
+    pid: u32,
+}
+
+impl Placement {
+    pub fn new(nodes: Vec<NodeAddr>, state: SharedState) -> Self {
+        Placement {
+            nodes,
+            state,
+            pid: std::process::id(),
+        }
+    }
+
+    /// The node list.
+    pub fn nodes(&self) -> &[NodeAddr] {
+        &self.nodes
+    }
+
+    /// Picks the best node not in `exclude` and reserves it. Without a
+    /// usable state file, placement still works, from a random order.
+    pub fn choose(&self, exclude: &HashSet<usize>) -> Option<Choice> {
+        let pid = self.pid;
+        let result = self.state.update(|data, now| {
+            let views: Vec<NodeView> = self
+                .nodes
+                .iter()
+                .map(|addr| view(addr, data.nodes.get(&addr.authority()), now))
+                .collect();
+            let index = score::rank(&views, &mut rand::rng())
+                .into_iter()
+                .find(|i| !exclude.contains(i))?;
+            let mut refresh = Vec::new();
+            for (i, addr) in self.nodes.iter().enumerate() {
+                let node = data.nodes.entry(addr.authority()).or_default();
+                node.touched_ms = now;
+                let age = node.report.map(|r| now.saturating_sub(r.at_ms)).unwrap_or(u64::MAX);
+                let claimed = now.saturating_sub(node.refresh_claimed_ms) < REFRESH_AFTER_MS;
+                if age > REFRESH_AFTER_MS && !claimed && node.down_until_ms <= now {
+                    node.refresh_claimed_ms = now;
+                    refresh.push(i);
+                }
+            }
+            let chosen = data.nodes.entry(self.nodes[index].authority()).or_default();
+            chosen.reservations.push(pid);
+            Some(Choice { index, refresh })
+        });
+        match result {
+            Ok(choice) => choice,
+            Err(_) => {
+                let views: Vec<NodeView> =
+                    self.nodes.iter().map(|a| view(a, None, 0)).collect();
+                let index = score::rank(&views, &mut rand::rng())
+                    .into_iter()
+                    .find(|i| !exclude.contains(i))?;
+                Some(Choice {
+                    index,
+                    refresh: Vec::new(),
+                })
+            }
+        }
+    }
+
+    /// Gives back the reservation on node `index`.
+    pub fn release(&self, index: usize) {
+        let pid = self.pid;
+        let key = self.nodes[index].authority();
+        let _ = self.state.update(|data, _| {
+            if let Some(node) = data.nodes.get_mut(&key) {
+                if let Some(at) = node.reservations.iter().position(|p| *p == pid) {
+                    node.reservations.swap_remove(at);
+                }
+            }
+        });
+    }
+
+    /// Marks node `index` unreachable for a while, so other clients skip it.
+    pub fn mark_down(&self, index: usize) {
+        let key = self.nodes[index].authority();
+        let _ = self.state.update(|data, now| {
+            data.nodes.entry(key).or_default().down_until_ms = now + DOWN_FOR_MS;
+        });
+    }
+
+    /// Stores a fresh load report of node `index`.
+    pub fn record(&self, index: usize, report: &LoadReport) {
+        let key = self.nodes[index].authority();
+        let _ = self.state.update(|data, now| {
+            let node = data.nodes.entry(key).or_default();
+            node.down_until_ms = 0;
+            node.report = Some(Snapshot {
+                slots: report.slots,
+                running: report.running,
+                queued: report.queued,
+                foreign_load: report.foreign_load,
+                draining: report.draining,
+                at_ms: now,
+                ours_then: node.reservations.len() as u32,
+            });
+        });
+    }
+}
+
+fn view(addr: &NodeAddr, state: Option<&NodeState>, now: u64) -> NodeView {
+    let ours = state.map(|s| s.reservations.len() as u32).unwrap_or(0);
+    let fresh = state
+        .and_then(|s| s.report)
+        .filter(|r| now.saturating_sub(r.at_ms) < REPORT_TTL_MS);
+    let slots = fresh
+        .map(|r| r.slots)
+        .filter(|s| *s > 0)
+        .or(addr.slots)
+        .unwrap_or(GUESSED_SLOTS);
+    let (others, foreign, draining) = match fresh {
+        Some(r) => (
+            f64::from((r.running + r.queued).saturating_sub(r.ours_then)),
+            r.foreign_load,
+            r.draining,
+        ),
+        None => (0.0, 0.0, false),
+    };
+    let down = state.is_some_and(|s| s.down_until_ms > now);
+    NodeView {
+        slots,
+        ours,
+        others,
+        foreign,
+        avoid: down || draining,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn placement(dir: &std::path::Path, nodes: &str) -> Placement {
+        Placement::new(
+            mexec_common::nodes::parse_node_list(nodes).unwrap(),
+            SharedState::at(dir.join("placement.json")),
+        )
+    }
+
+    #[test]
+    fn reservations_spread_jobs_over_nodes_by_slots() {
+        let dir = tempfile::tempdir().unwrap();
+        // Many "clients" share this pid here; reservations still count.
+        let p = placement(dir.path(), "a:1/4,b:2/4,c:3/8");
+        let mut counts = [0; 3];
+        for _ in 0..16 {
+            counts[p.choose(&HashSet::new()).unwrap().index] += 1;
+        }
+        assert_eq!(counts, [4, 4, 8]);
+        for i in 0..3 {
+            p.release(i);
+        }
+    }
+
+    #[test]
+    fn down_nodes_and_excluded_nodes_come_last_or_never() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = placement(dir.path(), "a:1,b:2");
+        p.mark_down(0);
+        assert_eq!(p.choose(&HashSet::new()).unwrap().index, 1);
+        p.release(1);
+        assert_eq!(p.choose(&HashSet::from([1])).unwrap().index, 0);
+        assert!(p.choose(&HashSet::from([0, 1])).is_none());
+    }
+
+    #[test]
+    fn stale_reports_are_claimed_for_refresh_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = placement(dir.path(), "a:1,b:2");
+        let first = p.choose(&HashSet::new()).unwrap();
+        assert_eq!(first.refresh, vec![0, 1]);
+        let second = p.choose(&HashSet::new()).unwrap();
+        assert!(second.refresh.is_empty());
+        p.record(0, &LoadReport { slots: 2, running: 2, ..LoadReport::default() });
+        p.record(1, &LoadReport { slots: 2, ..LoadReport::default() });
+        // Node a reports both its slots busy, one of them by our own
+        // reservation; b reports only ours. The next job goes to b.
+        assert_eq!(p.choose(&HashSet::new()).unwrap().index, 1);
+    }
+}

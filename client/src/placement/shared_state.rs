@@ -1,0 +1,188 @@
+//! The load state that this user's client processes on this host share.
+//!
+//! make starts many `mexec` processes at once; each lives for one job. To
+//! keep them from all choosing the same node, they share a small JSON file
+//! under a lock: which node each running client holds (by pid) and the last
+//! load report of each node. A client reserves its node in the same locked
+//! step in which it chooses it, so 50 clients started together see each
+//! other's choices. Entries of dead pids are dropped on every access.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::os;
+
+/// Reports older than this are not trusted for others' load.
+pub const REPORT_TTL_MS: u64 = 10_000;
+/// A node's report is refreshed when older than this.
+pub const REFRESH_AFTER_MS: u64 = 2_000;
+/// An unreachable node is skipped for this long.
+pub const DOWN_FOR_MS: u64 = 3_000;
+/// Nodes unused this long are forgotten.
+const FORGET_AFTER_MS: u64 = 3_600_000;
+
+/// The whole file.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct StateData {
+    /// Per node, keyed by `host:port`.
+    #[serde(default)]
+    pub nodes: BTreeMap<String, NodeState>,
+}
+
+/// What the clients know of one node.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct NodeState {
+    /// Pids of clients whose job is on (or headed to) this node.
+    #[serde(default)]
+    pub reservations: Vec<u32>,
+    /// The last load report, when one was fetched.
+    #[serde(default)]
+    pub report: Option<Snapshot>,
+    /// Skip the node until this time (ms since the epoch).
+    #[serde(default)]
+    pub down_until_ms: u64,
+    /// A client is fetching a report since this time.
+    #[serde(default)]
+    pub refresh_claimed_ms: u64,
+    /// Last time anything touched this entry.
+    #[serde(default)]
+    pub touched_ms: u64,
+}
+
+/// The parts of a load report that placement uses.
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub slots: u32,
+    pub running: u32,
+    pub queued: u32,
+    pub foreign_load: f64,
+    pub draining: bool,
+    /// When it was fetched (ms since the epoch).
+    pub at_ms: u64,
+    /// Our reservations when it was fetched: the report already counts them.
+    pub ours_then: u32,
+}
+
+/// The state file.
+#[derive(Debug, Clone)]
+pub struct SharedState {
+    path: PathBuf,
+}
+
+impl SharedState {
+    /// The state file of this user (`MEXEC_STATE_DIR`, else the runtime
+    /// directory, else a private directory in /tmp).
+    pub fn for_this_user() -> Self {
+        let dir = std::env::var_os("MEXEC_STATE_DIR")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("XDG_RUNTIME_DIR").map(|d| PathBuf::from(d).join("mexec")))
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("mexec-{}", os::user_name())));
+        SharedState {
+            path: dir.join("placement.json"),
+        }
+    }
+
+    /// A state file at `path`.
+    pub fn at(path: PathBuf) -> Self {
+        SharedState { path }
+    }
+
+    /// Runs `change` on the state under an exclusive lock and saves it.
+    pub fn update<R>(&self, change: impl FnOnce(&mut StateData, u64) -> R) -> std::io::Result<R> {
+        let mut file = self.open()?;
+        file.lock()?;
+        let mut text = Vec::new();
+        file.read_to_end(&mut text)?;
+        // A damaged file (a crash mid-write) is only lost hints: start over.
+        let mut data: StateData = serde_json::from_slice(&text).unwrap_or_default();
+        let now = now_ms();
+        prune(&mut data, now);
+        let result = change(&mut data, now);
+        let text = serde_json::to_vec(&data).map_err(std::io::Error::other)?;
+        file.seek(SeekFrom::Start(0))?;
+        file.set_len(0)?;
+        file.write_all(&text)?;
+        Ok(result)
+    }
+
+    fn open(&self) -> std::io::Result<File> {
+        if let Some(dir) = self.path.parent() {
+            create_private_dir(dir)?;
+        }
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&self.path)
+    }
+}
+
+#[cfg(unix)]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(not(unix))]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)
+}
+
+fn prune(data: &mut StateData, now: u64) {
+    for node in data.nodes.values_mut() {
+        node.reservations.retain(|pid| os::process_alive(*pid));
+    }
+    data.nodes
+        .retain(|_, node| !node.reservations.is_empty() || now.saturating_sub(node.touched_ms) < FORGET_AFTER_MS);
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn updates_persist_and_dead_pids_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = SharedState::at(dir.path().join("sub").join("placement.json"));
+        state
+            .update(|d, now| {
+                let n = d.nodes.entry("a:1".into()).or_default();
+                n.reservations.push(std::process::id());
+                // No process has pid 0x7fff_fff0 on a normal system.
+                n.reservations.push(0x7fff_fff0);
+                n.touched_ms = now;
+            })
+            .unwrap();
+        let kept = state
+            .update(|d, _| d.nodes["a:1"].reservations.clone())
+            .unwrap();
+        assert_eq!(kept, vec![std::process::id()]);
+    }
+
+    #[test]
+    fn a_damaged_file_starts_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("placement.json");
+        std::fs::write(&path, b"{not json").unwrap();
+        let state = SharedState::at(path);
+        assert_eq!(state.update(|d, _| d.nodes.len()).unwrap(), 0);
+    }
+}

@@ -1,0 +1,238 @@
+//! Running a job on one node: connect, send the job, relay output, stdin
+//! and signals, and say how it ended. Whether the job *started* decides what
+//! the driver may do next, so the outcome keeps the two apart.
+
+use std::time::Duration;
+
+use mexec_common::nodes::NodeAddr;
+use mexec_common::token::Token;
+use mexec_proto::v1::executor_client::ExecutorClient;
+use mexec_proto::v1::{
+    run_request, run_response, Exit, RunRequest, Signal, StatusRequest, LoadReport, StdinEof,
+};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request};
+
+use crate::job::Job;
+use crate::os::SignalStream;
+use crate::output::{Output, Stream};
+
+/// How long a connection attempt may take before the node counts as down.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// HTTP/2 pings on a running job's connection, so a node that vanishes
+/// without closing it is noticed within interval + timeout.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The same terminating signal this many times gives up on the node: the
+/// connection is dropped, which kills the remote job.
+const SIGNALS_BEFORE_ABANDON: u32 = 3;
+const STDIN_CHUNK: usize = 64 * 1024;
+
+/// Why a node did not start the job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotStarted {
+    /// Every slot and queue place is taken: wait and ask again.
+    Busy(String),
+    /// No connection (refused, timed out, reset).
+    Unreachable(String),
+    /// The node answered no (draining, cwd missing, bad token...).
+    Refused(String),
+}
+
+/// How an attempt on one node ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The job ran and ended; `exit` is its status.
+    Finished { node: String, exit: Exit },
+    /// The job never started there.
+    NotStarted(NotStarted),
+    /// The job started, then the node or the connection was lost.
+    Lost { node: String, reason: String },
+    /// The user insisted with signals; the job was abandoned.
+    Abandoned { signal: i32 },
+}
+
+/// Opens a channel to `node`.
+pub async fn connect(node: &NodeAddr) -> Result<Channel, String> {
+    let endpoint = Endpoint::from_shared(node.uri())
+        .map_err(|e| format!("bad address: {e}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
+    match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
+        Ok(Ok(channel)) => Ok(channel),
+        Ok(Err(err)) => Err(transport_cause(&err)),
+        Err(_) => Err(format!("no answer within {CONNECT_TIMEOUT:?}")),
+    }
+}
+
+/// Asks `node` for its load.
+pub async fn load_report(node: &NodeAddr, token: Option<&Token>) -> Result<LoadReport, String> {
+    let channel = connect(node).await?;
+    let mut request = Request::new(StatusRequest {});
+    request.set_timeout(CONNECT_TIMEOUT);
+    if let Some(token) = token {
+        token.attach(request.metadata_mut());
+    }
+    ExecutorClient::new(channel)
+        .status(request)
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| s.message().to_owned())
+}
+
+/// Runs `job` on `node`, relaying output to `output` and `signals` to it.
+pub async fn run_on(
+    node: &NodeAddr,
+    token: Option<&Token>,
+    job: &Job,
+    output: &mut Output,
+    signals: &mut SignalStream,
+) -> Outcome {
+    let channel = match connect(node).await {
+        Ok(channel) => channel,
+        Err(cause) => return Outcome::NotStarted(NotStarted::Unreachable(cause)),
+    };
+    let (requests, request_stream) = mpsc::channel::<RunRequest>(8);
+    let start = RunRequest {
+        msg: Some(run_request::Msg::Start(job.spec())),
+    };
+    // Cannot fail: the receiver is alive and the channel empty.
+    let _ = requests.try_send(start);
+    let mut request = Request::new(ReceiverStream::new(request_stream));
+    if let Some(token) = token {
+        token.attach(request.metadata_mut());
+    }
+    let mut responses = match ExecutorClient::new(channel).run(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return Outcome::NotStarted(classify(&status)),
+    };
+
+    let mut started_on: Option<String> = None;
+    let mut stdin_task = None;
+    let mut insistence = (0, 0);
+    let outcome = loop {
+        tokio::select! {
+            message = responses.message() => match message {
+                Ok(Some(response)) => match response.msg {
+                    Some(run_response::Msg::Queued(_)) | None => {}
+                    Some(run_response::Msg::Accepted(accepted)) => {
+                        if job.forward_stdin {
+                            stdin_task = Some(tokio::spawn(forward_stdin(requests.clone())));
+                        }
+                        started_on = Some(accepted.node);
+                    }
+                    Some(run_response::Msg::Stdout(chunk)) => {
+                        if output.write(Stream::Stdout, chunk).await.is_err() {
+                            // Our stdout is gone (a closed pipe): so is the
+                            // job's, as locally; stop relaying.
+                            break lost_output(&started_on, node);
+                        }
+                    }
+                    Some(run_response::Msg::Stderr(chunk)) => {
+                        let _ = output.write(Stream::Stderr, chunk).await;
+                    }
+                    Some(run_response::Msg::Exit(exit)) => {
+                        let node = started_on.clone().unwrap_or_else(|| node.authority());
+                        break Outcome::Finished { node, exit };
+                    }
+                },
+                Ok(None) => break ended_early(&started_on, node, "the node closed the job's stream without an exit status"),
+                Err(status) => match &started_on {
+                    None => break Outcome::NotStarted(classify(&status)),
+                    Some(name) => break Outcome::Lost {
+                        node: name.clone(),
+                        reason: status_cause(&status),
+                    },
+                },
+            },
+            signal = signals.next() => {
+                let message = RunRequest { msg: Some(run_request::Msg::Signal(Signal { signo: signal })) };
+                if requests.try_send(message.clone()).is_err() {
+                    // The request stream is full of stdin: send when it drains.
+                    let requests = requests.clone();
+                    tokio::spawn(async move { requests.send(message).await });
+                }
+                insistence = if insistence.0 == signal { (signal, insistence.1 + 1) } else { (signal, 1) };
+                if insistence.1 >= SIGNALS_BEFORE_ABANDON {
+                    break Outcome::Abandoned { signal };
+                }
+            }
+        }
+    };
+    if let Some(task) = stdin_task {
+        task.abort();
+    }
+    outcome
+}
+
+fn ended_early(started_on: &Option<String>, node: &NodeAddr, reason: &str) -> Outcome {
+    match started_on {
+        None => Outcome::NotStarted(NotStarted::Refused(format!("node {}: {reason}", node.authority()))),
+        Some(name) => Outcome::Lost {
+            node: name.clone(),
+            reason: reason.to_owned(),
+        },
+    }
+}
+
+fn lost_output(started_on: &Option<String>, node: &NodeAddr) -> Outcome {
+    // Exit as a local process writing to a closed pipe would: SIGPIPE.
+    let node = started_on.clone().unwrap_or_else(|| node.authority());
+    Outcome::Finished {
+        node,
+        exit: Exit {
+            status: Some(mexec_proto::v1::exit::Status::Signal(13)),
+            ..Exit::default()
+        },
+    }
+}
+
+async fn forward_stdin(requests: mpsc::Sender<RunRequest>) {
+    let mut stdin = tokio::io::stdin();
+    let mut buf = vec![0u8; STDIN_CHUNK];
+    loop {
+        let message = match stdin.read(&mut buf).await {
+            Ok(0) | Err(_) => run_request::Msg::StdinEof(StdinEof {}),
+            Ok(n) => run_request::Msg::Stdin(bytes::Bytes::copy_from_slice(&buf[..n])),
+        };
+        let eof = matches!(message, run_request::Msg::StdinEof(_));
+        if requests.send(RunRequest { msg: Some(message) }).await.is_err() || eof {
+            return;
+        }
+    }
+}
+
+fn classify(status: &tonic::Status) -> NotStarted {
+    let cause = status_cause(status);
+    match status.code() {
+        Code::ResourceExhausted => NotStarted::Busy(cause),
+        Code::Unavailable if !status.message().contains("draining") => {
+            NotStarted::Unreachable(cause)
+        }
+        _ => NotStarted::Refused(cause),
+    }
+}
+
+fn status_cause(status: &tonic::Status) -> String {
+    if status.message().is_empty() {
+        format!("{:?}", status.code())
+    } else {
+        status.message().to_owned()
+    }
+}
+
+fn transport_cause(err: &tonic::transport::Error) -> String {
+    use std::error::Error;
+    // The innermost cause says what happened ("Connection refused").
+    let mut cause: &dyn Error = err;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    cause.to_string()
+}

@@ -1,0 +1,148 @@
+//! Client settings: flags and `MEXEC_*` variables override the TOML config
+//! file, which overrides the defaults.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use mexec_common::config_file::{self, ConfigFileError};
+use mexec_common::nodes::{parse_node_list, NodeAddr, NodeParseError};
+use mexec_common::token::{Token, TokenError};
+use serde::Deserialize;
+
+/// Flags of `mexec`; each also reads a `MEXEC_*` variable where it makes sense.
+#[derive(Debug, Parser, Default)]
+#[command(
+    name = "mexec",
+    version,
+    about = "Run a command on the least-loaded node of the mexec farm",
+    after_help = "Forms: mexec [OPTIONS] -- CMD ARGS | mexec CMD ARGS | CC=mexec (runs $MEXEC_CC, \
+                  else cc) | a symlink named cc, gcc, g++, c++, clang or clang++ to mexec"
+)]
+pub struct Flags {
+    /// Client config file [default: ~/.config/mexec/config.toml when present].
+    #[arg(long, env = "MEXEC_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Executors: host:port[/slots],...
+    #[arg(long, env = "MEXEC_NODES")]
+    pub nodes: Option<String>,
+    /// File holding the cluster's shared token.
+    #[arg(long, env = "MEXEC_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Fail instead of running locally when no node can take the job.
+    #[arg(long, env = "MEXEC_NO_LOCAL")]
+    pub no_local: bool,
+    /// Retry on another node if the node is lost mid-job (compiles always are).
+    #[arg(long, env = "MEXEC_RETRY")]
+    pub retry: bool,
+    /// Do not forward standard input (the job reads /dev/null).
+    #[arg(short = 'n', long = "no-stdin")]
+    pub no_stdin: bool,
+    /// Kill the job after this many seconds.
+    #[arg(long, env = "MEXEC_TIMEOUT")]
+    pub timeout: Option<u64>,
+    /// Say on stderr where each job goes and why it moves.
+    #[arg(long, env = "MEXEC_VERBOSE")]
+    pub verbose: bool,
+    /// Append one JSON line per job to this file.
+    #[arg(long, env = "MEXEC_JOBLOG")]
+    pub joblog: Option<PathBuf>,
+    /// Show the nodes and their load, then exit.
+    #[arg(long)]
+    pub status: bool,
+    /// With --status: print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_parser = clap::value_parser!(OsString))]
+    pub command: Vec<OsString>,
+}
+
+/// The client's TOML config file. Every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Executors, as "host:port[/slots]". Default: none (jobs run locally).
+    pub nodes: Option<Vec<NodeAddr>>,
+    /// File holding the cluster's shared token. Default: none.
+    pub token_file: Option<PathBuf>,
+    /// Fail instead of running locally. Default: false.
+    pub no_local: Option<bool>,
+    /// Retry any job whose node is lost mid-job. Default: false (compiles only).
+    pub retry: Option<bool>,
+    /// The compiler `CC=mexec` runs. Default: $MEXEC_CC, else "cc".
+    pub cc: Option<String>,
+    /// Kill jobs after this many seconds. Default: no limit.
+    pub timeout_secs: Option<u64>,
+    /// Say where each job goes. Default: false.
+    pub verbose: Option<bool>,
+}
+
+/// Everything the client needs, resolved.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub nodes: Vec<NodeAddr>,
+    pub token: Option<Token>,
+    pub no_local: bool,
+    pub retry: bool,
+    pub forward_stdin: bool,
+    pub timeout: Option<Duration>,
+    pub verbose: bool,
+    pub joblog: Option<PathBuf>,
+    /// The compiler for `CC=mexec`, split on white space.
+    pub cc: Vec<OsString>,
+}
+
+/// Why the settings could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error(transparent)]
+    ConfigFile(#[from] ConfigFileError),
+    #[error("MEXEC_NODES / --nodes: {0}")]
+    Nodes(#[from] NodeParseError),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+}
+
+impl Settings {
+    /// Merges `flags` with the config file and defaults.
+    pub fn resolve(flags: &Flags) -> Result<Settings, SettingsError> {
+        let default_path = default_config_path();
+        let file: FileConfig =
+            config_file::load_or_default(flags.config.as_deref(), default_path.as_deref())?;
+        let nodes = match &flags.nodes {
+            Some(list) => parse_node_list(list)?,
+            None => file.nodes.unwrap_or_default(),
+        };
+        let token = flags
+            .token_file
+            .clone()
+            .or(file.token_file)
+            .map(|path| Token::from_file(&path))
+            .transpose()?;
+        let cc = std::env::var_os("MEXEC_CC")
+            .map(|cc| cc.to_string_lossy().into_owned())
+            .or(file.cc)
+            .unwrap_or_else(|| "cc".to_owned());
+        let timeout = flags.timeout.or(file.timeout_secs).filter(|s| *s > 0);
+        Ok(Settings {
+            nodes,
+            token,
+            no_local: flags.no_local || file.no_local.unwrap_or(false),
+            retry: flags.retry || file.retry.unwrap_or(false),
+            forward_stdin: !flags.no_stdin,
+            timeout: timeout.map(Duration::from_secs),
+            verbose: flags.verbose || file.verbose.unwrap_or(false),
+            joblog: flags.joblog.clone(),
+            cc: cc.split_whitespace().map(OsString::from).collect(),
+        })
+    }
+}
+
+fn default_config_path() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("mexec").join("config.toml"))
+}

@@ -1,0 +1,16 @@
+//! Pieces that the daemons (`mexecd`, `mexec-gatekeeper`) and the client
+//! (`mexec`) share, kept here so neither depends on the other.
+//!
+//! Layout:
+//! - `nodes`: the `host:port[/slots],...` node list of `MEXEC_NODES`.
+//! - `token`: the shared-secret token: reading it, sending it, checking it.
+//! - `config_file`: reading a TOML config file with clear errors.
+//! - `telemetry`: one `init_tracing()` for every binary.
+
+pub mod config_file;
+pub mod nodes;
+pub mod telemetry;
+pub mod token;
+
+/// The version every binary and load report carries.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,50 @@
+//! One way to set up logging for every binary.
+
+use tracing_subscriber::EnvFilter;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("unknown log format `{other}` (use text or json)")),
+        }
+    }
+}
+
+/// Installs the global subscriber, writing to stderr.
+///
+/// The filter comes from `MEXEC_LOG` (same syntax as `RUST_LOG`), else
+/// `default_level` for our crates with dependency noise (h2, hyper, tower)
+/// kept at warnings.
+pub fn init_tracing(format: LogFormat, default_level: &str) {
+    let filter = std::env::var("MEXEC_LOG")
+        .ok()
+        .and_then(|spec| EnvFilter::try_new(spec).ok())
+        .unwrap_or_else(|| {
+            EnvFilter::new(format!(
+                "warn,mexec={default_level},mexecd={default_level},mexec_server={default_level},mexec_client={default_level},mexec_gatekeeper={default_level}"
+            ))
+        });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second call (tests start several servers in one process) is harmless.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}

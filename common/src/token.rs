@@ -1,0 +1,108 @@
+//! The shared-secret token: a small trusted cluster's authentication.
+//!
+//! The client sends it as `authorization: Bearer <token>` metadata; the
+//! daemons compare it in constant time so its bytes cannot be guessed from
+//! response times.
+
+use std::path::{Path, PathBuf};
+
+use subtle::ConstantTimeEq;
+use tonic::metadata::{MetadataMap, MetadataValue};
+
+/// The metadata key the token travels under.
+pub const METADATA_KEY: &str = "authorization";
+
+/// A token read from a token file.
+#[derive(Clone)]
+pub struct Token(String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        f.write_str("Token(..)")
+    }
+}
+
+/// Why a token file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("cannot read token file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("token file {0} is empty or holds characters other than printable ASCII")]
+    Invalid(PathBuf),
+}
+
+impl Token {
+    /// Reads the first line of `path`; surrounding white space is dropped.
+    pub fn from_file(path: &Path) -> Result<Self, TokenError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TokenError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let token = text.lines().next().unwrap_or("").trim().to_owned();
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(TokenError::Invalid(path.to_owned()));
+        }
+        Ok(Token(token))
+    }
+
+    /// Adds the token to outgoing request metadata.
+    pub fn attach(&self, metadata: &mut MetadataMap) {
+        let value = format!("Bearer {}", self.0);
+        // Validated as printable ASCII when read, so this cannot fail.
+        if let Ok(value) = MetadataValue::try_from(value) {
+            metadata.insert(METADATA_KEY, value);
+        }
+    }
+
+    /// Whether incoming request metadata carries this token.
+    pub fn admits(&self, metadata: &MetadataMap) -> bool {
+        let Some(sent) = metadata.get(METADATA_KEY) else {
+            return false;
+        };
+        let sent = sent.as_bytes();
+        let Some(sent) = sent.strip_prefix(b"Bearer ") else {
+            return false;
+        };
+        sent.ct_eq(self.0.as_bytes()).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token_in_file(text: &str) -> Result<Token, TokenError> {
+        let dir = std::env::temp_dir().join(format!("mexec-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("t{}", text.len()));
+        std::fs::write(&path, text).unwrap();
+        Token::from_file(&path)
+    }
+
+    #[test]
+    fn a_token_admits_itself_and_nothing_else() {
+        let token = token_in_file("s3cret\n").unwrap();
+        let mut md = MetadataMap::new();
+        assert!(!token.admits(&md));
+        token.attach(&mut md);
+        assert!(token.admits(&md));
+        let other = token_in_file("s3cret-other").unwrap();
+        assert!(!other.admits(&md));
+        md.insert(METADATA_KEY, "s3cret".parse().unwrap());
+        assert!(!token.admits(&md), "the Bearer prefix is required");
+    }
+
+    #[test]
+    fn empty_or_missing_token_files_are_errors() {
+        assert!(matches!(token_in_file(" \n"), Err(TokenError::Invalid(_))));
+        assert!(matches!(
+            Token::from_file(Path::new("/nonexistent/mexec-token")),
+            Err(TokenError::Read { .. })
+        ));
+        assert!(format!("{:?}", token_in_file("abc").unwrap()).contains(".."));
+    }
+}

@@ -1,0 +1,11 @@
+//! Generated bindings of the mexec protocol, package `mexec.v1`.
+//!
+//! Layout:
+//! - `v1`: messages and the `Executor` service's client and server, as
+//!   generated from `proto/mexec/v1/executor.proto` at build time.
+
+#![allow(missing_debug_implementations)]
+
+pub mod v1 {
+    tonic::include_proto!("mexec.v1");
+}

@@ -1,0 +1,54 @@
+//! `mexecd`: the executor daemon. Parses settings, binds, and serves until
+//! SIGTERM or SIGINT, then drains.
+
+use anyhow::Context;
+use clap::Parser;
+use mexec_server::config::{Flags, Settings};
+use tokio::net::TcpListener;
+
+fn main() {
+    if let Err(err) = real_main() {
+        eprintln!("mexecd: {err:#}");
+        std::process::exit(2);
+    }
+}
+
+#[tokio::main]
+async fn real_main() -> anyhow::Result<()> {
+    let settings = Settings::resolve(Flags::parse())?;
+    mexec_common::telemetry::init_tracing(settings.log_format, "info");
+    if settings.is_insecure() {
+        tracing::warn!(
+            listen = %settings.listen,
+            "INSECURE: listening beyond loopback without authentication; anyone who can reach \
+             this port can run commands on this node"
+        );
+    }
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let bound = listener.local_addr()?;
+    // Scripts and tests started with port 0 read the real address here.
+    println!("mexecd {} listening on {bound}", settings.name);
+    tracing::info!(
+        node = %settings.name,
+        listen = %bound,
+        slots = settings.slots,
+        max_queued = settings.max_queued,
+        run_as = settings.run_as.as_ref().map(|a| a.name.as_str()).unwrap_or("(self)"),
+        auth = if settings.token.is_some() { "token" } else { "none" },
+        "executor started"
+    );
+    mexec_server::executor::run(listener, settings, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

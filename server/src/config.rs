@@ -1,0 +1,260 @@
+//! `mexecd` settings: flags and `MEXEC_*` variables override the TOML file,
+//! which overrides the defaults. `Settings::resolve` also applies the safety
+//! rules, so a daemon that would be an open door never starts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use mexec_common::config_file::{self, ConfigFileError};
+use mexec_common::telemetry::LogFormat;
+use mexec_common::token::{Token, TokenError};
+use serde::Deserialize;
+
+use crate::users::{self, Account, AccountError};
+
+/// The port an executor listens on when none is given.
+pub const DEFAULT_PORT: u16 = 7460;
+
+/// Command-line flags of `mexecd`; each also reads a `MEXEC_*` variable.
+#[derive(Debug, Parser, Default)]
+#[command(name = "mexecd", version, about = "mexec executor daemon: runs jobs sent by mexec clients")]
+pub struct Flags {
+    /// TOML config file (see deploy/mexecd.toml).
+    #[arg(long, env = "MEXECD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address and port to listen on [default: 127.0.0.1:7460].
+    #[arg(long, env = "MEXEC_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Jobs that may run at once [default: the number of CPUs].
+    #[arg(long, env = "MEXEC_SLOTS")]
+    pub slots: Option<u32>,
+    /// Jobs that may wait for a slot before new ones are refused [default: slots].
+    #[arg(long, env = "MEXEC_MAX_QUEUED")]
+    pub max_queued: Option<u32>,
+    /// This node's name in load reports and messages [default: the host name].
+    #[arg(long, env = "MEXEC_NAME")]
+    pub name: Option<String>,
+    /// File holding the cluster's shared token; requests must carry it.
+    #[arg(long, env = "MEXEC_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Listen beyond loopback without authentication (anyone who reaches the
+    /// port can run commands).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Account jobs run as; required when mexecd starts as root.
+    #[arg(long, env = "MEXEC_USER")]
+    pub user: Option<String>,
+    /// Seconds running jobs may take to finish after SIGTERM [default: 60].
+    #[arg(long, env = "MEXEC_GRACE_SECS")]
+    pub grace_secs: Option<u64>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "MEXEC_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The TOML config file of `mexecd`. Every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Address and port to listen on. Default: "127.0.0.1:7460".
+    pub listen: Option<SocketAddr>,
+    /// Jobs that may run at once. Default: the number of CPUs.
+    pub slots: Option<u32>,
+    /// Jobs that may wait for a slot. Default: equal to `slots`.
+    pub max_queued: Option<u32>,
+    /// This node's name. Default: the host name.
+    pub name: Option<String>,
+    /// File holding the shared token. Default: none (loopback only).
+    pub token_file: Option<PathBuf>,
+    /// Listen beyond loopback without authentication. Default: false.
+    pub insecure: Option<bool>,
+    /// Account jobs run as. Default: the daemon's own (refused for root).
+    pub user: Option<String>,
+    /// Seconds running jobs may take to finish after SIGTERM. Default: 60.
+    pub grace_secs: Option<u64>,
+    /// "text" or "json". Default: "text".
+    pub log_format: Option<LogFormat>,
+}
+
+/// Everything an executor needs, checked and resolved.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Jobs that may run at once.
+    pub slots: u32,
+    /// Jobs that may wait for a slot.
+    pub max_queued: u32,
+    /// Node name.
+    pub name: String,
+    /// The shared token, when authentication is on.
+    pub token: Option<Token>,
+    /// The account jobs run as; `None` runs them as the daemon's own user.
+    pub run_as: Option<Account>,
+    /// How long running jobs may take to finish after SIGTERM.
+    pub grace: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// Why the settings were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error(transparent)]
+    ConfigFile(#[from] ConfigFileError),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error(transparent)]
+    Account(#[from] AccountError),
+    #[error("--slots must be at least 1")]
+    NoSlots,
+    #[error(
+        "refusing to listen on {0} without authentication: anyone who can reach it could run \
+         commands on this node. Give --token-file FILE (the cluster's shared token), listen on \
+         127.0.0.1, or pass --insecure to accept the risk"
+    )]
+    OpenDoor(SocketAddr),
+    #[error(
+        "mexecd runs as root, and jobs never run as root: give --user NAME (an unprivileged \
+         account that can write the shared tree) for jobs to run as"
+    )]
+    RootWithoutUser,
+    #[error(
+        "--user {0} needs mexecd to start as root (to switch to that account); \
+         start it as {0} instead, without --user"
+    )]
+    UserNeedsRoot(String),
+}
+
+impl Settings {
+    /// Merges flags, the config file and defaults, then checks safety rules.
+    pub fn resolve(flags: Flags) -> Result<Settings, SettingsError> {
+        let file: FileConfig = config_file::load_or_default(flags.config.as_deref(), None)?;
+        let listen = flags
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)));
+        let slots = flags.slots.or(file.slots).unwrap_or_else(cpu_count);
+        if slots == 0 {
+            return Err(SettingsError::NoSlots);
+        }
+        let max_queued = flags.max_queued.or(file.max_queued).unwrap_or(slots);
+        let name = flags
+            .name
+            .or(file.name)
+            .unwrap_or_else(host_name);
+        let token = flags
+            .token_file
+            .or(file.token_file)
+            .map(|path| Token::from_file(&path))
+            .transpose()?;
+        let insecure = flags.insecure || file.insecure.unwrap_or(false);
+        if !listen.ip().is_loopback() && token.is_none() && !insecure {
+            return Err(SettingsError::OpenDoor(listen));
+        }
+        let run_as = match (flags.user.or(file.user), users::running_as_root()) {
+            (None, true) => return Err(SettingsError::RootWithoutUser),
+            (None, false) => None,
+            (Some(user), true) => Some(users::lookup(&user)?),
+            (Some(user), false) if user == users::current_user_name() => None,
+            (Some(user), false) => return Err(SettingsError::UserNeedsRoot(user)),
+        };
+        Ok(Settings {
+            listen,
+            slots,
+            max_queued,
+            name,
+            token,
+            run_as,
+            grace: Duration::from_secs(flags.grace_secs.or(file.grace_secs).unwrap_or(60)),
+            log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
+        })
+    }
+
+    /// Whether the daemon listens beyond loopback without authentication.
+    pub fn is_insecure(&self) -> bool {
+        !self.listen.ip().is_loopback() && self.token.is_none()
+    }
+}
+
+fn cpu_count() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1)
+}
+
+/// The host name, or "localhost" where it cannot be read.
+pub fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its full length.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".to_owned();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags() -> Flags {
+        Flags {
+            // Tests run as root in CI; give an account so the root rule passes.
+            user: users::running_as_root().then(|| "nobody".to_owned()),
+            ..Flags::default()
+        }
+    }
+
+    #[test]
+    fn defaults_are_loopback_and_one_slot_per_cpu() {
+        let s = Settings::resolve(flags()).unwrap();
+        assert!(s.listen.ip().is_loopback());
+        assert_eq!(s.listen.port(), DEFAULT_PORT);
+        assert_eq!(s.slots, cpu_count());
+        assert_eq!(s.max_queued, s.slots);
+        assert!(!s.is_insecure());
+    }
+
+    #[test]
+    fn open_listen_needs_a_token_or_insecure() {
+        let mut f = flags();
+        f.listen = Some("0.0.0.0:7460".parse().unwrap());
+        let err = Settings::resolve(f).unwrap_err().to_string();
+        assert!(err.contains("refusing to listen on 0.0.0.0:7460"), "{err}");
+        let mut f = flags();
+        f.listen = Some("0.0.0.0:7460".parse().unwrap());
+        f.insecure = true;
+        assert!(Settings::resolve(f).unwrap().is_insecure());
+    }
+
+    #[test]
+    fn flags_override_the_file_and_unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mexecd.toml");
+        std::fs::write(&path, "slots = 3\nname = \"from-file\"\n").unwrap();
+        let mut f = flags();
+        f.config = Some(path.clone());
+        f.name = Some("from-flag".into());
+        let s = Settings::resolve(f).unwrap();
+        assert_eq!((s.slots, s.name.as_str()), (3, "from-flag"));
+
+        std::fs::write(&path, "slotz = 3\n").unwrap();
+        let mut f = flags();
+        f.config = Some(path);
+        let err = Settings::resolve(f).unwrap_err().to_string();
+        assert!(err.contains("slotz"), "{err}");
+    }
+
+    #[test]
+    fn root_needs_an_account_for_jobs() {
+        if !users::running_as_root() {
+            return;
+        }
+        let err = Settings::resolve(Flags::default()).unwrap_err();
+        assert!(matches!(err, SettingsError::RootWithoutUser));
+    }
+}

@@ -1,0 +1,75 @@
+//! Why a job was refused before it started, and how that reads as a gRPC
+//! status. Every message names the node, because the client runs many.
+
+use tonic::{Code, Status};
+
+use super::admission::Refusal;
+
+/// A job refused before its process exists.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum JobError {
+    #[error("the first message of a Run stream must be the job (`start`)")]
+    NoStart,
+    #[error("the client closed the stream before sending the job")]
+    NoRequest,
+    #[error("the job has an empty argv")]
+    EmptyArgv,
+    #[error("working directory {0} is not an absolute path")]
+    RelativeCwd(String),
+    #[error(
+        "working directory {0} does not exist here (is the shared file system mounted on this node?)"
+    )]
+    CwdMissing(String),
+    #[error("is draining and takes no new jobs")]
+    Draining,
+    #[error("is full ({running} jobs running, {queued} queued)")]
+    Full { running: u32, queued: u32 },
+}
+
+impl From<Refusal> for JobError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Draining => JobError::Draining,
+            Refusal::Full { running, queued } => JobError::Full { running, queued },
+        }
+    }
+}
+
+impl JobError {
+    fn code(&self) -> Code {
+        match self {
+            JobError::NoStart | JobError::EmptyArgv | JobError::RelativeCwd(_) => {
+                Code::InvalidArgument
+            }
+            JobError::NoRequest => Code::Cancelled,
+            JobError::CwdMissing(_) => Code::FailedPrecondition,
+            JobError::Draining => Code::Unavailable,
+            JobError::Full { .. } => Code::ResourceExhausted,
+        }
+    }
+
+    /// The status a client sees, naming `node`.
+    pub fn into_status(self, node: &str) -> Status {
+        let message = match self {
+            JobError::Draining | JobError::Full { .. } => format!("node {node} {self}"),
+            _ => format!("node {node}: {self}"),
+        };
+        Status::new(self.code(), message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_name_the_node_and_carry_the_right_code() {
+        let s = JobError::CwdMissing("/src/x".into()).into_status("n2");
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert!(s.message().starts_with("node n2: working directory /src/x"));
+        let s = JobError::from(Refusal::Full { running: 4, queued: 4 }).into_status("n1");
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert_eq!(s.message(), "node n1 is full (4 jobs running, 4 queued)");
+        assert_eq!(JobError::Draining.into_status("n").code(), Code::Unavailable);
+    }
+}

@@ -1,0 +1,113 @@
+//! The executor: a gRPC server that runs jobs for clients.
+//!
+//! Layout:
+//! - `service`: the tonic handlers.
+//! - `job`: one job from admission to exit status.
+//! - `process`: spawning, signalling and reaping a job's process group.
+//! - `admission`: slots, the bounded queue and draining.
+//! - `load`: the load report.
+//! - `error`: refusals and their gRPC statuses.
+
+mod admission;
+mod error;
+mod job;
+mod load;
+mod process;
+mod service;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mexec_proto::v1::executor_server::ExecutorServer;
+use mexec_proto::v1::LoadReport;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use admission::{Admission, Counts};
+pub use error::JobError;
+
+use crate::auth::TokenCheck;
+use crate::config::Settings;
+use crate::users::Account;
+
+/// What every job of this node shares.
+#[derive(Debug)]
+pub struct NodeContext {
+    /// The node's name, in every message.
+    pub name: String,
+    /// Slots, queue and draining.
+    pub admission: Arc<Admission>,
+    /// The account jobs run as, when the daemon started as root.
+    pub run_as: Option<Account>,
+    /// Flips to true when the grace period after SIGTERM is over.
+    pub abort_all: watch::Receiver<bool>,
+}
+
+impl NodeContext {
+    /// The node's load now.
+    pub fn load_report(&self) -> LoadReport {
+        load::report(&self.name, self.admission.counts())
+    }
+}
+
+/// How often idle HTTP/2 connections are probed, so a client that vanished
+/// without closing its socket is noticed and its jobs killed.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the executor on `listener` until `shutdown` resolves; then stops
+/// admitting, lets running jobs finish for up to `settings.grace`, kills
+/// what is left, and returns.
+pub async fn run(
+    listener: TcpListener,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let admission = Admission::new(settings.slots, settings.max_queued);
+    let (abort_tx, abort_rx) = watch::channel(false);
+    let ctx = Arc::new(NodeContext {
+        name: settings.name.clone(),
+        admission: admission.clone(),
+        run_as: settings.run_as.clone(),
+        abort_all: abort_rx,
+    });
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<ExecutorServer<service::ExecutorService>>()
+        .await;
+
+    let check = TokenCheck::new(settings.token.clone());
+    let executor = ExecutorServer::with_interceptor(
+        service::ExecutorService::new(ctx.clone()),
+        move |request| check.check(request),
+    );
+
+    let grace = settings.grace;
+    let name = settings.name.clone();
+    let drain_then_stop = async move {
+        shutdown.await;
+        tracing::info!(node = %name, "draining: no new jobs; waiting for running ones");
+        admission.start_draining();
+        health_reporter
+            .set_not_serving::<ExecutorServer<service::ExecutorService>>()
+            .await;
+        if tokio::time::timeout(grace, admission.idle()).await.is_err() {
+            tracing::warn!(node = %name, ?grace, "grace period over: killing remaining jobs");
+            let _ = abort_tx.send(true);
+            admission.idle().await;
+        }
+        tracing::info!(node = %name, "drained; exiting");
+    };
+
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(executor)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain_then_stop)
+        .await
+}

@@ -1,0 +1,161 @@
+//! Starting a job's process and reaping it: its own process group, the
+//! client's cwd, environment and umask, the configured account, pipes for
+//! the three standard streams, and `wait4` for its resource use.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use mexec_proto::v1::JobSpec;
+use tokio::net::unix::pipe;
+
+use crate::users::Account;
+
+/// A started job process; its pid is also its process group id.
+#[derive(Debug)]
+pub struct Started {
+    pub pid: u32,
+    /// The write end of the job's stdin, when the client forwards stdin.
+    pub stdin: Option<pipe::Sender>,
+    pub stdout: pipe::Receiver,
+    pub stderr: pipe::Receiver,
+}
+
+/// How a reaped process ended and what it cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reaped {
+    /// `Ok(code)` for a normal exit, `Err(signal)` for death by signal.
+    pub status: Result<i32, i32>,
+    pub user: Duration,
+    pub system: Duration,
+    pub max_rss_kib: u64,
+}
+
+/// Starts `spec` in a new process group.
+pub fn spawn(spec: &JobSpec, run_as: Option<&Account>) -> io::Result<Started> {
+    let program = OsStr::from_bytes(&spec.argv[0]);
+    let mut command = Command::new(program);
+    command
+        .args(spec.argv[1..].iter().map(|a| OsStr::from_bytes(a)))
+        .env_clear()
+        .envs(
+            spec.env
+                .iter()
+                .map(|v| (OsStr::from_bytes(&v.name), OsStr::from_bytes(&v.value))),
+        )
+        .current_dir(OsStr::from_bytes(&spec.cwd))
+        // The job leads its own group, so signals and kills reach everything
+        // it starts, and nothing of the daemon's.
+        .process_group(0)
+        .stdin(if spec.forward_stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(account) = run_as {
+        command.uid(account.uid).gid(account.gid);
+    }
+    let umask = (spec.umask & 0o777) as libc::mode_t;
+    // SAFETY: umask is async-signal-safe and touches no memory.
+    unsafe {
+        command.pre_exec(move || {
+            libc::umask(umask);
+            Ok(())
+        });
+    }
+    let mut child = command.spawn()?;
+    let pid = child.id();
+    // `child` is dropped without waiting: `reap` owns the exit status.
+    let stdin = child
+        .stdin
+        .take()
+        .map(|s| pipe::Sender::from_owned_fd(OwnedFd::from(s)))
+        .transpose()?;
+    let stdout = pipe::Receiver::from_owned_fd(OwnedFd::from(
+        child.stdout.take().expect("stdout is piped"),
+    ))?;
+    let stderr = pipe::Receiver::from_owned_fd(OwnedFd::from(
+        child.stderr.take().expect("stderr is piped"),
+    ))?;
+    Ok(Started {
+        pid,
+        stdin,
+        stdout,
+        stderr,
+    })
+}
+
+/// Waits for `pid` to exit and collects its resource use. Runs on the
+/// blocking pool because `wait4` is the only call that gives one child's
+/// rusage.
+pub async fn reap(pid: u32) -> io::Result<Reaped> {
+    tokio::task::spawn_blocking(move || wait4(pid))
+        .await
+        .map_err(io::Error::other)?
+}
+
+fn wait4(pid: u32) -> io::Result<Reaped> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain data; zeroed is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: status and usage are valid for writes.
+        let rc = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
+        if rc >= 0 {
+            break;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    let status = if libc::WIFSIGNALED(status) {
+        Err(libc::WTERMSIG(status))
+    } else {
+        Ok(libc::WEXITSTATUS(status))
+    };
+    Ok(Reaped {
+        status,
+        user: timeval(usage.ru_utime),
+        system: timeval(usage.ru_stime),
+        max_rss_kib: usage.ru_maxrss.max(0) as u64,
+    })
+}
+
+fn timeval(tv: libc::timeval) -> Duration {
+    Duration::from_secs(tv.tv_sec.max(0) as u64) + Duration::from_micros(tv.tv_usec.max(0) as u64)
+}
+
+/// Whether `program` names an existing file, directly when it holds a
+/// slash, else in one of the directories of `path` (as execvp searches).
+pub fn program_exists(program: &[u8], path: Option<&[u8]>) -> bool {
+    let name = OsStr::from_bytes(program);
+    if program.contains(&b'/') {
+        return std::path::Path::new(name).exists();
+    }
+    let path = path.unwrap_or(b"/usr/bin:/bin");
+    path.split(|b| *b == b':').any(|dir| {
+        let dir = if dir.is_empty() { b"." as &[u8] } else { dir };
+        std::path::Path::new(OsStr::from_bytes(dir)).join(name).is_file()
+    })
+}
+
+/// Sends `signal` to the whole process group `pgid`. A group that is
+/// already gone is not an error.
+pub fn signal_group(pgid: u32, signal: i32) {
+    // SAFETY: kill has no memory effects; a negative pid names the group.
+    unsafe {
+        libc::kill(-(pgid as libc::pid_t), signal);
+    }
+}
+
+/// Whether `signal` is one a client may ask us to deliver.
+pub fn is_deliverable(signal: i32) -> bool {
+    (1..=64).contains(&signal)
+}

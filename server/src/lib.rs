@@ -1,0 +1,15 @@
+//! The mexec daemons as a library, so tests can start them in-process on an
+//! already-bound listener; the binaries only parse flags and call `run`.
+//!
+//! Layout:
+//! - `config`: `mexecd` settings from flags, `MEXEC_*` variables and TOML,
+//!   and the safety checks on them (loopback unless authenticated, never
+//!   run jobs as root).
+//! - `executor`: the `Executor` gRPC service and everything a job needs.
+//! - `auth`: the token check in front of every RPC.
+//! - `users`: looking up the account jobs run as.
+
+pub mod auth;
+pub mod config;
+pub mod executor;
+pub mod users;
