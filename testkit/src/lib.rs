@@ -1,0 +1,346 @@
+//! Helpers for tests that run the real thing: `mexecd` processes on
+//! loopback ports, the `mexec` binary, job directories the job account can
+//! write, and real third-party C projects fetched through crates.io.
+//!
+//! Layout (one file, small helpers):
+//! - binaries: `bin`, built on demand.
+//! - `Executor`: one `mexecd` process on `127.0.0.1:0`, killed on drop.
+//! - `Farm`: several executors plus an isolated client state directory.
+//! - job directories and file ownership for the job account.
+//! - `c_project`: a vendored C source tree from the cargo registry.
+//! - `wait_until`: polling with a deadline instead of sleeps.
+
+use std::ffi::CString;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The job account when tests run as root (executors refuse to run jobs as
+/// root, as they should).
+pub const JOB_USER: &str = "nobody";
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit lives in the workspace")
+        .to_owned()
+}
+
+/// Path of a workspace binary (`mexecd`, `mexec`), building it if needed.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/<test> -> target/debug/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let path = dir.join(name);
+    if !path.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--bin", name])
+            .current_dir(workspace_root())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build --bin {name} failed");
+    }
+    path
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// uid and gid of the job account.
+pub fn job_account() -> (u32, u32) {
+    if !is_root() {
+        // SAFETY: getuid/getgid have no preconditions.
+        return unsafe { (libc::getuid(), libc::getgid()) };
+    }
+    let name = CString::new(JOB_USER).unwrap();
+    // SAFETY: getpwnam returns a pointer into static storage or null; we
+    // copy the two numbers out at once, single-threaded use per call.
+    let pwd = unsafe { libc::getpwnam(name.as_ptr()) };
+    assert!(!pwd.is_null(), "user {JOB_USER} is missing");
+    unsafe { ((*pwd).pw_uid, (*pwd).pw_gid) }
+}
+
+/// Flags that make `mexecd` run jobs as the job account when we are root.
+pub fn job_user_args() -> Vec<String> {
+    if is_root() {
+        vec!["--user".into(), JOB_USER.into()]
+    } else {
+        Vec::new()
+    }
+}
+
+/// Gives `path` and everything below it to the job account.
+pub fn give_to_job_user(path: &Path) {
+    if !is_root() {
+        return;
+    }
+    let (uid, gid) = job_account();
+    let status = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{uid}:{gid}"))
+        .arg(path)
+        .status()
+        .expect("run chown");
+    assert!(status.success());
+}
+
+/// A fresh directory that jobs (running as the job account) can write.
+pub fn job_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("mexec-test-")
+        .tempdir_in("/tmp")
+        .expect("temp dir");
+    give_to_job_user(dir.path());
+    dir
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether a process with this pid exists (and is not a zombie).
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            // The state follows the parenthesised command name.
+            let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+            !matches!(state.and_then(|s| s.chars().next()), Some('Z') | None)
+        }
+        Err(_) => false,
+    }
+}
+
+/// One `mexecd` process.
+#[derive(Debug)]
+pub struct Executor {
+    child: Child,
+    pub addr: SocketAddr,
+    pub name: String,
+    pub log: PathBuf,
+    _log_dir: tempfile::TempDir,
+}
+
+impl Executor {
+    /// Starts `mexecd --listen 127.0.0.1:0 --name NAME --slots SLOTS` plus
+    /// `extra` flags, and waits until it listens.
+    pub fn start(name: &str, slots: u32, extra: &[&str]) -> Executor {
+        Self::start_with(Command::new(bin("mexecd")), name, slots, extra)
+    }
+
+    /// Like `start`, with a prepared command (for example one wrapped in
+    /// `unshare`), to which the mexecd flags are appended.
+    pub fn start_with(mut command: Command, name: &str, slots: u32, extra: &[&str]) -> Executor {
+        let log_dir = tempfile::tempdir().expect("log dir");
+        let log = log_dir.path().join(format!("{name}.log"));
+        if !extra.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
+        command
+            .args(["--name", name])
+            .args(["--slots", &slots.to_string()])
+            .args(job_user_args())
+            .args(extra)
+            .env("MEXEC_LOG", "info")
+            .env_remove("MEXEC_NODES")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        let mut child = command.spawn().expect("start mexecd");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_default();
+        let addr = line
+            .trim()
+            .rsplit_once("listening on ")
+            .and_then(|(_, a)| a.parse().ok())
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                panic!(
+                    "mexecd {name} did not start: {line:?}; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            });
+        Executor {
+            child,
+            addr,
+            name: name.to_owned(),
+            log,
+            _log_dir: log_dir,
+        }
+    }
+
+    /// `host:port` for `MEXEC_NODES`.
+    pub fn node(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal to the daemon.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill has no memory effects.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, signal);
+        }
+    }
+
+    /// Waits up to `timeout` for the daemon to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The daemon's peak resident memory so far, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The daemon's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Several executors and a client state directory of their own.
+#[derive(Debug)]
+pub struct Farm {
+    pub executors: Vec<Executor>,
+    pub state_dir: tempfile::TempDir,
+}
+
+impl Farm {
+    /// `count` executors named n1, n2, ... with `slots` slots each.
+    pub fn start(count: usize, slots: u32) -> Farm {
+        let executors = (1..=count)
+            .map(|i| Executor::start(&format!("n{i}"), slots, &[]))
+            .collect();
+        Farm {
+            executors,
+            state_dir: tempfile::tempdir().expect("state dir"),
+        }
+    }
+
+    /// The `MEXEC_NODES` value.
+    pub fn nodes(&self) -> String {
+        self.executors
+            .iter()
+            .map(Executor::node)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A `mexec` command aimed at this farm, with `args`, in `cwd`.
+    pub fn mexec(&self, cwd: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new(bin("mexec"));
+        self.aim(&mut command, cwd);
+        command.args(args);
+        command
+    }
+
+    /// Points any command (make, a masquerade symlink) at this farm.
+    pub fn aim(&self, command: &mut Command, cwd: &Path) {
+        command
+            .current_dir(cwd)
+            .env("MEXEC_NODES", self.nodes())
+            .env("MEXEC_STATE_DIR", self.state_dir.path())
+            .env_remove("MEXEC_CONFIG")
+            .env_remove("MEXEC_NO_LOCAL");
+    }
+}
+
+/// A vendored third-party C project from the cargo registry (fetched on
+/// first use): `crate_prefix` like "bzip2-sys-0.1.13", `subdir` the tree
+/// inside it that has the Makefile.
+pub fn c_project(crate_prefix: &str, subdir: &str) -> PathBuf {
+    if let Some(found) = find_in_registry(crate_prefix, subdir) {
+        return found;
+    }
+    let manifest = workspace_root().join("testkit/fixtures/c-projects/Cargo.toml");
+    let status = Command::new(env!("CARGO"))
+        .arg("fetch")
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .status()
+        .expect("run cargo fetch");
+    assert!(status.success(), "cargo fetch of the C projects failed");
+    find_in_registry(crate_prefix, subdir)
+        .unwrap_or_else(|| panic!("{crate_prefix}/{subdir} not in the cargo registry after fetch"))
+}
+
+fn find_in_registry(crate_prefix: &str, subdir: &str) -> Option<PathBuf> {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;
+    let src = home.join("registry").join("src");
+    for index in std::fs::read_dir(src).ok()?.flatten() {
+        for krate in std::fs::read_dir(index.path()).ok()?.flatten() {
+            let name = krate.file_name().to_string_lossy().into_owned();
+            let tree = krate.path().join(subdir);
+            if name.starts_with(crate_prefix) && tree.is_dir() {
+                return Some(tree);
+            }
+        }
+    }
+    None
+}
+
+/// Copies the tree at `from` to `to` (which must not exist), with `cp -a`.
+pub fn copy_tree(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("run cp");
+    assert!(status.success(), "cp -a {} {} failed", from.display(), to.display());
+}
