@@ -49,7 +49,14 @@ pub async fn run(settings: &Settings, job: &Job) -> i32 {
         }
     };
     if settings.nodes.is_empty() {
-        return fall_back(settings, job, &mut signals, "no nodes are configured (set MEXEC_NODES or --nodes)", &report).await;
+        return fall_back(
+            settings,
+            job,
+            &mut signals,
+            "no nodes are configured (set MEXEC_NODES or --nodes)",
+            &report,
+        )
+        .await;
     }
 
     let placement = Placement::new(settings.nodes.clone(), SharedState::for_this_user());
@@ -68,7 +75,14 @@ pub async fn run(settings: &Settings, job: &Job) -> i32 {
             if settings.verbose {
                 say!("running {} on {}", job.program(), addr.authority());
             }
-            let outcome = remote::run_on(addr, settings.token.as_ref(), job, &mut output, &mut signals).await;
+            let outcome = remote::run_on(
+                addr,
+                settings.token.as_ref(),
+                job,
+                &mut output,
+                &mut signals,
+            )
+            .await;
             placement.release(choice.index);
             match outcome {
                 Outcome::Finished { node, exit } => {
@@ -87,21 +101,35 @@ pub async fn run(settings: &Settings, job: &Job) -> i32 {
                     causes.push(format!("{} unreachable: {cause}", addr.authority()));
                 }
                 Outcome::NotStarted(NotStarted::Refused(cause)) => causes.push(cause),
-                Outcome::Lost { node, reason } => {
+                Outcome::Lost {
+                    node,
+                    reason,
+                    stdin_consumed,
+                } => {
                     placement.mark_down(choice.index);
-                    let may_retry = job.repeatable && output.can_restart() && lost_retries < MAX_LOST_RETRIES;
+                    let may_retry = job.repeatable
+                        && !stdin_consumed
+                        && output.can_restart()
+                        && lost_retries < MAX_LOST_RETRIES;
                     if !may_retry {
                         let _ = output.finish().await;
                         say!(
                             "node {node} was lost while running {}: {reason}; not retried{}",
                             job.program(),
-                            if job.repeatable { "" } else { " (pass --retry for jobs that are safe to repeat)" }
+                            if job.repeatable {
+                                ""
+                            } else {
+                                " (pass --retry for jobs that are safe to repeat)"
+                            }
                         );
                         report(&node, "failed", EXIT_MEXEC_FAILURE, lost_retries);
                         return EXIT_MEXEC_FAILURE;
                     }
                     if settings.verbose {
-                        say!("node {node} was lost while running {} ({reason}); retrying elsewhere", job.program());
+                        say!(
+                            "node {node} was lost while running {} ({reason}); retrying elsewhere",
+                            job.program()
+                        );
                     }
                     output.discard();
                     lost.insert(choice.index);
@@ -129,7 +157,14 @@ pub async fn run(settings: &Settings, job: &Job) -> i32 {
         } else {
             causes.join("; ")
         };
-        return fall_back(settings, job, &mut signals, &format!("no node could run the job ({why})"), &report).await;
+        return fall_back(
+            settings,
+            job,
+            &mut signals,
+            &format!("no node could run the job ({why})"),
+            &report,
+        )
+        .await;
     }
 }
 

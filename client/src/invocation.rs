@@ -182,8 +182,14 @@ mod tests {
         let inv = parse(argv(&["mexec", "-c", "foo.c", "-o", "foo.o"])).unwrap();
         assert_eq!(inv.form, Form::Compiler);
         assert_eq!(inv.args.len(), 4);
-        assert_eq!(parse(argv(&["mexec", "foo.c"])).unwrap().form, Form::Compiler);
-        assert_eq!(parse(argv(&["mexec", "a.o", "b.o"])).unwrap().form, Form::Compiler);
+        assert_eq!(
+            parse(argv(&["mexec", "foo.c"])).unwrap().form,
+            Form::Compiler
+        );
+        assert_eq!(
+            parse(argv(&["mexec", "a.o", "b.o"])).unwrap().form,
+            Form::Compiler
+        );
         // A compiler's `-v` is not ours.
         assert_eq!(parse(argv(&["mexec", "-v"])).unwrap().form, Form::Compiler);
     }
@@ -199,7 +205,12 @@ mod tests {
     #[test]
     fn repeatable_compiles() {
         assert!(is_repeatable_compile(&argv(&["gcc", "-c", "x.c"])));
-        assert!(is_repeatable_compile(&argv(&["/usr/bin/x86_64-linux-gnu-gcc-12", "-O2", "-S", "x.c"])));
+        assert!(is_repeatable_compile(&argv(&[
+            "/usr/bin/x86_64-linux-gnu-gcc-12",
+            "-O2",
+            "-S",
+            "x.c"
+        ])));
         assert!(is_repeatable_compile(&argv(&["clang++-16", "-E", "x.cc"])));
         assert!(!is_repeatable_compile(&argv(&["gcc", "x.o", "-o", "prog"])));
         assert!(!is_repeatable_compile(&argv(&["sh", "-c", "rm -rf out"])));

@@ -24,7 +24,9 @@ pub struct NotFound {
 
 /// Finds the first `name` on `path` that is not `self_exe`.
 pub fn resolve(name: &OsStr, path: &OsStr, self_exe: &Path) -> Result<Resolved, NotFound> {
-    let self_exe = self_exe.canonicalize().unwrap_or_else(|_| self_exe.to_owned());
+    let self_exe = self_exe
+        .canonicalize()
+        .unwrap_or_else(|_| self_exe.to_owned());
     let mut kept = Vec::new();
     let mut found = None;
     for dir in std::env::split_paths(path) {

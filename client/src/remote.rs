@@ -2,13 +2,15 @@
 //! and signals, and say how it ended. Whether the job *started* decides what
 //! the driver may do next, so the outcome keeps the two apart.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mexec_common::nodes::NodeAddr;
 use mexec_common::token::Token;
 use mexec_proto::v1::executor_client::ExecutorClient;
 use mexec_proto::v1::{
-    run_request, run_response, Exit, RunRequest, Signal, StatusRequest, LoadReport, StdinEof,
+    run_request, run_response, Exit, LoadReport, RunRequest, Signal, StatusRequest, StdinEof,
 };
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
@@ -50,7 +52,13 @@ pub enum Outcome {
     /// The job never started there.
     NotStarted(NotStarted),
     /// The job started, then the node or the connection was lost.
-    Lost { node: String, reason: String },
+    /// `stdin_consumed` says whether any of our stdin went to it, which
+    /// could not be sent again.
+    Lost {
+        node: String,
+        reason: String,
+        stdin_consumed: bool,
+    },
     /// The user insisted with signals; the job was abandoned.
     Abandoned { signal: i32 },
 }
@@ -115,6 +123,7 @@ pub async fn run_on(
 
     let mut started_on: Option<String> = None;
     let mut stdin_task = None;
+    let stdin_read = Arc::new(AtomicBool::new(false));
     let mut insistence = (0, 0);
     let outcome = loop {
         tokio::select! {
@@ -123,7 +132,10 @@ pub async fn run_on(
                     Some(run_response::Msg::Queued(_)) | None => {}
                     Some(run_response::Msg::Accepted(accepted)) => {
                         if job.forward_stdin {
-                            stdin_task = Some(tokio::spawn(forward_stdin(requests.clone())));
+                            stdin_task = Some(tokio::spawn(forward_stdin(
+                                requests.clone(),
+                                stdin_read.clone(),
+                            )));
                         }
                         started_on = Some(accepted.node);
                     }
@@ -142,13 +154,10 @@ pub async fn run_on(
                         break Outcome::Finished { node, exit };
                     }
                 },
-                Ok(None) => break ended_early(&started_on, node, "the node closed the job's stream without an exit status"),
+                Ok(None) => break ended_early(&started_on, node, "the node closed the job's stream without an exit status".into()),
                 Err(status) => match &started_on {
                     None => break Outcome::NotStarted(classify(&status)),
-                    Some(name) => break Outcome::Lost {
-                        node: name.clone(),
-                        reason: status_cause(&status),
-                    },
+                    Some(_) => break ended_early(&started_on, node, status_cause(&status)),
                 },
             },
             signal = signals.next() => {
@@ -168,15 +177,26 @@ pub async fn run_on(
     if let Some(task) = stdin_task {
         task.abort();
     }
-    outcome
+    match outcome {
+        Outcome::Lost { node, reason, .. } => Outcome::Lost {
+            node,
+            reason,
+            stdin_consumed: stdin_read.load(Ordering::Acquire),
+        },
+        other => other,
+    }
 }
 
-fn ended_early(started_on: &Option<String>, node: &NodeAddr, reason: &str) -> Outcome {
+fn ended_early(started_on: &Option<String>, node: &NodeAddr, reason: String) -> Outcome {
     match started_on {
-        None => Outcome::NotStarted(NotStarted::Refused(format!("node {}: {reason}", node.authority()))),
+        None => Outcome::NotStarted(NotStarted::Refused(format!(
+            "node {}: {reason}",
+            node.authority()
+        ))),
         Some(name) => Outcome::Lost {
             node: name.clone(),
-            reason: reason.to_owned(),
+            reason,
+            stdin_consumed: false,
         },
     }
 }
@@ -193,16 +213,24 @@ fn lost_output(started_on: &Option<String>, node: &NodeAddr) -> Outcome {
     }
 }
 
-async fn forward_stdin(requests: mpsc::Sender<RunRequest>) {
+async fn forward_stdin(requests: mpsc::Sender<RunRequest>, read_any: Arc<AtomicBool>) {
     let mut stdin = tokio::io::stdin();
     let mut buf = vec![0u8; STDIN_CHUNK];
     loop {
         let message = match stdin.read(&mut buf).await {
             Ok(0) | Err(_) => run_request::Msg::StdinEof(StdinEof {}),
-            Ok(n) => run_request::Msg::Stdin(bytes::Bytes::copy_from_slice(&buf[..n])),
+            Ok(n) => {
+                read_any.store(true, Ordering::Release);
+                run_request::Msg::Stdin(bytes::Bytes::copy_from_slice(&buf[..n]))
+            }
         };
         let eof = matches!(message, run_request::Msg::StdinEof(_));
-        if requests.send(RunRequest { msg: Some(message) }).await.is_err() || eof {
+        if requests
+            .send(RunRequest { msg: Some(message) })
+            .await
+            .is_err()
+            || eof
+        {
             return;
         }
     }

@@ -83,7 +83,16 @@ async fn query(addr: &NodeAddr, token: Option<&Token>) -> NodeStatus {
 pub fn table(rows: &[NodeStatus]) -> String {
     let mut text = format!(
         "{:<22} {:<14} {:>5} {:>7} {:>6} {:>6} {:>8} {:>9} {:<8} {}\n",
-        "ADDRESS", "NODE", "SLOTS", "RUNNING", "QUEUED", "LOAD", "FOREIGN", "MEM(MiB)", "VERSION", "STATE"
+        "ADDRESS",
+        "NODE",
+        "SLOTS",
+        "RUNNING",
+        "QUEUED",
+        "LOAD",
+        "FOREIGN",
+        "MEM(MiB)",
+        "VERSION",
+        "STATE"
     );
     for r in rows {
         let state = match (r.reachable, r.draining) {
@@ -102,7 +111,9 @@ pub fn table(rows: &[NodeStatus]) -> String {
             num(r.queued),
             float(r.load_avg_1m),
             float(r.foreign_load),
-            r.mem_available_mib.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+            r.mem_available_mib
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "-".into()),
             r.version.as_deref().unwrap_or("-"),
             state
         ));

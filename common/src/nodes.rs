@@ -117,10 +117,7 @@ mod tests {
 
     #[test]
     fn rejects_malformed_entries_with_the_entry_named() {
-        assert_eq!(
-            parse_node_list("a"),
-            Err(NodeParseError::Shape("a".into()))
-        );
+        assert_eq!(parse_node_list("a"), Err(NodeParseError::Shape("a".into())));
         assert_eq!(
             parse_node_list("a:0"),
             Err(NodeParseError::Port("a:0".into()))

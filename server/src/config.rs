@@ -19,7 +19,11 @@ pub const DEFAULT_PORT: u16 = 7460;
 
 /// Command-line flags of `mexecd`; each also reads a `MEXEC_*` variable.
 #[derive(Debug, Parser, Default)]
-#[command(name = "mexecd", version, about = "mexec executor daemon: runs jobs sent by mexec clients")]
+#[command(
+    name = "mexecd",
+    version,
+    about = "mexec executor daemon: runs jobs sent by mexec clients"
+)]
 pub struct Flags {
     /// TOML config file (see deploy/mexecd.toml).
     #[arg(long, env = "MEXECD_CONFIG")]
@@ -141,10 +145,7 @@ impl Settings {
             return Err(SettingsError::NoSlots);
         }
         let max_queued = flags.max_queued.or(file.max_queued).unwrap_or(slots);
-        let name = flags
-            .name
-            .or(file.name)
-            .unwrap_or_else(host_name);
+        let name = flags.name.or(file.name).unwrap_or_else(host_name);
         let token = flags
             .token_file
             .or(file.token_file)

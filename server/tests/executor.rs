@@ -17,7 +17,10 @@ use tonic::{Code, Status, Streaming};
 
 fn spec(argv: &[&str], cwd: &Path) -> JobSpec {
     JobSpec {
-        argv: argv.iter().map(|a| Bytes::copy_from_slice(a.as_bytes())).collect(),
+        argv: argv
+            .iter()
+            .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+            .collect(),
         cwd: Bytes::copy_from_slice(cwd.as_os_str().as_encoded_bytes()),
         env: vec![EnvVar {
             name: Bytes::from_static(b"PATH"),
@@ -43,7 +46,10 @@ async fn client(executor: &Executor) -> ExecutorClient<tonic::transport::Channel
 async fn start(
     executor: &Executor,
     spec: JobSpec,
-) -> (mpsc::Sender<RunRequest>, Result<Streaming<RunResponse>, Status>) {
+) -> (
+    mpsc::Sender<RunRequest>,
+    Result<Streaming<RunResponse>, Status>,
+) {
     let (tx, rx) = mpsc::channel(16);
     tx.send(RunRequest {
         msg: Some(run_request::Msg::Start(spec)),
@@ -101,7 +107,11 @@ async fn runs_in_cwd_with_env_umask_and_stdin_and_reports_usage() {
     let node = Executor::start("env-node", 2, &[]);
     let dir = job_dir();
     let mut job = spec(
-        &["sh", "-c", "pwd; umask; echo \"$FOO\"; id -u; cat; echo oops >&2; exit 3"],
+        &[
+            "sh",
+            "-c",
+            "pwd; umask; echo \"$FOO\"; id -u; cat; echo oops >&2; exit 3",
+        ],
         dir.path(),
     );
     job.umask = 0o027;
@@ -129,7 +139,10 @@ async fn runs_in_cwd_with_env_umask_and_stdin_and_reports_usage() {
     );
     // The environment value's 0xff byte arrives as a byte, not as UTF-8.
     let mut expected = expected.into_bytes();
-    let at = expected.windows(3).position(|w| w == "\u{fffd}".as_bytes()).unwrap();
+    let at = expected
+        .windows(3)
+        .position(|w| w == "\u{fffd}".as_bytes())
+        .unwrap();
     expected.splice(at..at + 3, [0xff]);
     assert_eq!(c.stdout, expected);
     assert_eq!(c.stderr, b"oops\n");
@@ -144,7 +157,11 @@ async fn slow_reader_bounds_daemon_memory_for_100_mb() {
     let node = Executor::start("slow-node", 1, &[]);
     let dir = job_dir();
     let baseline = node.peak_rss_kib();
-    let (_tx, response) = start(&node, spec(&["head", "-c", "100000000", "/dev/zero"], dir.path())).await;
+    let (_tx, response) = start(
+        &node,
+        spec(&["head", "-c", "100000000", "/dev/zero"], dir.path()),
+    )
+    .await;
     let mut stream = response.unwrap();
     let mut total = 0usize;
     let mut exit = None;
@@ -185,14 +202,20 @@ async fn full_node_queues_then_refuses_and_a_leaving_client_frees_its_slot() {
     let (_tx_c, c) = start(&node, spec(&["true"], dir.path())).await;
     let refused = c.unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted);
-    assert!(refused.message().contains("node full-node is full"), "{}", refused.message());
+    assert!(
+        refused.message().contains("node full-node is full"),
+        "{}",
+        refused.message()
+    );
 
     // The first client vanishes: its job is killed and b gets the slot.
     drop(a);
     drop(tx_a);
     let b = collect(b).await;
     assert_eq!(b.stdout, b"b ran\n");
-    assert!(wait_until(Duration::from_secs(5), || !mexec_testkit::pid_alive(a_pid)));
+    assert!(wait_until(Duration::from_secs(5), || {
+        !mexec_testkit::pid_alive(a_pid)
+    }));
 }
 
 #[tokio::test]
@@ -203,7 +226,11 @@ async fn missing_cwd_and_unknown_command_are_clear_errors() {
     let (_tx, response) = start(&node, spec(&["true"], &missing)).await;
     let status = response.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
-    assert!(status.message().contains("node err-node"), "{}", status.message());
+    assert!(
+        status.message().contains("node err-node"),
+        "{}",
+        status.message()
+    );
     assert!(status.message().contains(&missing.display().to_string()));
 
     let (_tx, response) = start(&node, spec(&["no-such-command-mexec"], dir.path())).await;
@@ -228,7 +255,10 @@ async fn signals_and_timeouts_kill_the_process_group() {
     })
     .await
     .unwrap();
-    assert_eq!(code(&collect(stream).await.exit), Some(exit::Status::Signal(15)));
+    assert_eq!(
+        code(&collect(stream).await.exit),
+        Some(exit::Status::Signal(15))
+    );
 
     let mut job = spec(&["sleep", "60"], dir.path());
     job.timeout_ms = 200;
@@ -244,12 +274,17 @@ async fn load_reports_follow_admission() {
     let dir = job_dir();
     let mut c = client(&node).await;
     let report = c.status(StatusRequest {}).await.unwrap().into_inner();
-    assert_eq!((report.node.as_str(), report.slots, report.running), ("load-node", 3, 0));
+    assert_eq!(
+        (report.node.as_str(), report.slots, report.running),
+        ("load-node", 3, 0)
+    );
     assert_eq!(report.version, env!("CARGO_PKG_VERSION"));
     assert!(report.cores >= 1 && !report.draining && report.os == "linux");
 
     let mut watch = c
-        .watch_load(WatchLoadRequest { interval_ms: 60_000 })
+        .watch_load(WatchLoadRequest {
+            interval_ms: 60_000,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -278,14 +313,21 @@ async fn load_reports_follow_admission() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(answer.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        answer.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 }
 
 #[tokio::test]
 async fn sigterm_drains_running_jobs_and_refuses_new_ones() {
     let mut node = Executor::start("drain-node", 2, &[]);
     let dir = job_dir();
-    let (_tx, response) = start(&node, spec(&["sh", "-c", "sleep 1; echo finished"], dir.path())).await;
+    let (_tx, response) = start(
+        &node,
+        spec(&["sh", "-c", "sleep 1; echo finished"], dir.path()),
+    )
+    .await;
     let mut running = response.unwrap();
     next_accepted(&mut running).await;
     node.signal(libc::SIGTERM);
@@ -296,11 +338,17 @@ async fn sigterm_drains_running_jobs_and_refuses_new_ones() {
     let (_tx2, refused) = start(&node, spec(&["true"], dir.path())).await;
     let refused = refused.unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable);
-    assert!(refused.message().contains("draining"), "{}", refused.message());
+    assert!(
+        refused.message().contains("draining"),
+        "{}",
+        refused.message()
+    );
     let done = collect(running).await;
     assert_eq!(done.stdout, b"finished\n");
     assert_eq!(code(&done.exit), Some(exit::Status::Code(0)));
-    let status = node.wait_exit(Duration::from_secs(10)).expect("mexecd exits after draining");
+    let status = node
+        .wait_exit(Duration::from_secs(10))
+        .expect("mexecd exits after draining");
     assert!(status.success(), "{status:?}");
 }
 
@@ -308,10 +356,18 @@ async fn sigterm_drains_running_jobs_and_refuses_new_ones() {
 fn futures_lite_status(node: &Executor) -> Option<mexec_proto::v1::LoadReport> {
     let addr = node.addr;
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
         rt.block_on(async move {
-            let mut c = ExecutorClient::connect(format!("http://{addr}")).await.ok()?;
-            c.status(StatusRequest {}).await.ok().map(|r| r.into_inner())
+            let mut c = ExecutorClient::connect(format!("http://{addr}"))
+                .await
+                .ok()?;
+            c.status(StatusRequest {})
+                .await
+                .ok()
+                .map(|r| r.into_inner())
         })
     })
     .join()
@@ -324,7 +380,11 @@ async fn a_token_is_required_when_configured() {
     let dir = job_dir();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "cluster-secret\n").unwrap();
-    let node = Executor::start("tok-node", 1, &["--token-file", token_file.to_str().unwrap()]);
+    let node = Executor::start(
+        "tok-node",
+        1,
+        &["--token-file", token_file.to_str().unwrap()],
+    );
     let (_tx, response) = start(&node, spec(&["true"], dir.path())).await;
     assert_eq!(response.unwrap_err().code(), Code::Unauthenticated);
 
@@ -351,7 +411,10 @@ fn open_listen_without_auth_is_refused_and_insecure_warns() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("refusing to listen on 0.0.0.0:0 without authentication"), "{stderr}");
+    assert!(
+        stderr.contains("refusing to listen on 0.0.0.0:0 without authentication"),
+        "{stderr}"
+    );
 
     let node = Executor::start_with(
         std::process::Command::new(mexec_testkit::bin("mexecd")),

@@ -173,9 +173,7 @@ impl Executor {
             let _ = BufReader::new(stdout).read_line(&mut line);
             let _ = tx.send(line);
         });
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_default();
+        let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
         let addr = line
             .trim()
             .rsplit_once("listening on ")
@@ -342,5 +340,10 @@ pub fn copy_tree(from: &Path, to: &Path) {
         .arg(to)
         .status()
         .expect("run cp");
-    assert!(status.success(), "cp -a {} {} failed", from.display(), to.display());
+    assert!(
+        status.success(),
+        "cp -a {} {} failed",
+        from.display(),
+        to.display()
+    );
 }

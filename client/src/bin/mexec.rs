@@ -16,7 +16,11 @@ fn real_main() -> i32 {
         Ok(invocation) => invocation,
         Err(err) => {
             let _ = err.print();
-            return if err.use_stderr() { EXIT_MEXEC_FAILURE } else { 0 };
+            return if err.use_stderr() {
+                EXIT_MEXEC_FAILURE
+            } else {
+                0
+            };
         }
     };
     let settings = match Settings::resolve(&invocation.flags) {
@@ -32,7 +36,12 @@ fn real_main() -> i32 {
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     let argv: Vec<OsString> = match &invocation.form {
         Form::Options | Form::Command => invocation.args.clone(),
-        Form::Compiler => settings.cc.iter().cloned().chain(invocation.args.clone()).collect(),
+        Form::Compiler => settings
+            .cc
+            .iter()
+            .cloned()
+            .chain(invocation.args.clone())
+            .collect(),
         Form::Masquerade(name) => {
             let path = std::env::var_os("PATH").unwrap_or_default();
             let self_exe = std::env::current_exe().unwrap_or_default();
@@ -47,7 +56,9 @@ fn real_main() -> i32 {
                     return 127;
                 }
             }
-            std::iter::once(name.clone()).chain(invocation.args.clone()).collect()
+            std::iter::once(name.clone())
+                .chain(invocation.args.clone())
+                .collect()
         }
     };
     if argv.is_empty() {
@@ -62,12 +73,16 @@ fn real_main() -> i32 {
         }
     };
     job.timeout = settings.timeout;
-    job.forward_stdin = settings.forward_stdin && !os::stdin_is_terminal() && reads_stdin(&job.argv);
-    // Stdin cannot be replayed, so a job that reads it is never repeated.
-    job.repeatable = !job.forward_stdin
-        && (settings.retry || invocation::is_repeatable_compile(&job.argv));
+    job.forward_stdin =
+        settings.forward_stdin && !os::stdin_is_terminal() && reads_stdin(&job.argv);
+    // A job that got any of our stdin is not repeated (stdin cannot be
+    // replayed); the driver checks that when a node is lost.
+    job.repeatable = settings.retry || invocation::is_repeatable_compile(&job.argv);
 
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             say!("cannot start: {err}");
@@ -95,7 +110,10 @@ fn show_status(settings: &Settings, json: bool) -> i32 {
         .expect("a tokio runtime");
     let rows = runtime.block_on(status::collect(&settings.nodes, settings.token.as_ref()));
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows).expect("rows serialize"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).expect("rows serialize")
+        );
     } else {
         print!("{}", status::table(&rows));
     }

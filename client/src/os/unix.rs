@@ -62,7 +62,13 @@ pub fn user_name() -> String {
     let mut result: *mut libc::passwd = std::ptr::null_mut();
     // SAFETY: every pointer refers to a live buffer of the stated size.
     let rc = unsafe {
-        libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut result)
+        libc::getpwuid_r(
+            uid,
+            &mut pwd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        )
     };
     if rc == 0 && !result.is_null() {
         // SAFETY: on success pw_name is a NUL-terminated string in buf.

@@ -14,7 +14,9 @@ use mexec_common::nodes::NodeAddr;
 use mexec_proto::v1::LoadReport;
 
 use score::NodeView;
-use shared_state::{NodeState, SharedState, Snapshot, DOWN_FOR_MS, REFRESH_AFTER_MS, REPORT_TTL_MS};
+use shared_state::{
+    NodeState, SharedState, Snapshot, DOWN_FOR_MS, REFRESH_AFTER_MS, REPORT_TTL_MS,
+};
 
 /// Slots assumed for a node nobody has reported on or configured.
 const GUESSED_SLOTS: u32 = 4;
@@ -67,7 +69,10 @@ impl Placement {
             for (i, addr) in self.nodes.iter().enumerate() {
                 let node = data.nodes.entry(addr.authority()).or_default();
                 node.touched_ms = now;
-                let age = node.report.map(|r| now.saturating_sub(r.at_ms)).unwrap_or(u64::MAX);
+                let age = node
+                    .report
+                    .map(|r| now.saturating_sub(r.at_ms))
+                    .unwrap_or(u64::MAX);
                 let claimed = now.saturating_sub(node.refresh_claimed_ms) < REFRESH_AFTER_MS;
                 if age > REFRESH_AFTER_MS && !claimed && node.down_until_ms <= now {
                     node.refresh_claimed_ms = now;
@@ -81,8 +86,7 @@ impl Placement {
         match result {
             Ok(choice) => choice,
             Err(_) => {
-                let views: Vec<NodeView> =
-                    self.nodes.iter().map(|a| view(a, None, 0)).collect();
+                let views: Vec<NodeView> = self.nodes.iter().map(|a| view(a, None, 0)).collect();
                 let index = score::rank(&views, &mut rand::rng())
                     .into_iter()
                     .find(|i| !exclude.contains(i))?;
@@ -207,8 +211,21 @@ mod tests {
         assert_eq!(first.refresh, vec![0, 1]);
         let second = p.choose(&HashSet::new()).unwrap();
         assert!(second.refresh.is_empty());
-        p.record(0, &LoadReport { slots: 2, running: 2, ..LoadReport::default() });
-        p.record(1, &LoadReport { slots: 2, ..LoadReport::default() });
+        p.record(
+            0,
+            &LoadReport {
+                slots: 2,
+                running: 2,
+                ..LoadReport::default()
+            },
+        );
+        p.record(
+            1,
+            &LoadReport {
+                slots: 2,
+                ..LoadReport::default()
+            },
+        );
         // Node a reports both its slots busy, one of them by our own
         // reservation; b reports only ours. The next job goes to b.
         assert_eq!(p.choose(&HashSet::new()).unwrap().index, 1);

@@ -63,8 +63,14 @@ mod tests {
         let views = [
             view(4, 3),
             view(8, 3),
-            NodeView { avoid: true, ..view(8, 0) },
-            NodeView { foreign: 2.0, ..view(4, 0) },
+            NodeView {
+                avoid: true,
+                ..view(8, 0)
+            },
+            NodeView {
+                foreign: 2.0,
+                ..view(4, 0)
+            },
         ];
         assert_eq!(rank(&views, &mut rng), vec![1, 3, 0, 2]);
     }

@@ -126,7 +126,11 @@ impl SharedState {
 #[cfg(unix)]
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e),
@@ -142,8 +146,9 @@ fn prune(data: &mut StateData, now: u64) {
     for node in data.nodes.values_mut() {
         node.reservations.retain(|pid| os::process_alive(*pid));
     }
-    data.nodes
-        .retain(|_, node| !node.reservations.is_empty() || now.saturating_sub(node.touched_ms) < FORGET_AFTER_MS);
+    data.nodes.retain(|_, node| {
+        !node.reservations.is_empty() || now.saturating_sub(node.touched_ms) < FORGET_AFTER_MS
+    });
 }
 
 /// Milliseconds since the epoch.

@@ -209,7 +209,13 @@ mod tests {
             Ticket::Queued(q) => q,
             Ticket::Slot(_) => panic!("third job must queue"),
         };
-        assert_eq!(a.admit().unwrap_err(), Refusal::Full { running: 2, queued: 1 });
+        assert_eq!(
+            a.admit().unwrap_err(),
+            Refusal::Full {
+                running: 2,
+                queued: 1
+            }
+        );
         let c = a.counts();
         assert_eq!((c.running, c.queued), (2, 1));
 

@@ -67,9 +67,16 @@ mod tests {
         let s = JobError::CwdMissing("/src/x".into()).into_status("n2");
         assert_eq!(s.code(), Code::FailedPrecondition);
         assert!(s.message().starts_with("node n2: working directory /src/x"));
-        let s = JobError::from(Refusal::Full { running: 4, queued: 4 }).into_status("n1");
+        let s = JobError::from(Refusal::Full {
+            running: 4,
+            queued: 4,
+        })
+        .into_status("n1");
         assert_eq!(s.code(), Code::ResourceExhausted);
         assert_eq!(s.message(), "node n1 is full (4 jobs running, 4 queued)");
-        assert_eq!(JobError::Draining.into_status("n").code(), Code::Unavailable);
+        assert_eq!(
+            JobError::Draining.into_status("n").code(),
+            Code::Unavailable
+        );
     }
 }

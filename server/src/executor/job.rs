@@ -180,11 +180,7 @@ fn kill(pid: u32, killed: &mut Option<Kill>, why: Kill) {
     killed.get_or_insert(why);
 }
 
-async fn pump(
-    mut pipe: pipe::Receiver,
-    out: Outbound,
-    wrap: fn(Bytes) -> run_response::Msg,
-) {
+async fn pump(mut pipe: pipe::Receiver, out: Outbound, wrap: fn(Bytes) -> run_response::Msg) {
     let mut buf = BytesMut::with_capacity(CHUNK);
     loop {
         buf.reserve(CHUNK);

@@ -62,10 +62,15 @@ pub fn spawn(spec: &JobSpec, run_as: Option<&Account>) -> io::Result<Started> {
         command.uid(account.uid).gid(account.gid);
     }
     let umask = (spec.umask & 0o777) as libc::mode_t;
-    // SAFETY: umask is async-signal-safe and touches no memory.
+    // SAFETY: umask and prctl are async-signal-safe and touch no memory.
     unsafe {
         command.pre_exec(move || {
             libc::umask(umask);
+            // If the daemon dies hard (SIGKILL, OOM), its jobs die with it
+            // rather than run on unwatched. Spawning happens on a runtime
+            // worker thread, which lives as long as the daemon.
+            #[cfg(target_os = "linux")]
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             Ok(())
         });
     }
@@ -142,7 +147,9 @@ pub fn program_exists(program: &[u8], path: Option<&[u8]>) -> bool {
     let path = path.unwrap_or(b"/usr/bin:/bin");
     path.split(|b| *b == b':').any(|dir| {
         let dir = if dir.is_empty() { b"." as &[u8] } else { dir };
-        std::path::Path::new(OsStr::from_bytes(dir)).join(name).is_file()
+        std::path::Path::new(OsStr::from_bytes(dir))
+            .join(name)
+            .is_file()
     })
 }
 

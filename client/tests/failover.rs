@@ -1,0 +1,203 @@
+//! Nodes that are down, refuse, or vanish mid-job: the job goes elsewhere,
+//! runs locally, or fails with one clear `mexec:` line, as DESIGN.md says.
+
+use std::process::Command;
+use std::time::Duration;
+
+use mexec_testkit::{job_dir, wait_until, Executor, Farm};
+
+/// An address on which nothing listens (bound, then closed).
+fn dead_node() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+fn joblog_nodes(path: &std::path::Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            (
+                v["node"].as_str().unwrap().to_owned(),
+                v["placed"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_node_down_before_the_job_costs_a_retry_on_another() {
+    let farm = Farm::start(1, 2);
+    let dir = job_dir();
+    let log = dir.path().join("jobs.jsonl");
+    let nodes = format!("{},{},{}", dead_node(), dead_node(), farm.nodes());
+    for _ in 0..4 {
+        let output = farm
+            .mexec(dir.path(), &["sh", "-c", "echo ran"])
+            .env("MEXEC_NODES", &nodes)
+            .env("MEXEC_JOBLOG", &log)
+            .output()
+            .unwrap();
+        assert_eq!(output.stdout, b"ran\n");
+        assert_eq!(output.stderr, b"", "a retry elsewhere is silent");
+    }
+    let placed = joblog_nodes(&log);
+    assert_eq!(placed.len(), 4);
+    assert!(
+        placed
+            .iter()
+            .all(|(node, how)| node == "n1" && how == "remote"),
+        "{placed:?}"
+    );
+}
+
+#[test]
+fn with_every_node_down_the_job_runs_locally_or_fails_with_no_local() {
+    let farm = Farm::start(0, 1);
+    let dir = job_dir();
+    let nodes = format!("{},{}", dead_node(), dead_node());
+    let output = farm
+        .mexec(dir.path(), &["sh", "-c", "echo local; exit 42"])
+        .env("MEXEC_NODES", &nodes)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(42));
+    assert_eq!(output.stdout, b"local\n");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.starts_with("mexec: no node could run the job ("),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("unreachable") && stderr.contains("running sh locally"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    let output = farm
+        .mexec(dir.path(), &["--no-local", "sh", "-c", "echo local"])
+        .env("MEXEC_NODES", &nodes)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(255));
+    assert_eq!(output.stdout, b"");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("not running it locally (--no-local)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_working_directory_missing_on_the_node_is_named() {
+    // The node runs in a mount namespace where a tmpfs hides the job's
+    // tree: as on a node where the shared file system is not mounted.
+    let probe = Command::new("unshare").args(["--mount", "true"]).status();
+    if !probe.map(|s| s.success()).unwrap_or(false) {
+        eprintln!("skipped: cannot create a mount namespace here (needs root and unshare)");
+        return;
+    }
+    let tree = job_dir();
+    let work = tree.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    mexec_testkit::give_to_job_user(&work);
+    let mut wrapped = Command::new("unshare");
+    wrapped
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t tmpfs tmpfs \"$0\" && exec \"$@\"")
+        .arg(tree.path())
+        .arg(mexec_testkit::bin("mexecd"));
+    let node = Executor::start_with(wrapped, "unmounted", 2, &[]);
+    let mut farm = Farm::start(0, 1);
+    farm.executors.push(node);
+
+    let output = farm.mexec(&work, &["--no-local", "true"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(255));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("node unmounted: working directory"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&work.display().to_string()), "{stderr}");
+    assert!(stderr.contains("does not exist here"), "{stderr}");
+
+    let output = farm
+        .mexec(&work, &["sh", "-c", "echo fallback"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert_eq!(output.stdout, b"fallback\n");
+}
+
+#[test]
+fn a_repeatable_job_whose_node_dies_is_rerun_elsewhere_with_one_output() {
+    let farm = Farm::start(2, 2);
+    let dir = job_dir();
+    let script = "echo attempt; echo $$ >> attempts; sleep 3; echo done";
+    let child = farm
+        .mexec(dir.path(), &["--retry", "sh", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let attempts = dir.path().join("attempts");
+    assert!(wait_until(Duration::from_secs(20), || attempts.exists()));
+    let first: u32 = std::fs::read_to_string(&attempts)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // The executor is the job's parent: kill that node hard.
+    let parent = parent_pid(first).expect("job's parent");
+    let victim = farm
+        .executors
+        .iter()
+        .find(|e| e.pid() == parent)
+        .expect("the job runs under one of the executors");
+    victim.signal(libc::SIGKILL);
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The first attempt's output was held back and dropped.
+    assert_eq!(output.stdout, b"attempt\ndone\n");
+    let runs = std::fs::read_to_string(&attempts).unwrap();
+    assert_eq!(runs.lines().count(), 2, "{runs}");
+}
+
+#[test]
+fn a_job_that_is_not_repeatable_fails_when_its_node_dies() {
+    let farm = Farm::start(1, 2);
+    let dir = job_dir();
+    let child = farm
+        .mexec(dir.path(), &["sh", "-c", "echo $$ > pid; sleep 30"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid_file = dir.path().join("pid");
+    assert!(wait_until(Duration::from_secs(20), || {
+        std::fs::read_to_string(&pid_file)
+            .map(|s| s.ends_with('\n'))
+            .unwrap_or(false)
+    }));
+    farm.executors[0].signal(libc::SIGKILL);
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(255));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("node n1 was lost while running sh"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--retry"), "{stderr}");
+}
+
+fn parent_pid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
+}

@@ -1,0 +1,190 @@
+//! `mexec` behaves as the local command would: bytes, exit codes, stdin,
+//! signals, and what happens when the client itself dies. Every test runs
+//! the real `mexec` binary against real `mexecd` processes.
+
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use mexec_testkit::{job_dir, pid_alive, wait_until, Farm};
+
+fn local(args: &[&str], cwd: &std::path::Path) -> Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .current_dir(cwd)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn all_256_byte_values_arrive_identically_on_both_streams() {
+    let farm = Farm::start(1, 2);
+    let dir = job_dir();
+    let format: String = (0u16..=255).map(|b| format!("\\{b:03o}")).collect();
+    let args = [
+        "sh",
+        "-c",
+        "printf \"$1\"; printf \"$1\" >&2",
+        "sh",
+        &format,
+    ];
+    let here = local(&args, dir.path());
+    let remote = farm.mexec(dir.path(), &args).output().unwrap();
+    assert_eq!(here.stdout.len(), 256);
+    assert_eq!(remote.stdout, here.stdout);
+    assert_eq!(remote.stderr, here.stderr);
+    assert!(remote.status.success());
+}
+
+#[test]
+fn non_utf8_arguments_and_environment_pass_as_bytes() {
+    let farm = Farm::start(1, 2);
+    let dir = job_dir();
+    let arg = std::ffi::OsStr::from_bytes(b"caf\xe9-\xff\xfe");
+    let value = std::ffi::OsStr::from_bytes(b"\xc3\x28 latin1 \xe9");
+    let output = farm
+        .mexec(
+            dir.path(),
+            &["sh", "-c", "printf '%s|%s' \"$1\" \"$WEIRD\"", "sh"],
+        )
+        .arg(arg)
+        .env("WEIRD", value)
+        .output()
+        .unwrap();
+    assert_eq!(output.stdout, b"caf\xe9-\xff\xfe|\xc3\x28 latin1 \xe9");
+}
+
+#[test]
+fn exit_codes_and_deaths_by_signal_are_the_commands_own() {
+    let farm = Farm::start(1, 4);
+    let dir = job_dir();
+    for (script, expected) in [
+        ("exit 0", 0),
+        ("exit 1", 1),
+        ("exit 42", 42),
+        ("kill -KILL $$", 137),
+        ("kill -TERM $$", 143),
+    ] {
+        let status = farm
+            .mexec(dir.path(), &["sh", "-c", script])
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(expected), "{script}");
+    }
+}
+
+#[test]
+fn stdin_is_forwarded_unless_told_not_to() {
+    let farm = Farm::start(1, 2);
+    let dir = job_dir();
+    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut child = farm
+        .mexec(dir.path(), &["cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let to_send = data.clone();
+    let writer = std::thread::spawn(move || stdin.write_all(&to_send));
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(output.status.success());
+    assert_eq!(output.stdout.len(), data.len());
+    assert!(output.stdout == data);
+
+    let mut child = farm
+        .mexec(dir.path(), &["-n", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"not forwarded")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.stdout, b"");
+}
+
+/// Starts a job that leaves a background process in its group and writes
+/// both pids, and waits for them.
+fn start_group_job(farm: &Farm, dir: &std::path::Path) -> (std::process::Child, u32, u32) {
+    let script = "sleep 300 & echo $! > bg.pid; echo $$ > sh.pid; wait";
+    let child = farm
+        .mexec(dir, &["-n", "sh", "-c", script])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let read = |name: &str| -> Option<u32> {
+        std::fs::read_to_string(dir.join(name))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    assert!(wait_until(Duration::from_secs(20), || read("bg.pid")
+        .is_some()
+        && read("sh.pid").is_some()));
+    (child, read("sh.pid").unwrap(), read("bg.pid").unwrap())
+}
+
+#[test]
+fn ctrl_c_reaches_the_remote_group_and_nothing_is_left_behind() {
+    let farm = Farm::start(1, 2);
+    let dir = job_dir();
+    let (mut child, sh, bg) = start_group_job(&farm, dir.path());
+    assert!(pid_alive(sh) && pid_alive(bg));
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    // The background sleep ignores SIGINT (as in any non-interactive
+    // shell); the executor still removes it with the job's group.
+    assert!(wait_until(Duration::from_secs(10), || !pid_alive(sh) && !pid_alive(bg)));
+}
+
+#[test]
+fn sigterm_and_sighup_are_forwarded() {
+    let farm = Farm::start(1, 2);
+    let dir = job_dir();
+    for (signal, code) in [(libc::SIGTERM, 143), (libc::SIGHUP, 129)] {
+        let _ = std::fs::remove_file(dir.path().join("sh.pid"));
+        let _ = std::fs::remove_file(dir.path().join("bg.pid"));
+        let (mut child, sh, _) = start_group_job(&farm, dir.path());
+        // SAFETY: kill has no memory effects.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        assert_eq!(child.wait().unwrap().code(), Some(code));
+        assert!(wait_until(Duration::from_secs(10), || !pid_alive(sh)));
+    }
+}
+
+#[test]
+fn a_killed_client_takes_its_remote_job_with_it() {
+    let farm = Farm::start(1, 2);
+    let dir = job_dir();
+    let (mut child, sh, bg) = start_group_job(&farm, dir.path());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(wait_until(Duration::from_secs(15), || !pid_alive(sh) && !pid_alive(bg)));
+}
+
+#[test]
+fn unknown_commands_exit_127_with_the_node_named() {
+    let farm = Farm::start(1, 2);
+    let dir = job_dir();
+    let output = farm
+        .mexec(dir.path(), &["no-such-command-mexec", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(127));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.starts_with("mexec: node "), "{stderr}");
+    assert!(
+        stderr.contains("command not found: no-such-command-mexec"),
+        "{stderr}"
+    );
+}
