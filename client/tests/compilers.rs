@@ -165,3 +165,12 @@ fn bzip2_builds_with_make_j8_cc_mexec_and_matches_a_local_build() {
     let nodes: HashSet<_> = jobs.iter().collect();
     assert!(nodes.len() >= 2, "jobs went to {nodes:?}");
 }
+
+#[test]
+fn the_example_client_config_under_deploy_parses() {
+    let path = mexec_testkit::workspace_root().join("deploy/mexec.toml");
+    let config: mexec_client::settings::FileConfig =
+        mexec_common::config_file::load(&path).expect("deploy/mexec.toml parses");
+    assert_eq!(config.nodes.map(|n| n.len()), Some(3));
+    assert_eq!(config.cc.as_deref(), Some("gcc"));
+}

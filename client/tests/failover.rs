@@ -201,3 +201,29 @@ fn parent_pid(pid: u32) -> Option<u32> {
         .find_map(|l| l.strip_prefix("PPid:"))
         .and_then(|v| v.trim().parse().ok())
 }
+
+#[test]
+fn nodes_can_come_from_the_config_file() {
+    let farm = Farm::start(1, 2);
+    let dir = job_dir();
+    let config = dir.path().join("mexec.toml");
+    std::fs::write(&config, format!("nodes = [\"{}\"]\nno_local = true\n", farm.nodes())).unwrap();
+    let output = farm
+        .mexec(dir.path(), &["sh", "-c", "echo from-config"])
+        .env_remove("MEXEC_NODES")
+        .env("MEXEC_CONFIG", &config)
+        .output()
+        .unwrap();
+    assert_eq!(output.stdout, b"from-config\n");
+
+    std::fs::write(&config, "nodez = []\n").unwrap();
+    let output = farm
+        .mexec(dir.path(), &["true"])
+        .env_remove("MEXEC_NODES")
+        .env("MEXEC_CONFIG", &config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(255));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.starts_with("mexec: config file") && stderr.contains("nodez"), "{stderr}");
+}
