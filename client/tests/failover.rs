@@ -207,7 +207,11 @@ fn nodes_can_come_from_the_config_file() {
     let farm = Farm::start(1, 2);
     let dir = job_dir();
     let config = dir.path().join("mexec.toml");
-    std::fs::write(&config, format!("nodes = [\"{}\"]\nno_local = true\n", farm.nodes())).unwrap();
+    std::fs::write(
+        &config,
+        format!("nodes = [\"{}\"]\nno_local = true\n", farm.nodes()),
+    )
+    .unwrap();
     let output = farm
         .mexec(dir.path(), &["sh", "-c", "echo from-config"])
         .env_remove("MEXEC_NODES")
@@ -225,5 +229,8 @@ fn nodes_can_come_from_the_config_file() {
         .unwrap();
     assert_eq!(output.status.code(), Some(255));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.starts_with("mexec: config file") && stderr.contains("nodez"), "{stderr}");
+    assert!(
+        stderr.starts_with("mexec: config file") && stderr.contains("nodez"),
+        "{stderr}"
+    );
 }

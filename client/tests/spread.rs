@@ -37,3 +37,80 @@ fn forty_concurrent_clients_use_all_three_nodes() {
         assert!(jobs >= 10, "{node} ran {jobs} of 40 jobs: {per_node:?}");
     }
 }
+
+#[test]
+fn a_full_farm_makes_jobs_wait_instead_of_running_locally() {
+    // One slot and one queue place for eight jobs: most are refused at
+    // first and must back off and come again, never run here.
+    let mut farm = Farm::start(0, 1);
+    farm.executors.push(mexec_testkit::Executor::start(
+        "tiny",
+        1,
+        &["--max-queued", "1"],
+    ));
+    let dir = job_dir();
+    let log = dir.path().join("jobs.jsonl");
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            farm.mexec(dir.path(), &["--no-local", "sleep", "0.2"])
+                .env("MEXEC_JOBLOG", &log)
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(output.stderr, b"");
+    }
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(log.lines().count(), 8);
+    assert!(
+        log.lines()
+            .all(|l| l.contains("\"node\":\"tiny\"") && l.contains("\"placed\":\"remote\"")),
+        "{log}"
+    );
+}
+
+#[test]
+fn status_lists_reachable_and_unreachable_nodes() {
+    let farm = Farm::start(2, 3);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let nodes = format!("{},{dead}", farm.nodes());
+    let dir = job_dir();
+    let output = farm
+        .mexec(dir.path(), &["--status"])
+        .env("MEXEC_NODES", &nodes)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(table.lines().count(), 4, "{table}");
+    assert!(table.lines().next().unwrap().contains("SLOTS"));
+    assert!(table.contains(" n1 ") && table.contains(" n2 "), "{table}");
+    let dead_line = table
+        .lines()
+        .find(|l| l.starts_with(&dead.to_string()))
+        .unwrap();
+    assert!(dead_line.contains("unreachable"), "{dead_line}");
+
+    let output = farm
+        .mexec(dir.path(), &["--status", "--json"])
+        .env("MEXEC_NODES", &nodes)
+        .output()
+        .unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0]["slots"], 3);
+    assert_eq!(rows[0]["reachable"], true);
+    assert_eq!(rows[2]["reachable"], false);
+}
