@@ -115,7 +115,9 @@ impl Placement {
     pub fn mark_down(&self, index: usize) {
         let key = self.nodes[index].authority();
         let _ = self.state.update(|data, now| {
-            data.nodes.entry(key).or_default().down_until_ms = now + DOWN_FOR_MS;
+            let node = data.nodes.entry(key).or_default();
+            node.down_until_ms = now + DOWN_FOR_MS;
+            node.touched_ms = now;
         });
     }
 
@@ -125,6 +127,7 @@ impl Placement {
         let _ = self.state.update(|data, now| {
             let node = data.nodes.entry(key).or_default();
             node.down_until_ms = 0;
+            node.touched_ms = now;
             node.report = Some(Snapshot {
                 slots: report.slots,
                 running: report.running,
