@@ -95,7 +95,9 @@ fn is_our_option(arg: &OsStr) -> bool {
     let Some(arg) = arg.to_str() else {
         return false;
     };
-    if matches!(arg, "--" | "-n" | "-h" | "--help" | "-V" | "--version") {
+    // `--version`, `-V` and `-v` are left to the compiler: build systems
+    // probe `$CC --version`, and with CC=mexec that must reach the compiler.
+    if matches!(arg, "--" | "-n" | "-h" | "--help") {
         return true;
     }
     let Some(long) = arg.strip_prefix("--") else {
@@ -141,7 +143,7 @@ pub fn is_compiler_name(name: &OsStr) -> bool {
     };
     let name = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
     let name = name.strip_suffix('-').unwrap_or(name);
-    ["cc", "gcc", "g++", "c++", "clang", "clang++", "cpp"]
+    ["cc", "gcc", "g++", "c++", "clang", "clang++"]
         .iter()
         .any(|driver| name == *driver || name.ends_with(&format!("-{driver}")))
 }
@@ -190,8 +192,14 @@ mod tests {
             parse(argv(&["mexec", "a.o", "b.o"])).unwrap().form,
             Form::Compiler
         );
-        // A compiler's `-v` is not ours.
-        assert_eq!(parse(argv(&["mexec", "-v"])).unwrap().form, Form::Compiler);
+        // A compiler's `-v`, `--version`, `--verbose` are not ours.
+        for flag in ["-v", "--version", "-V", "--verbose"] {
+            assert_eq!(
+                parse(argv(&["mexec", flag])).unwrap().form,
+                Form::Compiler,
+                "{flag}"
+            );
+        }
     }
 
     #[test]

@@ -161,6 +161,11 @@ pub async fn run_on(
                 },
             },
             signal = signals.next() => {
+                if started_on.is_none() {
+                    // Still connecting or queued: nothing runs yet, so
+                    // leaving is the whole of stopping.
+                    break Outcome::Abandoned { signal };
+                }
                 let message = RunRequest { msg: Some(run_request::Msg::Signal(Signal { signo: signal })) };
                 if requests.try_send(message.clone()).is_err() {
                     // The request stream is full of stdin: send when it drains.

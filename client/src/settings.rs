@@ -16,6 +16,8 @@ use serde::Deserialize;
 #[command(
     name = "mexec",
     version,
+    // `--version` belongs to the compiler in the CC=mexec form.
+    disable_version_flag = true,
     about = "Run a command on the least-loaded node of the mexec farm",
     after_help = "Forms: mexec [OPTIONS] -- CMD ARGS | mexec CMD ARGS | CC=mexec (runs $MEXEC_CC, \
                   else cc) | a symlink named cc, gcc, g++, c++, clang or clang++ to mexec"
@@ -37,13 +39,13 @@ pub struct Flags {
     #[arg(long, env = "MEXEC_RETRY")]
     pub retry: bool,
     /// Do not forward standard input (the job reads /dev/null).
-    #[arg(short = 'n', long = "no-stdin")]
+    #[arg(short = 'n', long = "no-stdin", env = "MEXEC_NO_STDIN")]
     pub no_stdin: bool,
     /// Kill the job after this many seconds.
     #[arg(long, env = "MEXEC_TIMEOUT")]
     pub timeout: Option<u64>,
     /// Say on stderr where each job goes and why it moves.
-    #[arg(long, env = "MEXEC_VERBOSE")]
+    #[arg(long = "explain", env = "MEXEC_EXPLAIN")]
     pub verbose: bool,
     /// Append one JSON line per job to this file.
     #[arg(long, env = "MEXEC_JOBLOG")]
@@ -54,6 +56,9 @@ pub struct Flags {
     /// With --status: print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Print mexec's version.
+    #[arg(long = "mexec-version", action = clap::ArgAction::Version)]
+    pub mexec_version: (),
     /// The command and its arguments.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_parser = clap::value_parser!(OsString))]
     pub command: Vec<OsString>,
@@ -75,8 +80,8 @@ pub struct FileConfig {
     pub cc: Option<String>,
     /// Kill jobs after this many seconds. Default: no limit.
     pub timeout_secs: Option<u64>,
-    /// Say where each job goes. Default: false.
-    pub verbose: Option<bool>,
+    /// Say where each job goes and why it moves. Default: false.
+    pub explain: Option<bool>,
 }
 
 /// Everything the client needs, resolved.
@@ -133,7 +138,7 @@ impl Settings {
             retry: flags.retry || file.retry.unwrap_or(false),
             forward_stdin: !flags.no_stdin,
             timeout: timeout.map(Duration::from_secs),
-            verbose: flags.verbose || file.verbose.unwrap_or(false),
+            verbose: flags.verbose || file.explain.unwrap_or(false),
             joblog: flags.joblog.clone(),
             cc: cc.split_whitespace().map(OsString::from).collect(),
         })

@@ -188,3 +188,93 @@ fn unknown_commands_exit_127_with_the_node_named() {
         "{stderr}"
     );
 }
+
+#[test]
+fn an_idle_open_stdin_does_not_keep_mexec_alive_after_the_job() {
+    let farm = Farm::start(1, 2);
+    let dir = job_dir();
+    let mut child = farm
+        .mexec(dir.path(), &["true"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // stdin stays open and silent, as under ssh or a CI runner.
+    let _stdin = child.stdin.take();
+    let mut status = None;
+    assert!(wait_until(Duration::from_secs(10), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    }));
+    assert!(status.unwrap().success());
+}
+
+#[test]
+fn ctrl_c_while_waiting_for_a_slot_leaves_without_running_the_job() {
+    let mut farm = Farm::start(0, 1);
+    farm.executors.push(mexec_testkit::Executor::start(
+        "one-slot",
+        1,
+        &["--max-queued", "4"],
+    ));
+    let dir = job_dir();
+    let blocker = farm
+        .mexec(dir.path(), &["-n", "sleep", "30"])
+        .spawn()
+        .unwrap();
+    let mut blocker = KillOnDrop(blocker);
+    // The only slot is taken before the second job asks.
+    let running = || status_field(&farm, "running") == Some(1);
+    assert!(wait_until(Duration::from_secs(10), running));
+    let mut waiting = farm
+        .mexec(dir.path(), &["-n", "sh", "-c", "touch ran"])
+        .spawn()
+        .unwrap();
+    let queued = || status_field(&farm, "queued") == Some(1);
+    assert!(wait_until(Duration::from_secs(10), queued));
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(waiting.id() as i32, libc::SIGINT) };
+    assert_eq!(waiting.wait().unwrap().code(), Some(130));
+    blocker.0.kill().unwrap();
+    let _ = blocker.0.wait();
+    assert!(!dir.path().join("ran").exists());
+}
+
+struct KillOnDrop(std::process::Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn status_field(farm: &Farm, field: &str) -> Option<u64> {
+    let dir = job_dir();
+    let output = farm
+        .mexec(dir.path(), &["--status", "--json"])
+        .output()
+        .ok()?;
+    let rows: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+    rows[0][field].as_u64()
+}
+
+#[test]
+fn in_the_cc_form_version_probes_reach_the_compiler() {
+    let farm = Farm::start(1, 2);
+    let dir = job_dir();
+    let output = farm
+        .mexec(dir.path(), &["--version"])
+        .env("MEXEC_CC", "gcc")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("gcc"), "{text}");
+    let output = farm
+        .mexec(dir.path(), &["--mexec-version"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        format!("mexec {}", env!("CARGO_PKG_VERSION"))
+    );
+}

@@ -448,3 +448,138 @@ fn the_example_config_under_deploy_parses() {
     assert_eq!(config.slots, Some(8));
     assert_eq!(config.user.as_deref(), Some("mexec"));
 }
+
+#[tokio::test]
+async fn a_slow_reader_gets_every_byte_after_the_job_has_exited() {
+    let node = Executor::start("tail-node", 1, &[]);
+    let dir = job_dir();
+    let (_tx, response) = start(
+        &node,
+        spec(&["head", "-c", "4000000", "/dev/zero"], dir.path()),
+    )
+    .await;
+    let mut stream = response.unwrap();
+    let mut total = 0usize;
+    let mut exit = None;
+    while let Some(message) = stream.message().await.unwrap() {
+        match message.msg.unwrap() {
+            run_response::Msg::Stdout(b) => {
+                total += b.len();
+                // Slow enough that draining outlasts the job by seconds.
+                tokio::time::sleep(Duration::from_millis(60)).await;
+            }
+            run_response::Msg::Exit(e) => exit = Some(e),
+            _ => {}
+        }
+    }
+    assert_eq!(total, 4_000_000);
+    assert_eq!(code(&exit), Some(exit::Status::Code(0)));
+}
+
+#[tokio::test]
+async fn a_signal_gets_through_behind_stdin_the_job_does_not_read() {
+    let node = Executor::start("hol-node", 1, &[]);
+    let dir = job_dir();
+    let mut job = spec(&["sleep", "60"], dir.path());
+    job.forward_stdin = true;
+    let (tx, response) = start(&node, job).await;
+    let mut stream = response.unwrap();
+    next_accepted(&mut stream).await;
+    let feeder = tx.clone();
+    tokio::spawn(async move {
+        for _ in 0..32 {
+            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+            let message = RunRequest {
+                msg: Some(run_request::Msg::Stdin(chunk)),
+            };
+            if feeder.send(message).await.is_err() {
+                return;
+            }
+        }
+        let _ = feeder
+            .send(RunRequest {
+                msg: Some(run_request::Msg::Signal(Signal { signo: 15 })),
+            })
+            .await;
+    });
+    let done = tokio::time::timeout(Duration::from_secs(20), collect(stream))
+        .await
+        .expect("the signal behind 2 MiB of unread stdin arrives");
+    assert_eq!(code(&done.exit), Some(exit::Status::Signal(15)));
+}
+
+#[tokio::test]
+async fn a_job_killed_by_shutdown_ends_with_unavailable_so_clients_can_retry() {
+    let mut node = Executor::start("grace-node", 1, &["--grace-secs", "1"]);
+    let dir = job_dir();
+    let (_tx, response) = start(&node, spec(&["sleep", "60"], dir.path())).await;
+    let mut stream = response.unwrap();
+    next_accepted(&mut stream).await;
+    node.signal(libc::SIGTERM);
+    let end = loop {
+        match stream.message().await {
+            Ok(Some(_)) => continue,
+            other => break other,
+        }
+    };
+    let status = end.expect_err("a status, not an exit");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status
+            .message()
+            .contains("shut down before the job finished"),
+        "{}",
+        status.message()
+    );
+    assert!(node.wait_exit(Duration::from_secs(10)).is_some());
+}
+
+#[tokio::test]
+async fn a_cwd_the_job_account_cannot_enter_is_refused_before_start() {
+    if !mexec_testkit::is_root() {
+        eprintln!(
+            "skipped: needs root (jobs run as {})",
+            mexec_testkit::JOB_USER
+        );
+        return;
+    }
+    let node = Executor::start("perm-node", 1, &[]);
+    let private = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        private.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let (_tx, response) = start(&node, spec(&["true"], private.path())).await;
+    let result = collect_or_status(response).await;
+    let status = match result {
+        Err(status) => status,
+        Ok(c) => panic!(
+            "not refused: {:?} {:?}",
+            c.exit,
+            std::fs::metadata(private.path())
+                .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()))
+        ),
+    };
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status
+            .message()
+            .contains("not accessible to the job account nobody"),
+        "{}",
+        status.message()
+    );
+}
+
+async fn collect_or_status(
+    response: Result<Streaming<RunResponse>, Status>,
+) -> Result<Collected, Status> {
+    let mut stream = response?;
+    let mut c = Collected::default();
+    while let Some(message) = stream.message().await? {
+        if let Some(run_response::Msg::Exit(e)) = message.msg {
+            c.exit = Some(e);
+        }
+    }
+    Ok(c)
+}

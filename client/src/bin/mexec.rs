@@ -89,14 +89,24 @@ fn real_main() -> i32 {
             return EXIT_MEXEC_FAILURE;
         }
     };
-    runtime.block_on(driver::run(&settings, &job))
+    let code = runtime.block_on(driver::run(&settings, &job));
+    // A stdin read may still be blocked on a terminal or an idle pipe; it
+    // cannot be cancelled, so do not wait for it.
+    runtime.shutdown_background();
+    code
 }
 
-/// A compiler reads stdin only when told to with `-`; forwarding it anyway
-/// would take input meant for the next command of a script.
+/// A compiler reads stdin only when an input file is `-`; forwarding it
+/// anyway would take input meant for the next command of a script.
 fn reads_stdin(argv: &[OsString]) -> bool {
     let program = invocation::program_name(&argv[0]);
-    !invocation::is_compiler_name(&program) || argv[1..].iter().any(|a| a == "-")
+    if !invocation::is_compiler_name(&program) {
+        return true;
+    }
+    argv[1..]
+        .iter()
+        .enumerate()
+        .any(|(i, a)| a == "-" && (i == 0 || argv[i] != "-o"))
 }
 
 fn show_status(settings: &Settings, json: bool) -> i32 {
@@ -109,6 +119,7 @@ fn show_status(settings: &Settings, json: bool) -> i32 {
         .build()
         .expect("a tokio runtime");
     let rows = runtime.block_on(status::collect(&settings.nodes, settings.token.as_ref()));
+    runtime.shutdown_background();
     if json {
         println!(
             "{}",

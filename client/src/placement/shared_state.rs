@@ -95,7 +95,7 @@ impl SharedState {
     /// Runs `change` on the state under an exclusive lock and saves it.
     pub fn update<R>(&self, change: impl FnOnce(&mut StateData, u64) -> R) -> std::io::Result<R> {
         let mut file = self.open()?;
-        file.lock()?;
+        lock_with_deadline(&file)?;
         let mut text = Vec::new();
         file.read_to_end(&mut text)?;
         // A damaged file (a crash mid-write) is only lost hints: start over.
@@ -114,27 +114,62 @@ impl SharedState {
         if let Some(dir) = self.path.parent() {
             create_private_dir(dir)?;
         }
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&self.path)
+        let mut options = OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        // Never follow a link planted in place of the file.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
+        options.open(&self.path)
     }
 }
 
+/// How long a client waits for the state lock before placing without it.
+/// A holder that stopped (SIGSTOP, a debugger) must not stall every build.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(500);
+
+fn lock_with_deadline(file: &File) -> std::io::Result<()> {
+    let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "placement state is locked by a stuck client",
+                ))
+            }
+            Err(std::fs::TryLockError::Error(err)) => return Err(err),
+        }
+    }
+}
+
+/// Creates `dir` private to us, and refuses one that someone else owns or
+/// can write: in /tmp another user could otherwise plant it.
 #[cfg(unix)]
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     match std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
     {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e),
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
     }
+    let meta = std::fs::symlink_metadata(dir)?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("{} is not a directory private to this user", dir.display()),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(not(unix))]
@@ -180,6 +215,28 @@ mod tests {
             .update(|d, _| d.nodes["a:1"].reservations.clone())
             .unwrap();
         assert_eq!(kept, vec![std::process::id()]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_planted_link_or_shared_directory_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("victim");
+        std::fs::write(&target, b"precious").unwrap();
+        let state_dir = dir.path().join("state");
+        std::fs::create_dir(&state_dir).unwrap();
+        std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::symlink(&target, state_dir.join("placement.json")).unwrap();
+        let state = SharedState::at(state_dir.join("placement.json"));
+        assert!(state.update(|_, _| ()).is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+
+        let open_dir = dir.path().join("open");
+        std::fs::create_dir(&open_dir).unwrap();
+        std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let state = SharedState::at(open_dir.join("placement.json"));
+        assert!(state.update(|_, _| ()).is_err());
     }
 
     #[test]

@@ -165,12 +165,17 @@ impl QueueGuard {
     pub async fn wait_for_slot(self) -> Option<SlotGuard> {
         let admission = self.admission.clone();
         let mut changes = admission.subscribe();
+        // One acquire future for the whole wait keeps our place in the
+        // semaphore's first-come, first-served queue.
+        let acquire = admission.permits.clone().acquire_owned();
+        tokio::pin!(acquire);
         let permit = loop {
             if admission.is_draining() {
                 return None;
             }
             tokio::select! {
-                permit = admission.permits.clone().acquire_owned() => break permit.ok()?,
+                biased;
+                permit = &mut acquire => break permit.ok()?,
                 _ = changes.changed() => {}
             }
         };

@@ -20,6 +20,8 @@ pub enum JobError {
         "working directory {0} does not exist here (is the shared file system mounted on this node?)"
     )]
     CwdMissing(String),
+    #[error("working directory {path} is not accessible to the job account {user} here")]
+    CwdDenied { path: String, user: String },
     #[error("is draining and takes no new jobs")]
     Draining,
     #[error("is full ({running} jobs running, {queued} queued)")]
@@ -42,7 +44,7 @@ impl JobError {
                 Code::InvalidArgument
             }
             JobError::NoRequest => Code::Cancelled,
-            JobError::CwdMissing(_) => Code::FailedPrecondition,
+            JobError::CwdMissing(_) | JobError::CwdDenied { .. } => Code::FailedPrecondition,
             JobError::Draining => Code::Unavailable,
             JobError::Full { .. } => Code::ResourceExhausted,
         }

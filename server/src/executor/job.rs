@@ -3,6 +3,7 @@
 //! its whole process group when the client leaves, the timeout passes or the
 //! node gives up on draining.
 
+use std::collections::VecDeque;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use mexec_proto::v1::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
 use super::admission::{SlotGuard, Ticket};
@@ -29,8 +30,11 @@ pub type Outbound = mpsc::Sender<Result<RunResponse, Status>>;
 /// bounds what a slow reader can make us hold to half a MiB per job.
 pub const OUTPUT_QUEUE: usize = 8;
 const CHUNK: usize = 64 * 1024;
-/// Stdin chunks that may wait for the job to read them.
-const STDIN_QUEUE: usize = 16;
+/// Stdin chunks queued to the writer task.
+const STDIN_QUEUE: usize = 4;
+/// Stdin bytes held while the job does not read, before we stop reading the
+/// client's stream (and so its signals) and let flow control push back.
+const STDIN_BUFFER: usize = 4 * 1024 * 1024;
 /// After the job's leader exits and its group is killed, how long output
 /// may still drain (a process that left the group can hold the pipe open).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
@@ -80,9 +84,17 @@ pub async fn run(
     let started = match process::spawn(&spec, ctx.run_as.as_ref()) {
         Ok(started) => started,
         Err(err) => {
-            let exit = spawn_failure(&spec, &argv0, &err);
-            log_job(&ctx, &spec, &argv0, started_at, &exit);
-            let _ = out.send(Ok(response(run_response::Msg::Exit(exit)))).await;
+            match spawn_failure(&ctx, &spec, &argv0, &err) {
+                Ok(exit) => {
+                    log_job(&ctx, &spec, &argv0, started_at, &exit);
+                    let _ = out.send(Ok(response(run_response::Msg::Exit(exit)))).await;
+                }
+                // Not the command's fault: the client should go elsewhere.
+                Err(refusal) => {
+                    tracing::warn!(job_id = %spec.job_id, node = %ctx.name, %refusal, "job refused");
+                    let _ = out.send(Err(refusal.into_status(&ctx.name))).await;
+                }
+            }
             return;
         }
     };
@@ -94,9 +106,20 @@ pub async fn run(
         }))))
         .await;
 
+    let (exited_tx, exited) = watch::channel(false);
     let pumps = [
-        tokio::spawn(pump(started.stdout, out.clone(), run_response::Msg::Stdout)),
-        tokio::spawn(pump(started.stderr, out.clone(), run_response::Msg::Stderr)),
+        tokio::spawn(pump(
+            started.stdout,
+            out.clone(),
+            run_response::Msg::Stdout,
+            exited.clone(),
+        )),
+        tokio::spawn(pump(
+            started.stderr,
+            out.clone(),
+            run_response::Msg::Stderr,
+            exited,
+        )),
     ];
     let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
     let stdin_writer = started
@@ -138,15 +161,25 @@ pub async fn run(
     if let Some(writer) = stdin_writer {
         writer.abort();
     }
+    // The pumps finish sending what they have however slow the client is;
+    // only a pipe that stays silent after the exit ends them early.
+    let _ = exited_tx.send(true);
     for pump in pumps {
-        let abort_handle = pump.abort_handle();
-        if tokio::time::timeout(DRAIN_AFTER_EXIT, pump).await.is_err() {
-            abort_handle.abort();
-        }
+        let _ = pump.await;
     }
     drop(slot);
     let exit = exit_message(reaped, started_at, killed);
     log_job(&ctx, &spec, &argv0, started_at, &exit);
+    if killed == Some(Kill::Shutdown) {
+        // Not the command's outcome: a status error lets the client rerun
+        // a repeatable job elsewhere instead of reporting SIGKILL.
+        let status = Status::unavailable(format!(
+            "node {} shut down before the job finished",
+            ctx.name
+        ));
+        let _ = out.send(Err(status)).await;
+        return;
+    }
     let _ = out.send(Ok(response(run_response::Msg::Exit(exit)))).await;
 }
 
@@ -180,11 +213,29 @@ fn kill(pid: u32, killed: &mut Option<Kill>, why: Kill) {
     killed.get_or_insert(why);
 }
 
-async fn pump(mut pipe: pipe::Receiver, out: Outbound, wrap: fn(Bytes) -> run_response::Msg) {
+async fn pump(
+    mut pipe: pipe::Receiver,
+    out: Outbound,
+    wrap: fn(Bytes) -> run_response::Msg,
+    mut exited: watch::Receiver<bool>,
+) {
     let mut buf = BytesMut::with_capacity(CHUNK);
     loop {
         buf.reserve(CHUNK);
-        match pipe.read_buf(&mut buf).await {
+        // Reads are cancel-safe: a read cut short by the exit loses nothing.
+        let read = if *exited.borrow() {
+            match tokio::time::timeout(DRAIN_AFTER_EXIT, pipe.read_buf(&mut buf)).await {
+                Ok(read) => read,
+                // A process that left the group holds the pipe open.
+                Err(_) => return,
+            }
+        } else {
+            tokio::select! {
+                read = pipe.read_buf(&mut buf) => read,
+                _ = exited.changed() => continue,
+            }
+        };
+        match read {
             Ok(0) => return,
             Ok(_) => {
                 let chunk = buf.split().freeze();
@@ -209,23 +260,62 @@ async fn write_stdin(mut stdin: pipe::Sender, mut chunks: mpsc::Receiver<Bytes>)
     }
 }
 
+/// Reads the client's half of the stream. Stdin the job has not read yet is
+/// held here (up to `STDIN_BUFFER` bytes) so that a signal sent after it is
+/// still read and delivered at once.
 async fn read_inbound(
     mut inbound: Streaming<RunRequest>,
     stdin: mpsc::Sender<Bytes>,
     control: mpsc::UnboundedSender<Control>,
 ) {
     let mut stdin = Some(stdin);
+    let mut pending: VecDeque<Bytes> = VecDeque::new();
+    let mut pending_bytes = 0usize;
+    let mut eof = false;
+    let mut client_open = true;
     loop {
-        match inbound.message().await {
-            Ok(Some(RunRequest { msg: Some(msg) })) => match msg {
-                run_request::Msg::Stdin(chunk) => {
-                    if let Some(tx) = &stdin {
-                        if tx.send(chunk).await.is_err() {
-                            stdin = None;
-                        }
+        if eof && pending.is_empty() {
+            // Dropping the sender closes the job's stdin.
+            stdin = None;
+            if !client_open {
+                return;
+            }
+        }
+        let writer = stdin.clone().filter(|_| !pending.is_empty());
+        let feed = async move {
+            match writer {
+                Some(tx) => tx.reserve_owned().await.ok(),
+                None => std::future::pending().await,
+            }
+        };
+        let message = tokio::select! {
+            permit = feed => {
+                match permit {
+                    Some(permit) => {
+                        let chunk = pending.pop_front().unwrap_or_default();
+                        pending_bytes -= chunk.len();
+                        permit.send(chunk);
+                    }
+                    // The job closed its stdin: the rest is dropped.
+                    None => {
+                        stdin = None;
+                        pending.clear();
+                        pending_bytes = 0;
                     }
                 }
-                run_request::Msg::StdinEof(_) => stdin = None,
+                continue;
+            }
+            message = inbound.message(), if client_open && pending_bytes < STDIN_BUFFER => message,
+        };
+        match message {
+            Ok(Some(RunRequest { msg: Some(msg) })) => match msg {
+                run_request::Msg::Stdin(chunk) => {
+                    if stdin.is_some() && !eof {
+                        pending_bytes += chunk.len();
+                        pending.push_back(chunk);
+                    }
+                }
+                run_request::Msg::StdinEof(_) => eof = true,
                 run_request::Msg::Signal(signal) => {
                     let _ = control.send(Control::Signal(signal.signo));
                 }
@@ -235,7 +325,10 @@ async fn read_inbound(
             },
             Ok(Some(RunRequest { msg: None })) => {}
             // The client half-closed its side: no more stdin, job goes on.
-            Ok(None) => return,
+            Ok(None) => {
+                eof = true;
+                client_open = false;
+            }
             Err(_) => {
                 let _ = control.send(Control::ClientGone);
                 return;
@@ -244,11 +337,31 @@ async fn read_inbound(
     }
 }
 
-fn spawn_failure(spec: &JobSpec, argv0: &str, err: &std::io::Error) -> Exit {
+/// Turns a failed spawn into the command's exit (127, 126) or, when the
+/// working directory is at fault, a refusal the client can route around.
+fn spawn_failure(
+    ctx: &NodeContext,
+    spec: &JobSpec,
+    argv0: &str,
+    err: &std::io::Error,
+) -> Result<Exit, JobError> {
+    let cwd = Path::new(std::ffi::OsStr::from_bytes(&spec.cwd));
+    let shown = || String::from_utf8_lossy(&spec.cwd).into_owned();
+    if !cwd.is_dir() {
+        return Err(JobError::CwdMissing(shown()));
+    }
+    if let Some(account) = &ctx.run_as {
+        if !process::can_enter(cwd, account) {
+            return Err(JobError::CwdDenied {
+                path: shown(),
+                user: account.name.clone(),
+            });
+        }
+    }
     // A PATH search that met an unreadable directory reports EACCES even
     // when the program is nowhere; a shell calls that "not found", so do we.
     let missing = err.kind() == std::io::ErrorKind::NotFound
-        || !process::program_exists(&spec.argv[0], job_path(spec));
+        || !process::program_exists(&spec.argv[0], job_path(spec), cwd);
     let (code, error) = if missing {
         (127, format!("command not found: {argv0}"))
     } else if err.kind() == std::io::ErrorKind::PermissionDenied {
@@ -256,11 +369,11 @@ fn spawn_failure(spec: &JobSpec, argv0: &str, err: &std::io::Error) -> Exit {
     } else {
         (126, format!("cannot run {argv0}: {err}"))
     };
-    Exit {
+    Ok(Exit {
         status: Some(exit::Status::Code(code)),
         error,
         ..Exit::default()
-    }
+    })
 }
 
 fn job_path(spec: &JobSpec) -> Option<&[u8]> {

@@ -7,6 +7,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -66,9 +67,10 @@ pub fn spawn(spec: &JobSpec, run_as: Option<&Account>) -> io::Result<Started> {
     unsafe {
         command.pre_exec(move || {
             libc::umask(umask);
-            // If the daemon dies hard (SIGKILL, OOM), its jobs die with it
-            // rather than run on unwatched. Spawning happens on a runtime
-            // worker thread, which lives as long as the daemon.
+            // If the daemon dies hard (SIGKILL, OOM), the job's leader dies
+            // with it rather than run on unwatched (its children are not
+            // covered). Spawning happens on a runtime worker thread, which
+            // lives as long as the daemon.
             #[cfg(target_os = "linux")]
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             Ok(())
@@ -76,24 +78,34 @@ pub fn spawn(spec: &JobSpec, run_as: Option<&Account>) -> io::Result<Started> {
     }
     let mut child = command.spawn()?;
     let pid = child.id();
-    // `child` is dropped without waiting: `reap` owns the exit status.
-    let stdin = child
-        .stdin
-        .take()
-        .map(|s| pipe::Sender::from_owned_fd(OwnedFd::from(s)))
-        .transpose()?;
-    let stdout = pipe::Receiver::from_owned_fd(OwnedFd::from(
-        child.stdout.take().expect("stdout is piped"),
-    ))?;
-    let stderr = pipe::Receiver::from_owned_fd(OwnedFd::from(
-        child.stderr.take().expect("stderr is piped"),
-    ))?;
-    Ok(Started {
-        pid,
-        stdin,
-        stdout,
-        stderr,
-    })
+    let pipes = (|| -> io::Result<_> {
+        let stdin = child
+            .stdin
+            .take()
+            .map(|s| pipe::Sender::from_owned_fd(OwnedFd::from(s)))
+            .transpose()?;
+        let stdout = pipe::Receiver::from_owned_fd(OwnedFd::from(
+            child.stdout.take().expect("stdout is piped"),
+        ))?;
+        let stderr = pipe::Receiver::from_owned_fd(OwnedFd::from(
+            child.stderr.take().expect("stderr is piped"),
+        ))?;
+        Ok((stdin, stdout, stderr))
+    })();
+    match pipes {
+        // `child` is dropped without waiting: `reap` owns the exit status.
+        Ok((stdin, stdout, stderr)) => Ok(Started {
+            pid,
+            stdin,
+            stdout,
+            stderr,
+        }),
+        Err(err) => {
+            signal_group(pid, libc::SIGKILL);
+            let _ = child.wait();
+            Err(err)
+        }
+    }
 }
 
 /// Waits for `pid` to exit and collects its resource use. Runs on the
@@ -139,17 +151,36 @@ fn timeval(tv: libc::timeval) -> Duration {
 
 /// Whether `program` names an existing file, directly when it holds a
 /// slash, else in one of the directories of `path` (as execvp searches).
-pub fn program_exists(program: &[u8], path: Option<&[u8]>) -> bool {
+pub fn program_exists(program: &[u8], path: Option<&[u8]>, cwd: &Path) -> bool {
     let name = OsStr::from_bytes(program);
     if program.contains(&b'/') {
-        return std::path::Path::new(name).exists();
+        return cwd.join(name).exists();
     }
     let path = path.unwrap_or(b"/usr/bin:/bin");
     path.split(|b| *b == b':').any(|dir| {
         let dir = if dir.is_empty() { b"." as &[u8] } else { dir };
-        std::path::Path::new(OsStr::from_bytes(dir))
-            .join(name)
-            .is_file()
+        cwd.join(OsStr::from_bytes(dir)).join(name).is_file()
+    })
+}
+
+/// Whether `account` may enter `dir`: search permission on it and every
+/// ancestor, judged from mode bits for its uid and primary group (jobs run
+/// without supplementary groups). ACLs are not consulted; this explains a
+/// failure after the fact, it does not grant anything.
+pub fn can_enter(dir: &Path, account: &Account) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    dir.ancestors().all(|d| match d.metadata() {
+        Ok(meta) => {
+            let bit = if meta.uid() == account.uid {
+                0o100
+            } else if meta.gid() == account.gid {
+                0o010
+            } else {
+                0o001
+            };
+            meta.mode() & bit != 0
+        }
+        Err(_) => false,
     })
 }
 
