@@ -42,7 +42,9 @@ impl Job {
             job_id: format!("{client_host}-{}-{nanos:x}", std::process::id()),
             cwd: std::env::current_dir()?,
             umask: os::current_umask(),
-            user: os::user_name(),
+            // Claimed, not proven: trusted in token mode only, until mutual
+            // TLS ties the user to a certificate.
+            user: std::env::var("MEXEC_SUBMIT_USER").unwrap_or_else(|_| os::user_name()),
             client_host,
             build_id,
             argv,

@@ -12,12 +12,16 @@ use serde::Serialize;
 pub struct Entry<'a> {
     pub job_id: &'a str,
     pub program: &'a str,
+    /// The submitting user.
+    pub user: &'a str,
     /// The node that ran it, or "local".
     pub node: &'a str,
     /// "remote", "local" or "failed".
     pub placed: &'a str,
     pub exit_code: i32,
     pub wall_ms: u64,
+    /// When the job ended, in milliseconds since the Unix epoch.
+    pub finished_unix_ms: u64,
     /// Attempts that failed before the one that counted.
     pub retries: u32,
 }

@@ -10,6 +10,7 @@
 //! - `job`: the job spec built from this process's cwd, environment, umask.
 //! - `placement`: choosing a node, with load shared between client processes.
 //! - `remote`: running the job on one node and relaying everything.
+//! - `gatekeeper`: leases, the cached member list, the cluster status.
 //! - `output`: writing (or holding back, for retries) the job's output.
 //! - `driver`: the retry loop: next node, back-off, local fallback.
 //! - `local`: running the command here when no node can.
@@ -18,6 +19,7 @@
 //! - `os`: the operating-system specific parts (signals, umask, processes).
 
 pub mod driver;
+pub mod gatekeeper;
 pub mod invocation;
 pub mod job;
 pub mod joblog;

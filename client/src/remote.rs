@@ -9,6 +9,7 @@ use std::time::Duration;
 use mexec_common::nodes::NodeAddr;
 use mexec_common::token::Token;
 use mexec_proto::v1::executor_client::ExecutorClient;
+use mexec_proto::v1::gatekeeper_client::GatekeeperClient;
 use mexec_proto::v1::{
     run_request, run_response, Exit, LoadReport, RunRequest, Signal, StatusRequest, StdinEof,
 };
@@ -94,14 +95,32 @@ pub async fn load_report(node: &NodeAddr, token: Option<&Token>) -> Result<LoadR
         .map_err(|s| s.message().to_owned())
 }
 
-/// Runs `job` on `node`, relaying output to `output` and `signals` to it.
+/// Where a `Run` stream goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    /// Straight to an executor.
+    Executor(&'a NodeAddr),
+    /// Through the gatekeeper, which places the job and relays it.
+    Relay(&'a NodeAddr),
+}
+
+impl Target<'_> {
+    fn addr(&self) -> &NodeAddr {
+        match self {
+            Target::Executor(addr) | Target::Relay(addr) => addr,
+        }
+    }
+}
+
+/// Runs `job` at `target`, relaying output to `output` and `signals` to it.
 pub async fn run_on(
-    node: &NodeAddr,
+    target: Target<'_>,
     token: Option<&Token>,
     job: &Job,
     output: &mut Output,
     signals: &mut SignalStream,
 ) -> Outcome {
+    let node = target.addr();
     let channel = match connect(node).await {
         Ok(channel) => channel,
         Err(cause) => return Outcome::NotStarted(NotStarted::Unreachable(cause)),
@@ -116,7 +135,11 @@ pub async fn run_on(
     if let Some(token) = token {
         token.attach(request.metadata_mut());
     }
-    let mut responses = match ExecutorClient::new(channel).run(request).await {
+    let opened = match target {
+        Target::Executor(_) => ExecutorClient::new(channel).run(request).await,
+        Target::Relay(_) => GatekeeperClient::new(channel).run(request).await,
+    };
+    let mut responses = match opened {
         Ok(response) => response.into_inner(),
         Err(status) => return Outcome::NotStarted(classify(&status)),
     };
@@ -241,7 +264,8 @@ async fn forward_stdin(requests: mpsc::Sender<RunRequest>, read_any: Arc<AtomicB
     }
 }
 
-fn classify(status: &tonic::Status) -> NotStarted {
+/// Sorts a refusal into busy, unreachable or refused.
+pub fn classify(status: &tonic::Status) -> NotStarted {
     let cause = status_cause(status);
     match status.code() {
         Code::ResourceExhausted => NotStarted::Busy(cause),

@@ -32,6 +32,13 @@ pub struct Flags {
     /// File holding the cluster's shared token.
     #[arg(long, env = "MEXEC_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// Gatekeeper to ask for placement (host:port).
+    #[arg(long, env = "MEXEC_GATEKEEPER")]
+    pub gatekeeper: Option<String>,
+    /// Send the whole job through the gatekeeper (for clients outside the
+    /// cluster, which cannot reach the executors).
+    #[arg(long, env = "MEXEC_RELAY")]
+    pub relay: bool,
     /// Fail instead of running locally when no node can take the job.
     #[arg(long, env = "MEXEC_NO_LOCAL")]
     pub no_local: bool,
@@ -72,6 +79,10 @@ pub struct FileConfig {
     pub nodes: Option<Vec<NodeAddr>>,
     /// File holding the cluster's shared token. Default: none.
     pub token_file: Option<PathBuf>,
+    /// Gatekeeper, "host:port". Default: none (place over `nodes`).
+    pub gatekeeper: Option<NodeAddr>,
+    /// Send whole jobs through the gatekeeper. Default: false.
+    pub relay: Option<bool>,
     /// Fail instead of running locally. Default: false.
     pub no_local: Option<bool>,
     /// Retry any job whose node is lost mid-job. Default: false (compiles only).
@@ -88,6 +99,8 @@ pub struct FileConfig {
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
     pub nodes: Vec<NodeAddr>,
+    pub gatekeeper: Option<NodeAddr>,
+    pub relay: bool,
     pub token: Option<Token>,
     pub no_local: bool,
     pub retry: bool,
@@ -106,6 +119,8 @@ pub enum SettingsError {
     ConfigFile(#[from] ConfigFileError),
     #[error("MEXEC_NODES / --nodes: {0}")]
     Nodes(#[from] NodeParseError),
+    #[error("MEXEC_GATEKEEPER / --gatekeeper: {0}")]
+    Gatekeeper(NodeParseError),
     #[error(transparent)]
     Token(#[from] TokenError),
 }
@@ -131,8 +146,14 @@ impl Settings {
             .or(file.cc)
             .unwrap_or_else(|| "cc".to_owned());
         let timeout = flags.timeout.or(file.timeout_secs).filter(|s| *s > 0);
+        let gatekeeper = match &flags.gatekeeper {
+            Some(addr) => Some(addr.parse().map_err(SettingsError::Gatekeeper)?),
+            None => file.gatekeeper,
+        };
         Ok(Settings {
             nodes,
+            gatekeeper,
+            relay: flags.relay || file.relay.unwrap_or(false),
             token,
             no_local: flags.no_local || file.no_local.unwrap_or(false),
             retry: flags.retry || file.retry.unwrap_or(false),

@@ -120,3 +120,115 @@ pub fn table(rows: &[NodeStatus]) -> String {
     }
     text
 }
+
+/// The gatekeeper's view: nodes, users and running jobs, as tables.
+pub fn cluster_table(reply: &mexec_proto::v1::ClusterStatusReply) -> String {
+    let mut text = format!(
+        "{:<22} {:<14} {:>5} {:>7} {:>6} {:>6} {:>6} {:>8} {:<8} {}\n",
+        "ADDRESS",
+        "NODE",
+        "SLOTS",
+        "RUNNING",
+        "QUEUED",
+        "LEASED",
+        "LOAD",
+        "FOREIGN",
+        "VERSION",
+        "STATE"
+    );
+    for n in &reply.nodes {
+        let load = n.load.clone().unwrap_or_default();
+        let state = if load.draining { "draining" } else { "up" };
+        text.push_str(&format!(
+            "{:<22} {:<14} {:>5} {:>7} {:>6} {:>6} {:>6.2} {:>8.2} {:<8} {}\n",
+            n.address,
+            load.node,
+            load.slots,
+            load.running,
+            load.queued,
+            n.leased,
+            load.load_avg_1m,
+            load.foreign_load,
+            load.version,
+            state
+        ));
+    }
+    text.push_str(&format!(
+        "\n{} requests waiting (at most {}), gatekeeper {}\n",
+        reply.queued, reply.max_queued, reply.version
+    ));
+    if !reply.users.is_empty() {
+        text.push_str(&format!(
+            "\n{:<16} {:>7} {:>6} {:>6}\n",
+            "USER", "RUNNING", "QUEUED", "LIMIT"
+        ));
+        for u in &reply.users {
+            let limit = if u.limit == 0 {
+                "-".to_owned()
+            } else {
+                u.limit.to_string()
+            };
+            text.push_str(&format!(
+                "{:<16} {:>7} {:>6} {:>6}\n",
+                u.user, u.running, u.queued, limit
+            ));
+        }
+    }
+    if !reply.jobs.is_empty() {
+        let now = crate::placement::shared_state::now_ms();
+        text.push_str(&format!(
+            "\n{:<34} {:<12} {:<24} {:<14} {:<12} {:>8}\n",
+            "JOB", "USER", "BUILD", "NODE", "PROGRAM", "SECONDS"
+        ));
+        for j in &reply.jobs {
+            text.push_str(&format!(
+                "{:<34} {:<12} {:<24} {:<14} {:<12} {:>8.1}{}\n",
+                j.job_id,
+                j.user,
+                j.build_id,
+                j.node,
+                j.program,
+                now.saturating_sub(j.since_unix_ms) as f64 / 1000.0,
+                if j.relayed { " relayed" } else { "" }
+            ));
+        }
+    }
+    text
+}
+
+/// The gatekeeper's view as JSON for scripts.
+pub fn cluster_json(reply: &mexec_proto::v1::ClusterStatusReply) -> serde_json::Value {
+    let nodes: Vec<_> = reply
+        .nodes
+        .iter()
+        .map(|n| {
+            let load = n.load.clone().unwrap_or_default();
+            serde_json::json!({
+                "address": n.address, "node": load.node, "slots": load.slots,
+                "running": load.running, "queued": load.queued, "leased": n.leased,
+                "load_avg_1m": load.load_avg_1m, "foreign_load": load.foreign_load,
+                "draining": load.draining, "version": load.version,
+                "last_report_ms": n.last_report_ms,
+            })
+        })
+        .collect();
+    let users: Vec<_> = reply
+        .users
+        .iter()
+        .map(|u| serde_json::json!({"user": u.user, "running": u.running, "queued": u.queued, "limit": u.limit}))
+        .collect();
+    let jobs: Vec<_> = reply
+        .jobs
+        .iter()
+        .map(|j| {
+            serde_json::json!({
+                "job_id": j.job_id, "user": j.user, "build_id": j.build_id, "node": j.node,
+                "program": j.program, "since_unix_ms": j.since_unix_ms, "relayed": j.relayed,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "nodes": nodes, "users": users, "jobs": jobs,
+        "queued": reply.queued, "max_queued": reply.max_queued, "version": reply.version,
+    })
+}

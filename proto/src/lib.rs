@@ -1,8 +1,8 @@
 //! Generated bindings of the mexec protocol, package `mexec.v1`.
 //!
 //! Layout:
-//! - `v1`: messages and the `Executor` service's client and server, as
-//!   generated from `proto/mexec/v1/executor.proto` at build time.
+//! - `v1`: messages and the `Executor` and `Gatekeeper` services' clients
+//!   and servers, generated from `proto/mexec/v1/*.proto` at build time.
 
 #![allow(missing_debug_implementations)]
 

@@ -56,6 +56,13 @@ pub struct Flags {
     /// Log format: text or json [default: text].
     #[arg(long, env = "MEXEC_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Gatekeeper to register with and report load to (host:port).
+    #[arg(long, env = "MEXEC_GATEKEEPER")]
+    pub gatekeeper: Option<String>,
+    /// host:port clients should use to reach this executor [default: the
+    /// listen address, or the address the gatekeeper sees us from].
+    #[arg(long, env = "MEXEC_ADVERTISE")]
+    pub advertise: Option<String>,
 }
 
 /// The TOML config file of `mexecd`. Every field is optional.
@@ -80,6 +87,11 @@ pub struct FileConfig {
     pub grace_secs: Option<u64>,
     /// "text" or "json". Default: "text".
     pub log_format: Option<LogFormat>,
+    /// Gatekeeper to join, "host:port". Default: none.
+    pub gatekeeper: Option<String>,
+    /// "host:port" clients use to reach this node. Default: the listen
+    /// address, or the address the gatekeeper sees us from.
+    pub advertise: Option<String>,
 }
 
 /// Everything an executor needs, checked and resolved.
@@ -101,6 +113,10 @@ pub struct Settings {
     pub grace: Duration,
     /// Log format.
     pub log_format: LogFormat,
+    /// The gatekeeper to join, if any.
+    pub gatekeeper: Option<String>,
+    /// The address advertised to clients through the gatekeeper.
+    pub advertise: Option<String>,
 }
 
 /// Why the settings were refused.
@@ -171,6 +187,8 @@ impl Settings {
             run_as,
             grace: Duration::from_secs(flags.grace_secs.or(file.grace_secs).unwrap_or(60)),
             log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
+            gatekeeper: flags.gatekeeper.or(file.gatekeeper),
+            advertise: flags.advertise.or(file.advertise),
         })
     }
 

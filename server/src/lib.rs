@@ -6,10 +6,12 @@
 //!   and the safety checks on them (loopback unless authenticated, never
 //!   run jobs as root).
 //! - `executor`: the `Executor` gRPC service and everything a job needs.
+//! - `gatekeeper`: membership, fair queueing, leases and relayed runs.
 //! - `auth`: the token check in front of every RPC.
 //! - `users`: looking up the account jobs run as.
 
 pub mod auth;
 pub mod config;
 pub mod executor;
+pub mod gatekeeper;
 pub mod users;

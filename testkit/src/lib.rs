@@ -347,3 +347,84 @@ pub fn copy_tree(from: &Path, to: &Path) {
         to.display()
     );
 }
+
+/// One `mexec-gatekeeper` process, killed on drop.
+#[derive(Debug)]
+pub struct Gatekeeper {
+    child: Child,
+    pub addr: SocketAddr,
+    extra: Vec<String>,
+}
+
+impl Gatekeeper {
+    /// Starts a gatekeeper on a free loopback port with `extra` flags.
+    pub fn start(extra: &[&str]) -> Gatekeeper {
+        Self::start_on(
+            "127.0.0.1:0".parse().unwrap(),
+            extra.iter().map(|s| s.to_string()).collect(),
+        )
+    }
+
+    fn start_on(listen: SocketAddr, extra: Vec<String>) -> Gatekeeper {
+        let mut command = Command::new(bin("mexec-gatekeeper"));
+        command
+            .arg("--listen")
+            .arg(listen.to_string())
+            .args(&extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = command.spawn().expect("start mexec-gatekeeper");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+        let addr = line
+            .trim()
+            .rsplit_once("listening on ")
+            .and_then(|(_, a)| a.parse().ok())
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                panic!("mexec-gatekeeper did not start: {line:?}")
+            });
+        Gatekeeper { child, addr, extra }
+    }
+
+    /// Kills the gatekeeper (SIGKILL) and starts a new one on the same port.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // The port is free again once the old process is gone.
+            if std::net::TcpListener::bind(self.addr).is_ok() || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Assigning drops the old handle, whose process is already reaped.
+        *self = Self::start_on(self.addr, self.extra.clone());
+    }
+
+    /// Kills the gatekeeper for good.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// `host:port` for `MEXEC_GATEKEEPER` and `mexecd --gatekeeper`.
+    pub fn address(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl Drop for Gatekeeper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

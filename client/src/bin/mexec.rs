@@ -110,6 +110,31 @@ fn reads_stdin(argv: &[OsString]) -> bool {
 }
 
 fn show_status(settings: &Settings, json: bool) -> i32 {
+    if let Some(gatekeeper) = &settings.gatekeeper {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        let reply = runtime.block_on(mexec_client::gatekeeper::cluster_status(
+            gatekeeper,
+            settings.token.as_ref(),
+        ));
+        runtime.shutdown_background();
+        return match reply {
+            Ok(reply) if json => {
+                println!("{:#}", status::cluster_json(&reply));
+                0
+            }
+            Ok(reply) => {
+                print!("{}", status::cluster_table(&reply));
+                0
+            }
+            Err(err) => {
+                say!("gatekeeper {} unreachable: {err}", gatekeeper.authority());
+                1
+            }
+        };
+    }
     if settings.nodes.is_empty() {
         say!("no nodes are configured (set MEXEC_NODES or --nodes)");
         return EXIT_MEXEC_FAILURE;

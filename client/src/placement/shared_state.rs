@@ -87,6 +87,14 @@ impl SharedState {
         }
     }
 
+    /// The directory of the state file (created private on first update).
+    pub fn dir(&self) -> PathBuf {
+        self.path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    }
+
     /// A state file at `path`.
     pub fn at(path: PathBuf) -> Self {
         SharedState { path }
@@ -149,7 +157,7 @@ fn lock_with_deadline(file: &File) -> std::io::Result<()> {
 /// Creates `dir` private to us, and refuses one that someone else owns or
 /// can write: in /tmp another user could otherwise plant it.
 #[cfg(unix)]
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     match std::fs::DirBuilder::new()
         .recursive(true)
@@ -173,7 +181,7 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 #[cfg(not(unix))]
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)
 }
 

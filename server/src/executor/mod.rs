@@ -6,12 +6,14 @@
 //! - `process`: spawning, signalling and reaping a job's process group.
 //! - `admission`: slots, the bounded queue and draining.
 //! - `load`: the load report.
+//! - `membership`: joining a gatekeeper and streaming our load to it.
 //! - `error`: refusals and their gRPC statuses.
 
 mod admission;
 mod error;
 mod job;
 mod load;
+mod membership;
 mod process;
 mod service;
 
@@ -85,6 +87,27 @@ pub async fn run(
         move |request| check.check(request),
     );
 
+    let membership = settings.gatekeeper.clone().map(|gatekeeper| {
+        let config = membership::JoinConfig {
+            gatekeeper,
+            advertise: settings.advertise.clone().unwrap_or_else(|| {
+                // A wildcard listen address says nothing to clients; let the
+                // gatekeeper use the address our stream comes from.
+                if settings.listen.ip().is_unspecified() {
+                    String::new()
+                } else {
+                    listener
+                        .local_addr()
+                        .map(|a| a.to_string())
+                        .unwrap_or_default()
+                }
+            }),
+            port: listener.local_addr().map(|a| a.port()).unwrap_or(0),
+            token: settings.token.clone(),
+        };
+        tokio::spawn(membership::stay_joined(ctx.clone(), config))
+    });
+
     let grace = settings.grace;
     let name = settings.name.clone();
     let drain_then_stop = async move {
@@ -102,13 +125,17 @@ pub async fn run(
         tracing::info!(node = %name, "drained; exiting");
     };
 
-    tonic::transport::Server::builder()
+    let result = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(health_service)
         .add_service(executor)
         .serve_with_incoming_shutdown(incoming(listener), drain_then_stop)
-        .await
+        .await;
+    if let Some(membership) = membership {
+        membership.abort();
+    }
+    result
 }
 
 /// Accepted connections with Nagle off: job messages are small and latency

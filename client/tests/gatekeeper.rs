@@ -1,0 +1,533 @@
+//! The gatekeeper with real executors and real clients: membership, leases
+//! weighted by slots, fair sharing between users, draining, restarts, the
+//! bounded queue, and the fallback when the gatekeeper is down.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use mexec_testkit::{bin, job_dir, wait_until, Executor, Gatekeeper};
+
+/// The two load tests run one at a time: each keeps both cores busy, and
+/// the fairness test measures start times.
+static LOAD_TEST: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn load_test() -> std::sync::MutexGuard<'static, ()> {
+    LOAD_TEST.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Cluster {
+    gatekeeper: Gatekeeper,
+    executors: Vec<Executor>,
+    state_dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start(slots: &[u32], gatekeeper_flags: &[&str]) -> Cluster {
+        let gatekeeper = Gatekeeper::start(gatekeeper_flags);
+        let mut cluster = Cluster {
+            gatekeeper,
+            executors: Vec::new(),
+            state_dir: tempfile::tempdir().unwrap(),
+        };
+        for (i, s) in slots.iter().enumerate() {
+            cluster.add(&format!("n{}", i + 1), *s);
+        }
+        let count = slots.len();
+        assert!(
+            wait_until(Duration::from_secs(10), || cluster.members().len() == count),
+            "executors did not join"
+        );
+        cluster
+    }
+
+    fn add(&mut self, name: &str, slots: u32) {
+        let gk = self.gatekeeper.address();
+        self.executors
+            .push(Executor::start(name, slots, &["--gatekeeper", &gk]));
+    }
+
+    fn mexec(&self, cwd: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new(bin("mexec"));
+        command
+            .current_dir(cwd)
+            .args(args)
+            .env("MEXEC_GATEKEEPER", self.gatekeeper.address())
+            .env("MEXEC_STATE_DIR", self.state_dir.path())
+            .env_remove("MEXEC_NODES")
+            .env_remove("MEXEC_CONFIG");
+        command
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let dir = std::env::temp_dir();
+        let output = self.mexec(&dir, &["--status", "--json"]).output().unwrap();
+        serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Names of the members, with their draining flag.
+    fn members(&self) -> HashMap<String, bool> {
+        let status = self.status();
+        status["nodes"]
+            .as_array()
+            .map(|nodes| {
+                nodes
+                    .iter()
+                    .map(|n| {
+                        (
+                            n["node"].as_str().unwrap_or("").to_owned(),
+                            n["draining"].as_bool().unwrap_or(false),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Runs `jobs` commands, at most `concurrency` at a time, like make -jN.
+fn run_pool(jobs: Vec<Command>, concurrency: usize) -> Vec<Output> {
+    let mut pending = jobs.into_iter();
+    let mut running = Vec::new();
+    let mut done = Vec::new();
+    loop {
+        while running.len() < concurrency {
+            let Some(mut command) = pending.next() else {
+                break;
+            };
+            running.push(
+                command
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap(),
+            );
+        }
+        if running.is_empty() {
+            return done;
+        }
+        let child = running.remove(0);
+        done.push(child.wait_with_output().unwrap());
+    }
+}
+
+fn joblog(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn per_node(entries: &[serde_json::Value]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for e in entries {
+        *counts
+            .entry(e["node"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    counts
+}
+
+#[test]
+fn nodes_join_within_2s_and_dead_or_frozen_nodes_leave_within_5s() {
+    let mut cluster = Cluster::start(&[2], &[]);
+    let started = Instant::now();
+    cluster.add("late", 2);
+    assert!(wait_until(Duration::from_secs(2), || cluster
+        .members()
+        .contains_key("late")));
+    eprintln!("joined after {:?}", started.elapsed());
+
+    cluster.add("frozen", 2);
+    assert!(wait_until(Duration::from_secs(5), || cluster
+        .members()
+        .len()
+        == 3));
+
+    let killed = Instant::now();
+    cluster.executors[0].signal(libc::SIGKILL);
+    assert!(wait_until(Duration::from_secs(5), || !cluster
+        .members()
+        .contains_key("n1")));
+    eprintln!("killed node gone after {:?}", killed.elapsed());
+
+    // A frozen node keeps its connection open but stops reporting.
+    let frozen = Instant::now();
+    cluster.executors[2].signal(libc::SIGSTOP);
+    assert!(wait_until(Duration::from_secs(5), || !cluster
+        .members()
+        .contains_key("frozen")));
+    eprintln!("frozen node gone after {:?}", frozen.elapsed());
+    cluster.executors[2].signal(libc::SIGCONT);
+    assert!(wait_until(Duration::from_secs(5), || cluster
+        .members()
+        .contains_key("frozen")));
+}
+
+#[test]
+fn work_divides_by_slots_8_4_2() {
+    let _alone = load_test();
+    let cluster = Cluster::start(&[8, 4, 2], &[]);
+    let dir = job_dir();
+    let log = dir.path().join("jobs.jsonl");
+    let jobs = (0..700)
+        .map(|_| {
+            let mut c = cluster.mexec(dir.path(), &["-n", "sleep", "0.1"]);
+            c.env("MEXEC_JOBLOG", &log);
+            c
+        })
+        .collect();
+    for output in run_pool(jobs, 28) {
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let entries = joblog(&log);
+    assert_eq!(entries.len(), 700);
+    assert!(entries.iter().all(|e| e["placed"] == "remote"));
+    let counts = per_node(&entries);
+    eprintln!("jobs per node: {counts:?}");
+    for (node, share) in [("n1", 4.0 / 7.0), ("n2", 2.0 / 7.0), ("n3", 1.0 / 7.0)] {
+        let expected = 700.0 * share;
+        let got = counts.get(node).copied().unwrap_or(0) as f64;
+        assert!(
+            (got - expected).abs() <= 0.15 * expected,
+            "{node}: {got} jobs, expected {expected:.0} ± 15% ({counts:?})"
+        );
+    }
+}
+
+#[test]
+fn three_users_share_equally_and_a_late_small_build_starts_at_once() {
+    let _alone = load_test();
+    let cluster = Cluster::start(&[4, 4, 4], &[]);
+    let dir = job_dir();
+    let log = dir.path().join("jobs.jsonl");
+    let t0 = Instant::now();
+    let users: Vec<_> = ["alice", "bob", "carol"]
+        .iter()
+        .map(|user| {
+            let jobs: Vec<Command> = (0..200)
+                .map(|_| {
+                    let mut c = cluster.mexec(dir.path(), &["-n", "sleep", "0.1"]);
+                    c.env("MEXEC_JOBLOG", &log).env("MEXEC_SUBMIT_USER", user);
+                    c
+                })
+                .collect();
+            std::thread::spawn(move || run_pool(jobs, 16))
+        })
+        .collect();
+
+    // Midway, a fourth user submits ten jobs at once.
+    std::thread::sleep(Duration::from_millis(2500));
+    let starts = dir.path().join("dave-starts");
+    let submitted = std::time::SystemTime::now();
+    let dave: Vec<_> = (0..10)
+        .map(|_| {
+            cluster
+                .mexec(
+                    dir.path(),
+                    &[
+                        "-n",
+                        "sh",
+                        "-c",
+                        "date +%s%N >> \"$1\"; exec sleep 0.1",
+                        "sh",
+                    ],
+                )
+                .arg(&starts)
+                .env("MEXEC_SUBMIT_USER", "dave")
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut child in dave {
+        assert!(child.wait().unwrap().success());
+    }
+    for user in users {
+        for output in user.join().unwrap() {
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+    eprintln!("all done after {:?}", t0.elapsed());
+
+    let submitted_ns = submitted
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let latest_start = std::fs::read_to_string(&starts)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse::<u64>().unwrap())
+        .max()
+        .unwrap();
+    let mut all: Vec<u64> = std::fs::read_to_string(&starts)
+        .unwrap()
+        .lines()
+        .map(|l| (l.trim().parse::<u64>().unwrap() - submitted_ns) / 1_000_000)
+        .collect();
+    all.sort();
+    eprintln!("dave start offsets ms: {all:?}");
+    let waited = Duration::from_nanos(latest_start.saturating_sub(submitted_ns));
+    eprintln!("dave's last job started {waited:?} after submission");
+    assert!(
+        waited <= Duration::from_millis(200),
+        "dave waited {waited:?} (two job durations is 200 ms)"
+    );
+
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for e in joblog(&log) {
+        let user = e["user"].as_str().unwrap().to_owned();
+        let at = e["finished_unix_ms"].as_u64().unwrap();
+        let entry = last.entry(user).or_default();
+        *entry = (*entry).max(at);
+    }
+    let first_submit = submitted_ns / 1_000_000 - 2500;
+    let spans: Vec<f64> = last.values().map(|at| (at - first_submit) as f64).collect();
+    let (min, max) = spans
+        .iter()
+        .fold((f64::MAX, 0f64), |(lo, hi), s| (lo.min(*s), hi.max(*s)));
+    eprintln!(
+        "last job per user after: {last:?} (spread {:.3})",
+        max / min
+    );
+    assert_eq!(last.len(), 3);
+    assert!(
+        max / min <= 1.10,
+        "users' last jobs finished {min} ms and {max} ms after the start"
+    );
+}
+
+#[test]
+fn a_draining_node_gets_nothing_new() {
+    let cluster = Cluster::start(&[2, 2], &[]);
+    let dir = job_dir();
+    let log = dir.path().join("jobs.jsonl");
+    // A long job, placed straight on n1, holds it while it drains.
+    let long = Command::new(bin("mexec"))
+        .current_dir(dir.path())
+        .args(["-n", "sleep", "2"])
+        .env_remove("MEXEC_GATEKEEPER")
+        .env("MEXEC_NODES", cluster.executors[0].node())
+        .env("MEXEC_STATE_DIR", cluster.state_dir.path())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || cluster.status()
+        ["nodes"][0]["running"]
+        == 1));
+    cluster.executors[0].signal(libc::SIGTERM);
+    assert!(wait_until(Duration::from_secs(5), || cluster
+        .members()
+        .get("n1")
+        == Some(&true)));
+    let jobs = (0..8)
+        .map(|_| {
+            let mut c = cluster.mexec(dir.path(), &["-n", "true"]);
+            c.env("MEXEC_JOBLOG", &log);
+            c
+        })
+        .collect();
+    for output in run_pool(jobs, 8) {
+        assert!(output.status.success());
+    }
+    assert_eq!(
+        per_node(&joblog(&log)),
+        HashMap::from([("n2".to_owned(), 8)])
+    );
+    assert!(long.wait_with_output().unwrap().status.success());
+}
+
+#[test]
+fn jobs_survive_a_gatekeeper_restart_and_new_ones_are_placed_after_it() {
+    let mut cluster = Cluster::start(&[2, 2], &[]);
+    let dir = job_dir();
+    let log = dir.path().join("jobs.jsonl");
+    let running: Vec<_> = (0..3)
+        .map(|_| {
+            cluster
+                .mexec(dir.path(), &["-n", "sh", "-c", "sleep 1.5; echo finished"])
+                .env("MEXEC_JOBLOG", &log)
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    assert!(wait_until(Duration::from_secs(10), || cluster.status()
+        ["jobs"]
+        .as_array()
+        .is_some_and(|j| j.len() == 3)));
+    cluster.gatekeeper.restart();
+    for child in running {
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success());
+        assert_eq!(output.stdout, b"finished\n");
+    }
+    assert!(wait_until(Duration::from_secs(5), || cluster
+        .members()
+        .len()
+        == 2));
+    let output = cluster
+        .mexec(dir.path(), &["-n", "sh", "-c", "echo after"])
+        .env("MEXEC_JOBLOG", &log)
+        .output()
+        .unwrap();
+    assert_eq!(output.stdout, b"after\n");
+    assert_eq!(
+        output.stderr, b"",
+        "placed through the new gatekeeper, silently"
+    );
+    let entries = joblog(&log);
+    assert_eq!(entries.len(), 4);
+    assert!(
+        entries.iter().all(|e| e["placed"] == "remote"),
+        "{entries:?}"
+    );
+}
+
+#[test]
+fn a_killed_node_is_dropped_and_its_work_runs_elsewhere() {
+    let cluster = Cluster::start(&[1, 1], &[]);
+    let dir = job_dir();
+    let log = dir.path().join("jobs.jsonl");
+    let children: Vec<_> = (0..6)
+        .map(|_| {
+            cluster
+                .mexec(dir.path(), &["-n", "--retry", "sleep", "0.5"])
+                .env("MEXEC_JOBLOG", &log)
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    assert!(wait_until(Duration::from_secs(10), || cluster.status()
+        ["queued"]
+        .as_u64()
+        >= Some(2)));
+    cluster.executors[0].signal(libc::SIGKILL);
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let entries = joblog(&log);
+    assert_eq!(entries.len(), 6);
+    let counts = per_node(&entries);
+    assert!(counts.get("n2").copied().unwrap_or(0) >= 5, "{counts:?}");
+    assert!(!cluster.members().contains_key("n1"));
+}
+
+#[test]
+fn a_full_queue_is_refused_with_a_message() {
+    let cluster = Cluster::start(&[1], &["--max-queued", "1"]);
+    let dir = job_dir();
+    let holder = cluster
+        .mexec(dir.path(), &["-n", "sleep", "3"])
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || cluster.status()
+        ["jobs"]
+        .as_array()
+        .is_some_and(|j| j.len() == 1)));
+    let waiter = cluster.mexec(dir.path(), &["-n", "true"]).spawn().unwrap();
+    assert!(wait_until(Duration::from_secs(10), || cluster.status()
+        ["queued"]
+        == 1));
+    // A raw lease request now meets a full queue.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = rt.block_on(async {
+        use mexec_proto::v1::gatekeeper_client::GatekeeperClient;
+        use mexec_proto::v1::{acquire_request, AcquireRequest, LeaseRequest};
+        let mut client = GatekeeperClient::connect(format!("http://{}", cluster.gatekeeper.addr))
+            .await
+            .unwrap();
+        let request = AcquireRequest {
+            msg: Some(acquire_request::Msg::Request(LeaseRequest {
+                user: "raw".into(),
+                ..LeaseRequest::default()
+            })),
+        };
+        client
+            .acquire(tokio_stream::iter(vec![request]))
+            .await
+            .map(|_| ())
+            .unwrap_err()
+    });
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        status.message().contains("queue is full"),
+        "{}",
+        status.message()
+    );
+    for child in [holder, waiter] {
+        assert!(child.wait_with_output().unwrap().status.success());
+    }
+}
+
+#[test]
+fn with_the_gatekeeper_down_clients_place_over_the_last_known_nodes() {
+    let mut cluster = Cluster::start(&[2], &[]);
+    let dir = job_dir();
+    // One job through the gatekeeper teaches the client the member list.
+    assert!(cluster
+        .mexec(dir.path(), &["-n", "true"])
+        .status()
+        .unwrap()
+        .success());
+    cluster.gatekeeper.kill();
+    let output = cluster
+        .mexec(dir.path(), &["-n", "--no-local", "sh", "-c", "echo direct"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(output.stdout, b"direct\n");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.starts_with("mexec: gatekeeper"), "{stderr}");
+    assert!(
+        stderr.contains("placing directly over 1 last known nodes"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1);
+}
+
+#[test]
+fn status_through_the_gatekeeper_shows_nodes_users_and_jobs() {
+    let cluster = Cluster::start(&[3, 2], &[]);
+    let dir = job_dir();
+    let child = cluster
+        .mexec(dir.path(), &["-n", "sleep", "2"])
+        .env("MEXEC_SUBMIT_USER", "erin")
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || cluster.status()
+        ["jobs"]
+        .as_array()
+        .is_some_and(|j| j.len() == 1)));
+    let output = cluster.mexec(dir.path(), &["--status"]).output().unwrap();
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(table.contains(" n1 ") && table.contains(" n2 "), "{table}");
+    assert!(table.contains("erin"), "{table}");
+    assert!(table.contains("sleep"), "{table}");
+    let status = cluster.status();
+    assert_eq!(status["users"][0]["user"], "erin");
+    assert_eq!(status["users"][0]["running"], 1);
+    assert_eq!(status["jobs"][0]["program"], "sleep");
+    assert!(child.wait_with_output().unwrap().status.success());
+}

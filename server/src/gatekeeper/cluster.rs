@@ -1,0 +1,592 @@
+//! The gatekeeper's picture of the cluster and its decisions: who is a
+//! member, which slots are leased, and which waiting request gets the next
+//! free slot. Plain data behind one lock; no I/O, so tests drive it directly.
+//!
+//! Fairness: the next free slot goes to the waiting request of the user who
+//! has used the least slot time lately (leases running now count with the
+//! time they have run; finished ones with their duration, halved every
+//! `USAGE_HALF_LIFE`); within that user, of the build that has used the
+//! least; within that build, the oldest. With K users all busy, each holds
+//! about 1/K of the slots. A user who arrives with a small build has used
+//! nothing lately, so the next free slots go to it until it has had its
+//! share: the small build is not stuck behind the large builds' backlog.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mexec_proto::v1::{LeasedJob, LoadReport, Member, NodeStatus, UserStatus};
+use tokio::sync::oneshot;
+
+/// A node that sends nothing for this long is dropped. Executors report at
+/// least every `HEARTBEAT`, so this allows several lost reports.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(3);
+/// How often executors report their load at the least.
+pub const HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// How fast past slot use is forgiven.
+pub const USAGE_HALF_LIFE: Duration = Duration::from_secs(20);
+/// Each running lease also counts this many slot-seconds, so grants made in
+/// the same instant alternate between users.
+const RUNNING_WEIGHT: f64 = 0.05;
+
+/// Slot-seconds used, decaying with `USAGE_HALF_LIFE`.
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    value: f64,
+    at: Instant,
+}
+
+impl Usage {
+    fn at(&self, now: Instant) -> f64 {
+        let age = now.saturating_duration_since(self.at).as_secs_f64();
+        self.value * 0.5f64.powf(age / USAGE_HALF_LIFE.as_secs_f64())
+    }
+
+    fn add(&mut self, now: Instant, slot_seconds: f64) {
+        self.value = self.at(now) + slot_seconds;
+        self.at = now;
+    }
+}
+
+/// Identifies one `Join` stream, so the end of an old stream does not remove
+/// a node that has registered again on a new one.
+pub type ConnId = u64;
+
+/// A member of the cluster.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub name: String,
+    pub address: String,
+    pub conn: ConnId,
+    pub report: LoadReport,
+    pub last_report: Instant,
+    /// Slots leased through the gatekeeper on this node.
+    pub leased: u32,
+}
+
+impl Node {
+    /// Slots in use as far as we know: our leases, or the node's own count
+    /// when it is higher (clients placing directly, or leases granted before
+    /// a gatekeeper restart).
+    fn busy(&self) -> u32 {
+        self.leased.max(self.report.running + self.report.queued)
+    }
+
+    fn has_free_slot(&self) -> bool {
+        !self.report.draining && self.busy() < self.report.slots
+    }
+
+    /// Lower is better: busy slots plus load that is not ours, per slot.
+    fn score(&self) -> f64 {
+        (f64::from(self.busy()) + self.report.foreign_load) / f64::from(self.report.slots.max(1))
+    }
+}
+
+/// What a waiting request is for.
+#[derive(Debug, Clone, Default)]
+pub struct Wanted {
+    pub user: String,
+    pub build_id: String,
+    pub job_id: String,
+    pub program: String,
+    pub avoid: HashSet<String>,
+    pub relayed: bool,
+}
+
+/// A granted slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub lease_id: u64,
+    pub node: String,
+    pub address: String,
+}
+
+struct Waiting {
+    id: u64,
+    wanted: Wanted,
+    since: Instant,
+    grant: oneshot::Sender<Grant>,
+}
+
+struct Lease {
+    wanted: Wanted,
+    node: String,
+    since_unix_ms: u64,
+    since: Instant,
+}
+
+/// Limits on the queue and on users.
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    /// The most requests that may wait.
+    pub max_queued: u32,
+    /// The most leases one user may hold; 0 means no limit.
+    pub default_user_limit: u32,
+    /// Per-user overrides of the default.
+    pub user_limits: HashMap<String, u32>,
+}
+
+impl Limits {
+    fn for_user(&self, user: &str) -> u32 {
+        self.user_limits
+            .get(user)
+            .copied()
+            .unwrap_or(self.default_user_limit)
+    }
+}
+
+/// The queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueFull {
+    pub queued: u32,
+}
+
+/// The whole picture.
+pub struct Cluster {
+    nodes: BTreeMap<String, Node>,
+    waiting: Vec<Waiting>,
+    leases: HashMap<u64, Lease>,
+    next_id: u64,
+    limits: Limits,
+    user_usage: HashMap<String, Usage>,
+    build_usage: HashMap<(String, String), Usage>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("nodes", &self.nodes.len())
+            .field("waiting", &self.waiting.len())
+            .field("leases", &self.leases.len())
+            .finish()
+    }
+}
+
+impl Cluster {
+    pub fn new(limits: Limits) -> Self {
+        Cluster {
+            nodes: BTreeMap::new(),
+            waiting: Vec::new(),
+            leases: HashMap::new(),
+            next_id: 1,
+            limits,
+            user_usage: HashMap::new(),
+            build_usage: HashMap::new(),
+        }
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// A new `Join` stream's id.
+    pub fn new_conn(&mut self) -> ConnId {
+        self.id()
+    }
+
+    /// A node registers (again); leases on its old entry are kept.
+    pub fn join(&mut self, name: &str, address: String, conn: ConnId, report: LoadReport) {
+        let leased = self.leases.values().filter(|l| l.node == name).count() as u32;
+        self.nodes.insert(
+            name.to_owned(),
+            Node {
+                name: name.to_owned(),
+                address,
+                conn,
+                report,
+                last_report: Instant::now(),
+                leased,
+            },
+        );
+        self.dispatch();
+    }
+
+    /// A load report on stream `conn` from a node reachable at `address`.
+    /// A node dropped for silence whose stream still works (it was frozen,
+    /// then thawed) comes back with its next report.
+    pub fn report(&mut self, name: &str, address: &str, conn: ConnId, report: LoadReport) {
+        match self.nodes.get_mut(name) {
+            Some(node) if node.conn == conn => {
+                node.report = report;
+                node.last_report = Instant::now();
+            }
+            // Replaced by a newer registration: this stream is stale.
+            Some(_) => return,
+            None => return self.join(name, address.to_owned(), conn, report),
+        }
+        self.dispatch();
+    }
+
+    /// Stream `conn` of node `name` ended.
+    pub fn leave(&mut self, name: &str, conn: ConnId) -> bool {
+        let gone = self.nodes.get(name).is_some_and(|n| n.conn == conn);
+        if gone {
+            self.nodes.remove(name);
+        }
+        gone
+    }
+
+    /// Drops nodes silent for longer than `SILENCE_LIMIT`; returns their names.
+    pub fn expire_silent(&mut self, now: Instant) -> Vec<String> {
+        let silent: Vec<String> = self
+            .nodes
+            .values()
+            .filter(|n| now.saturating_duration_since(n.last_report) > SILENCE_LIMIT)
+            .map(|n| n.name.clone())
+            .collect();
+        for name in &silent {
+            self.nodes.remove(name);
+        }
+        silent
+    }
+
+    /// Queues a request; the grant arrives on the receiver.
+    pub fn enqueue(
+        &mut self,
+        wanted: Wanted,
+    ) -> Result<(u64, oneshot::Receiver<Grant>), QueueFull> {
+        self.waiting.retain(|w| !w.grant.is_closed());
+        if self.waiting.len() as u32 >= self.limits.max_queued {
+            return Err(QueueFull {
+                queued: self.waiting.len() as u32,
+            });
+        }
+        let (tx, rx) = oneshot::channel();
+        let id = self.id();
+        self.waiting.push(Waiting {
+            id,
+            wanted,
+            since: Instant::now(),
+            grant: tx,
+        });
+        self.dispatch();
+        Ok((id, rx))
+    }
+
+    /// Forgets a waiting request whose client left.
+    pub fn cancel(&mut self, id: u64) {
+        self.waiting.retain(|w| w.id != id);
+    }
+
+    /// Ends a lease and hands its slot on.
+    pub fn release(&mut self, lease_id: u64) {
+        if let Some(lease) = self.leases.remove(&lease_id) {
+            if let Some(node) = self.nodes.get_mut(&lease.node) {
+                node.leased = node.leased.saturating_sub(1);
+            }
+            let now = Instant::now();
+            let used = now.saturating_duration_since(lease.since).as_secs_f64();
+            let fresh = Usage {
+                value: 0.0,
+                at: now,
+            };
+            self.user_usage
+                .entry(lease.wanted.user.clone())
+                .or_insert(fresh)
+                .add(now, used);
+            self.build_usage
+                .entry((lease.wanted.user, lease.wanted.build_id))
+                .or_insert(fresh)
+                .add(now, used);
+            // Forget users whose use has decayed to nothing.
+            self.user_usage.retain(|_, u| u.at(now) > 1e-3);
+            self.build_usage.retain(|_, u| u.at(now) > 1e-3);
+        }
+        self.dispatch();
+    }
+
+    /// Grants free slots to waiting requests, fairest first.
+    pub fn dispatch(&mut self) {
+        self.waiting.retain(|w| !w.grant.is_closed());
+        let mut skipped: HashSet<u64> = HashSet::new();
+        while self.nodes.values().any(Node::has_free_slot) {
+            let Some(index) = self.next_fair(&skipped) else {
+                return;
+            };
+            let Some(node) = self.best_node(&self.waiting[index].wanted.avoid) else {
+                // Every free slot is on a node this request avoids.
+                skipped.insert(self.waiting[index].id);
+                continue;
+            };
+            let waiting = self.waiting.swap_remove(index);
+            let lease_id = self.id();
+            let node = self.nodes.get_mut(&node).expect("best_node names a member");
+            let grant = Grant {
+                lease_id,
+                node: node.name.clone(),
+                address: node.address.clone(),
+            };
+            if waiting.grant.send(grant).is_ok() {
+                node.leased += 1;
+                self.leases.insert(
+                    lease_id,
+                    Lease {
+                        wanted: waiting.wanted,
+                        node: node.name.clone(),
+                        since_unix_ms: unix_ms(),
+                        since: Instant::now(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// The waiting request that deserves the next slot.
+    fn next_fair(&self, skipped: &HashSet<u64>) -> Option<usize> {
+        let now = Instant::now();
+        let mut running: HashMap<&str, u32> = HashMap::new();
+        let mut user_use: HashMap<&str, f64> = HashMap::new();
+        let mut build_use: HashMap<(&str, &str), f64> = HashMap::new();
+        for lease in self.leases.values() {
+            let held = now.saturating_duration_since(lease.since).as_secs_f64() + RUNNING_WEIGHT;
+            *running.entry(&lease.wanted.user).or_default() += 1;
+            *user_use.entry(&lease.wanted.user).or_default() += held;
+            *build_use
+                .entry((&lease.wanted.user, &lease.wanted.build_id))
+                .or_default() += held;
+        }
+        let user_key = |user: &str| {
+            user_use.get(user).copied().unwrap_or(0.0)
+                + self.user_usage.get(user).map_or(0.0, |u| u.at(now))
+        };
+        let build_key = |user: &str, build: &str| {
+            build_use.get(&(user, build)).copied().unwrap_or(0.0)
+                + self
+                    .build_usage
+                    .get(&(user.to_owned(), build.to_owned()))
+                    .map_or(0.0, |u| u.at(now))
+        };
+        self.waiting
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| !skipped.contains(&w.id))
+            .filter(|(_, w)| {
+                let limit = self.limits.for_user(&w.wanted.user);
+                limit == 0 || running.get(w.wanted.user.as_str()).copied().unwrap_or(0) < limit
+            })
+            .min_by(|(_, a), (_, b)| {
+                let (ua, ub) = (&a.wanted.user, &b.wanted.user);
+                user_key(ua)
+                    .total_cmp(&user_key(ub))
+                    .then_with(|| {
+                        build_key(ua, &a.wanted.build_id)
+                            .total_cmp(&build_key(ub, &b.wanted.build_id))
+                    })
+                    .then(a.since.cmp(&b.since))
+            })
+            .map(|(i, _)| i)
+    }
+
+    fn best_node(&self, avoid: &HashSet<String>) -> Option<String> {
+        // Avoiding is a preference: when every member is avoided (a
+        // one-node cluster lost a job once), any member will do.
+        let all_avoided = self.nodes.keys().all(|n| avoid.contains(n));
+        self.nodes
+            .values()
+            .filter(|n| n.has_free_slot() && (all_avoided || !avoid.contains(&n.name)))
+            .min_by(|a, b| a.score().total_cmp(&b.score()))
+            .map(|n| n.name.clone())
+    }
+
+    /// The member list, for clients to cache.
+    pub fn members(&self) -> Vec<Member> {
+        self.nodes
+            .values()
+            .map(|n| Member {
+                node: n.name.clone(),
+                address: n.address.clone(),
+                slots: n.report.slots,
+            })
+            .collect()
+    }
+
+    /// Requests waiting now.
+    pub fn queued(&self) -> u32 {
+        self.waiting.iter().filter(|w| !w.grant.is_closed()).count() as u32
+    }
+
+    /// Everything `ClusterStatus` reports.
+    pub fn status(&self) -> (Vec<NodeStatus>, Vec<UserStatus>, Vec<LeasedJob>) {
+        let now = Instant::now();
+        let nodes = self
+            .nodes
+            .values()
+            .map(|n| NodeStatus {
+                load: Some(n.report.clone()),
+                address: n.address.clone(),
+                leased: n.leased,
+                last_report_ms: now.saturating_duration_since(n.last_report).as_millis() as u64,
+            })
+            .collect();
+        let mut users: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
+        for lease in self.leases.values() {
+            users.entry(&lease.wanted.user).or_default().0 += 1;
+        }
+        for waiting in self.waiting.iter().filter(|w| !w.grant.is_closed()) {
+            users.entry(&waiting.wanted.user).or_default().1 += 1;
+        }
+        let users = users
+            .into_iter()
+            .map(|(user, (running, queued))| UserStatus {
+                user: user.to_owned(),
+                running,
+                queued,
+                limit: self.limits.for_user(user),
+            })
+            .collect();
+        let mut jobs: Vec<LeasedJob> = self
+            .leases
+            .values()
+            .map(|l| LeasedJob {
+                job_id: l.wanted.job_id.clone(),
+                user: l.wanted.user.clone(),
+                build_id: l.wanted.build_id.clone(),
+                node: l.node.clone(),
+                program: l.wanted.program.clone(),
+                since_unix_ms: l.since_unix_ms,
+                relayed: l.wanted.relayed,
+            })
+            .collect();
+        jobs.sort_by_key(|j| j.since_unix_ms);
+        (nodes, users, jobs)
+    }
+
+    /// The configured queue bound.
+    pub fn max_queued(&self) -> u32 {
+        self.limits.max_queued
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(slots: u32) -> LoadReport {
+        LoadReport {
+            slots,
+            ..LoadReport::default()
+        }
+    }
+
+    fn cluster(nodes: &[(&str, u32)]) -> Cluster {
+        let mut c = Cluster::new(Limits {
+            max_queued: 1000,
+            ..Limits::default()
+        });
+        for (name, slots) in nodes {
+            let conn = c.new_conn();
+            c.join(name, format!("{name}:1"), conn, report(*slots));
+        }
+        c
+    }
+
+    fn want(user: &str, build: &str) -> Wanted {
+        Wanted {
+            user: user.into(),
+            build_id: build.into(),
+            ..Wanted::default()
+        }
+    }
+
+    #[test]
+    fn grants_go_to_the_least_busy_node_per_slot() {
+        let mut c = cluster(&[("big", 4), ("small", 2)]);
+        let mut got = Vec::new();
+        for _ in 0..6 {
+            let (_, mut rx) = c.enqueue(want("u", "b")).unwrap();
+            got.push(rx.try_recv().unwrap().node);
+        }
+        assert_eq!(got.iter().filter(|n| *n == "big").count(), 4);
+        assert_eq!(got.iter().filter(|n| *n == "small").count(), 2);
+        // Full: the next request waits.
+        let (_, mut rx) = c.enqueue(want("u", "b")).unwrap();
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn the_user_with_fewest_leases_gets_the_next_slot() {
+        let mut c = cluster(&[("n", 2)]);
+        let (_, mut a1) = c.enqueue(want("alice", "big")).unwrap();
+        let (_, mut a2) = c.enqueue(want("alice", "big")).unwrap();
+        let a1 = a1.try_recv().unwrap();
+        let _a2 = a2.try_recv().unwrap();
+        // Alice has a backlog; Bob arrives later with one job.
+        let mut alice_waiting: Vec<_> = (0..5)
+            .map(|_| c.enqueue(want("alice", "big")).unwrap().1)
+            .collect();
+        let (_, mut bob) = c.enqueue(want("bob", "small")).unwrap();
+        c.release(a1.lease_id);
+        assert!(bob.try_recv().is_ok(), "bob overtakes alice's backlog");
+        assert!(alice_waiting.iter_mut().all(|rx| rx.try_recv().is_err()));
+    }
+
+    #[test]
+    fn builds_of_one_user_share_and_limits_hold() {
+        let mut c = Cluster::new(Limits {
+            max_queued: 10,
+            default_user_limit: 0,
+            user_limits: HashMap::from([("capped".to_owned(), 1)]),
+        });
+        let conn = c.new_conn();
+        c.join("n", "n:1".into(), conn, report(4));
+        let (_, mut first) = c.enqueue(want("capped", "b1")).unwrap();
+        let (_, mut second) = c.enqueue(want("capped", "b1")).unwrap();
+        assert!(first.try_recv().is_ok());
+        assert!(second.try_recv().is_err(), "over the user's limit of 1");
+        let (_, mut other) = c.enqueue(want("free", "x")).unwrap();
+        assert!(other.try_recv().is_ok());
+        let (users_nodes, users, _) = c.status();
+        assert_eq!(users_nodes.len(), 1);
+        let capped = users.iter().find(|u| u.user == "capped").unwrap();
+        assert_eq!((capped.running, capped.queued, capped.limit), (1, 1, 1));
+    }
+
+    #[test]
+    fn draining_avoided_and_departed_nodes_get_nothing() {
+        let mut c = cluster(&[("a", 1), ("b", 1)]);
+        let conn_b = c.nodes["b"].conn;
+        c.report(
+            "b",
+            "b:1",
+            conn_b,
+            LoadReport {
+                slots: 1,
+                draining: true,
+                ..LoadReport::default()
+            },
+        );
+        let mut w = want("u", "b");
+        w.avoid.insert("a".into());
+        let (_, mut rx) = c.enqueue(w).unwrap();
+        assert!(rx.try_recv().is_err(), "a is avoided and b drains");
+        assert!(c.leave("b", conn_b));
+        assert!(!c.leave("a", 999), "an old stream does not remove a node");
+        assert_eq!(c.members().len(), 1);
+    }
+
+    #[test]
+    fn a_full_queue_is_refused_and_silent_nodes_expire() {
+        let mut c = Cluster::new(Limits {
+            max_queued: 2,
+            ..Limits::default()
+        });
+        let _a = c.enqueue(want("u", "b")).unwrap();
+        let _b = c.enqueue(want("u", "b")).unwrap();
+        assert_eq!(
+            c.enqueue(want("u", "b")).unwrap_err(),
+            QueueFull { queued: 2 }
+        );
+        let conn = c.new_conn();
+        c.join("n", "n:1".into(), conn, report(1));
+        let later = Instant::now() + SILENCE_LIMIT + Duration::from_millis(10);
+        assert_eq!(c.expire_silent(later), vec!["n".to_owned()]);
+    }
+}

@@ -1,0 +1,171 @@
+//! `mexec-gatekeeper` settings: flags and `MEXEC_*` variables override the
+//! TOML file, which overrides the defaults.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use mexec_common::config_file::{self, ConfigFileError};
+use mexec_common::telemetry::LogFormat;
+use mexec_common::token::{Token, TokenError};
+use serde::Deserialize;
+
+use super::cluster::Limits;
+
+/// The port a gatekeeper listens on when none is given.
+pub const DEFAULT_PORT: u16 = 7461;
+
+/// Command-line flags of `mexec-gatekeeper`.
+#[derive(Debug, Parser, Default)]
+#[command(
+    name = "mexec-gatekeeper",
+    version,
+    about = "mexec gatekeeper: cluster membership, fair queueing, placement leases, relayed jobs"
+)]
+pub struct Flags {
+    /// TOML config file (see deploy/mexec-gatekeeper.toml).
+    #[arg(long, env = "MEXEC_GATEKEEPER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address and port to listen on [default: 127.0.0.1:7461].
+    #[arg(long, env = "MEXEC_GATEKEEPER_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// File holding the cluster's shared token.
+    #[arg(long, env = "MEXEC_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Listen beyond loopback without authentication.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Requests that may wait for a slot before new ones are refused [default: 10000].
+    #[arg(long, env = "MEXEC_GATEKEEPER_MAX_QUEUED")]
+    pub max_queued: Option<u32>,
+    /// The most slots one user may hold at once [default: no limit].
+    #[arg(long)]
+    pub default_user_limit: Option<u32>,
+    /// A per-user limit, USER=N (repeatable).
+    #[arg(long = "user-limit", value_parser = parse_user_limit)]
+    pub user_limits: Vec<(String, u32)>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "MEXEC_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+fn parse_user_limit(text: &str) -> Result<(String, u32), String> {
+    let (user, limit) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}`: expected USER=N"))?;
+    let limit = limit
+        .parse()
+        .map_err(|_| format!("`{text}`: the limit is not a number"))?;
+    Ok((user.to_owned(), limit))
+}
+
+/// The TOML config file of `mexec-gatekeeper`. Every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Address and port to listen on. Default: "127.0.0.1:7461".
+    pub listen: Option<SocketAddr>,
+    /// File holding the shared token. Default: none (loopback only).
+    pub token_file: Option<PathBuf>,
+    /// Listen beyond loopback without authentication. Default: false.
+    pub insecure: Option<bool>,
+    /// Requests that may wait for a slot. Default: 10000.
+    pub max_queued: Option<u32>,
+    /// The most slots one user may hold at once; 0 is no limit. Default: 0.
+    pub default_user_limit: Option<u32>,
+    /// Per-user limits, `{ alice = 16 }`. Default: none.
+    pub user_limits: Option<HashMap<String, u32>>,
+    /// "text" or "json". Default: "text".
+    pub log_format: Option<LogFormat>,
+}
+
+/// Everything a gatekeeper needs, checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub token: Option<Token>,
+    pub limits: Limits,
+    pub log_format: LogFormat,
+}
+
+/// Why the settings were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error(transparent)]
+    ConfigFile(#[from] ConfigFileError),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error(
+        "refusing to listen on {0} without authentication: anyone who can reach it could submit \
+         jobs to the cluster. Give --token-file FILE, listen on 127.0.0.1, or pass --insecure"
+    )]
+    OpenDoor(SocketAddr),
+}
+
+impl Settings {
+    /// Merges flags, the config file and defaults, then checks safety rules.
+    pub fn resolve(flags: Flags) -> Result<Settings, SettingsError> {
+        let file: FileConfig = config_file::load_or_default(flags.config.as_deref(), None)?;
+        let listen = flags
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)));
+        let token = flags
+            .token_file
+            .or(file.token_file)
+            .map(|path| Token::from_file(&path))
+            .transpose()?;
+        let insecure = flags.insecure || file.insecure.unwrap_or(false);
+        if !listen.ip().is_loopback() && token.is_none() && !insecure {
+            return Err(SettingsError::OpenDoor(listen));
+        }
+        let mut user_limits = file.user_limits.unwrap_or_default();
+        user_limits.extend(flags.user_limits);
+        Ok(Settings {
+            listen,
+            token,
+            limits: Limits {
+                max_queued: flags.max_queued.or(file.max_queued).unwrap_or(10_000),
+                default_user_limit: flags
+                    .default_user_limit
+                    .or(file.default_user_limit)
+                    .unwrap_or(0),
+                user_limits,
+            },
+            log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_user_limits() {
+        let s = Settings::resolve(Flags {
+            user_limits: vec![("alice".into(), 3)],
+            ..Flags::default()
+        })
+        .unwrap();
+        assert!(s.listen.ip().is_loopback());
+        assert_eq!(s.listen.port(), DEFAULT_PORT);
+        assert_eq!(s.limits.max_queued, 10_000);
+        assert_eq!(s.limits.user_limits["alice"], 3);
+        assert_eq!(
+            parse_user_limit("bob"),
+            Err("`bob`: expected USER=N".into())
+        );
+    }
+
+    #[test]
+    fn open_listen_needs_a_token_or_insecure() {
+        let err = Settings::resolve(Flags {
+            listen: Some("0.0.0.0:7461".parse().unwrap()),
+            ..Flags::default()
+        })
+        .unwrap_err();
+        assert!(matches!(err, SettingsError::OpenDoor(_)));
+    }
+}

@@ -1,0 +1,93 @@
+//! The gatekeeper: a non-computing member that knows who is in the cluster,
+//! shares slots fairly among users and builds, grants placement leases to
+//! clients inside the cluster and relays whole jobs for clients outside it.
+//!
+//! Layout:
+//! - `cluster`: members, leases and the fair queue (pure logic).
+//! - `service`: the tonic handlers for membership, leases and status.
+//! - `relay`: running a client's job on a node and relaying it both ways.
+//! - `config`: `mexec-gatekeeper` settings.
+
+pub mod cluster;
+pub mod config;
+mod relay;
+mod service;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mexec_common::token::Token;
+use mexec_proto::v1::gatekeeper_server::GatekeeperServer;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+
+use crate::auth::TokenCheck;
+use cluster::Cluster;
+pub use config::Settings;
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub cluster: Mutex<Cluster>,
+    /// The cluster token, sent to executors when relaying.
+    pub token: Option<Token>,
+}
+
+impl Shared {
+    /// Runs `f` on the cluster under its lock.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Cluster) -> R) -> R {
+        let mut cluster = self.cluster.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut cluster)
+    }
+}
+
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves the gatekeeper on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let shared = Arc::new(Shared {
+        cluster: Mutex::new(Cluster::new(settings.limits.clone())),
+        token: settings.token.clone(),
+    });
+    let reaper = tokio::spawn(expire_silent_nodes(shared.clone()));
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<GatekeeperServer<service::GatekeeperService>>()
+        .await;
+    let check = TokenCheck::new(settings.token.clone());
+    let gatekeeper = GatekeeperServer::with_interceptor(
+        service::GatekeeperService::new(shared),
+        move |request| check.check(request),
+    );
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(KEEPALIVE_INTERVAL));
+    let result = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .add_service(health_service)
+        .add_service(gatekeeper)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    reaper.abort();
+    result
+}
+
+/// Drops members that stopped reporting without closing their stream (a
+/// frozen process, a cut link).
+async fn expire_silent_nodes(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(cluster::HEARTBEAT);
+    loop {
+        tick.tick().await;
+        for name in shared.with(|c| c.expire_silent(Instant::now())) {
+            tracing::warn!(node = %name, "node silent too long: dropped from the cluster");
+        }
+    }
+}

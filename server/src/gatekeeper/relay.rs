@@ -1,0 +1,194 @@
+//! Relayed runs: a client outside the cluster sends the whole `Run` stream
+//! here; we place the job through the fair queue, open the same stream to
+//! the node, and relay both ways. A node that refuses before the job starts
+//! costs a retry on another; once the job started, the node's fate is the
+//! client's to see (it decides whether the job may run again).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mexec_proto::v1::executor_client::ExecutorClient;
+use mexec_proto::v1::{run_request, run_response, JobSpec, RunRequest, RunResponse};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+use tonic::{Code, Status, Streaming};
+
+use super::cluster::{Grant, Wanted};
+use super::service::{queue_full, wait_for_grant};
+use super::Shared;
+
+type Outbound = mpsc::Sender<Result<RunResponse, Status>>;
+
+/// Nodes tried before a relayed job is given up as unplaceable.
+const MAX_ATTEMPTS: usize = 3;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Reads the job, queues it, and starts relaying; refusals come back as the
+/// call's status.
+pub async fn start(
+    shared: Arc<Shared>,
+    mut inbound: Streaming<RunRequest>,
+) -> Result<ReceiverStream<Result<RunResponse, Status>>, Status> {
+    let first = inbound
+        .message()
+        .await?
+        .ok_or_else(|| Status::cancelled("the client closed the stream before sending the job"))?;
+    let Some(run_request::Msg::Start(spec)) = first.msg else {
+        return Err(Status::invalid_argument(
+            "the first message of a Run stream must be the job (`start`)",
+        ));
+    };
+    if spec.argv.is_empty() {
+        return Err(Status::invalid_argument("the job has an empty argv"));
+    }
+    let wanted = Wanted {
+        user: spec.user.clone(),
+        build_id: spec.build_id.clone(),
+        job_id: spec.job_id.clone(),
+        program: String::from_utf8_lossy(&spec.argv[0]).into_owned(),
+        avoid: HashSet::new(),
+        relayed: true,
+    };
+    let (id, grant) = shared
+        .with(|c| c.enqueue(wanted.clone()))
+        .map_err(queue_full)?;
+    let (tx, rx) = mpsc::channel(8);
+    tokio::spawn(relay(shared, spec, wanted, id, grant, inbound, tx));
+    Ok(ReceiverStream::new(rx))
+}
+
+enum Attempt {
+    /// The job ran (or the client left): nothing more to do.
+    Done,
+    /// The node did not start the job.
+    NotStarted(String),
+}
+
+async fn relay(
+    shared: Arc<Shared>,
+    spec: JobSpec,
+    mut wanted: Wanted,
+    mut id: u64,
+    mut grant: oneshot::Receiver<Grant>,
+    mut inbound: Streaming<RunRequest>,
+    out: Outbound,
+) {
+    let mut causes = Vec::new();
+    for attempt in 1..=MAX_ATTEMPTS {
+        let queued = |q| RunResponse {
+            msg: Some(run_response::Msg::Queued(q)),
+        };
+        let Some(lease) = wait_for_grant(&shared, id, grant, &out, queued).await else {
+            return;
+        };
+        let result = run_on_node(&shared, &lease, &spec, &mut inbound, &out).await;
+        shared.with(|c| c.release(lease.lease_id));
+        match result {
+            Attempt::Done => return,
+            Attempt::NotStarted(cause) => {
+                tracing::info!(job_id = %spec.job_id, node = %lease.node, %cause, "relayed job not started; placing again");
+                causes.push(cause);
+                wanted.avoid.insert(lease.node);
+            }
+        }
+        if attempt == MAX_ATTEMPTS {
+            break;
+        }
+        match shared.with(|c| c.enqueue(wanted.clone())) {
+            Ok((next_id, next_grant)) => (id, grant) = (next_id, next_grant),
+            Err(full) => {
+                let _ = out.send(Err(queue_full(full))).await;
+                return;
+            }
+        }
+    }
+    let status = Status::unavailable(format!(
+        "gatekeeper: no node could run the job ({})",
+        causes.join("; ")
+    ));
+    let _ = out.send(Err(status)).await;
+}
+
+async fn run_on_node(
+    shared: &Shared,
+    lease: &Grant,
+    spec: &JobSpec,
+    inbound: &mut Streaming<RunRequest>,
+    out: &Outbound,
+) -> Attempt {
+    let endpoint = match Endpoint::from_shared(format!("http://{}", lease.address)) {
+        Ok(endpoint) => endpoint
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(10)),
+        Err(err) => return Attempt::NotStarted(format!("node {}: bad address: {err}", lease.node)),
+    };
+    let channel = match endpoint.connect().await {
+        Ok(channel) => channel,
+        Err(err) => return Attempt::NotStarted(format!("node {} unreachable: {err}", lease.node)),
+    };
+    let (to_node, requests) = mpsc::channel(8);
+    let _ = to_node
+        .send(RunRequest {
+            msg: Some(run_request::Msg::Start(spec.clone())),
+        })
+        .await;
+    let mut request = tonic::Request::new(ReceiverStream::new(requests));
+    if let Some(token) = &shared.token {
+        token.attach(request.metadata_mut());
+    }
+    let mut from_node = match ExecutorClient::new(channel).run(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return Attempt::NotStarted(status.message().to_owned()),
+    };
+    let mut accepted = false;
+    let mut client_open = true;
+    loop {
+        tokio::select! {
+            message = inbound.message(), if client_open => match message {
+                Ok(Some(message)) => {
+                    if to_node.send(message).await.is_err() {
+                        client_open = false;
+                    }
+                }
+                // Half-closed: the client sends nothing more; the job goes on.
+                Ok(None) => client_open = false,
+                // The client is gone: dropping the node's stream kills the job.
+                Err(_) => return Attempt::Done,
+            },
+            message = from_node.message() => match message {
+                Ok(Some(response)) => {
+                    let last = matches!(response.msg, Some(run_response::Msg::Exit(_)));
+                    accepted |= matches!(response.msg, Some(run_response::Msg::Accepted(_)));
+                    if out.send(Ok(response)).await.is_err() || last {
+                        return Attempt::Done;
+                    }
+                }
+                Ok(None) if !accepted => {
+                    return Attempt::NotStarted(format!("node {} closed the stream", lease.node))
+                }
+                Ok(None) => {
+                    let status = Status::unavailable(format!(
+                        "node {} closed the job's stream without an exit status",
+                        lease.node
+                    ));
+                    let _ = out.send(Err(status)).await;
+                    return Attempt::Done;
+                }
+                Err(status) if !accepted && status.code() != Code::Cancelled => {
+                    return Attempt::NotStarted(status.message().to_owned())
+                }
+                Err(status) => {
+                    let _ = out.send(Err(Status::new(status.code(), format!(
+                        "node {}: {}", lease.node, status.message()
+                    )))).await;
+                    return Attempt::Done;
+                }
+            },
+            _ = out.closed() => return Attempt::Done,
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! The `Gatekeeper` gRPC service: membership streams, lease streams, relayed
+//! runs and status, each a thin handler over `Cluster`.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use mexec_proto::v1::gatekeeper_server::Gatekeeper;
+use mexec_proto::v1::{
+    acquire_request, acquire_response, join_request, AcquireRequest, AcquireResponse,
+    ClusterStatusReply, ClusterStatusRequest, JoinRequest, JoinResponse, Lease, LeaseRequest,
+    Queued, RunRequest, RunResponse,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::cluster::{Grant, QueueFull, Wanted, HEARTBEAT};
+use super::{relay, Shared};
+
+/// The service object tonic calls.
+#[derive(Debug, Clone)]
+pub struct GatekeeperService {
+    shared: Arc<Shared>,
+}
+
+impl GatekeeperService {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        GatekeeperService { shared }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// The status a client gets when the queue is full.
+pub fn queue_full(full: QueueFull) -> Status {
+    Status::resource_exhausted(format!(
+        "the gatekeeper's queue is full ({} requests waiting); try again later or raise --max-queued",
+        full.queued
+    ))
+}
+
+/// Turns a lease request into the queue's terms.
+pub fn wanted(request: &LeaseRequest, relayed: bool) -> Wanted {
+    Wanted {
+        user: request.user.clone(),
+        build_id: request.build_id.clone(),
+        job_id: request.job_id.clone(),
+        program: request.program.clone(),
+        avoid: request.avoid.iter().cloned().collect(),
+        relayed,
+    }
+}
+
+/// Waits for a grant; answers `Queued` first when there is none at once.
+/// `None` when the client left while waiting.
+pub async fn wait_for_grant<T>(
+    shared: &Shared,
+    id: u64,
+    mut grant: oneshot::Receiver<Grant>,
+    out: &mpsc::Sender<Result<T, Status>>,
+    queued: impl FnOnce(Queued) -> T,
+) -> Option<Grant> {
+    if let Ok(grant) = grant.try_recv() {
+        return Some(grant);
+    }
+    let waiting = Queued {
+        node: "gatekeeper".into(),
+        queued: shared.with(|c| c.queued()),
+    };
+    let _ = out.send(Ok(queued(waiting))).await;
+    tokio::select! {
+        grant = &mut grant => grant.ok(),
+        _ = out.closed() => {
+            shared.with(|c| c.cancel(id));
+            None
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Gatekeeper for GatekeeperService {
+    type JoinStream = BoxStream<JoinResponse>;
+    type AcquireStream = BoxStream<AcquireResponse>;
+    type RunStream = BoxStream<RunResponse>;
+
+    async fn join(
+        &self,
+        request: Request<Streaming<JoinRequest>>,
+    ) -> Result<Response<Self::JoinStream>, Status> {
+        let peer = request.remote_addr();
+        let mut inbound = request.into_inner();
+        let first = inbound.message().await?.unwrap_or_default();
+        let Some(join_request::Msg::Register(register)) = first.msg else {
+            return Err(Status::invalid_argument(
+                "the first message of a Join stream must be `register`",
+            ));
+        };
+        if register.node.is_empty() {
+            return Err(Status::invalid_argument("register: the node name is empty"));
+        }
+        let address = advertised_address(&register.address, register.port, peer)?;
+        let (tx, rx) = mpsc::channel(1);
+        let _ = tx
+            .send(Ok(JoinResponse {
+                heartbeat_ms: HEARTBEAT.as_millis() as u32,
+            }))
+            .await;
+        tokio::spawn(membership(
+            self.shared.clone(),
+            register.node,
+            address,
+            inbound,
+            tx,
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn acquire(
+        &self,
+        request: Request<Streaming<AcquireRequest>>,
+    ) -> Result<Response<Self::AcquireStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = inbound.message().await?.unwrap_or_default();
+        let Some(acquire_request::Msg::Request(lease_request)) = first.msg else {
+            return Err(Status::invalid_argument(
+                "the first message of an Acquire stream must be `request`",
+            ));
+        };
+        let (id, grant) = self
+            .shared
+            .with(|c| c.enqueue(wanted(&lease_request, false)))
+            .map_err(queue_full)?;
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(hold_lease(
+            self.shared.clone(),
+            id,
+            grant,
+            lease_request.want_nodes,
+            inbound,
+            tx,
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn run(
+        &self,
+        request: Request<Streaming<RunRequest>>,
+    ) -> Result<Response<Self::RunStream>, Status> {
+        let stream = relay::start(self.shared.clone(), request.into_inner()).await?;
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn cluster_status(
+        &self,
+        _: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusReply>, Status> {
+        let reply = self.shared.with(|c| {
+            let (nodes, users, jobs) = c.status();
+            ClusterStatusReply {
+                nodes,
+                users,
+                jobs,
+                queued: c.queued(),
+                max_queued: c.max_queued(),
+                version: mexec_common::VERSION.to_owned(),
+            }
+        });
+        Ok(Response::new(reply))
+    }
+}
+
+/// Where clients reach an executor: what it advertises, else the address
+/// its stream comes from with its port.
+fn advertised_address(
+    advertised: &str,
+    port: u32,
+    peer: Option<SocketAddr>,
+) -> Result<String, Status> {
+    if !advertised.is_empty() {
+        return Ok(advertised.to_owned());
+    }
+    let (Some(peer), Ok(port)) = (peer, u16::try_from(port)) else {
+        return Err(Status::invalid_argument(
+            "register: no address given and none can be derived",
+        ));
+    };
+    Ok(SocketAddr::new(peer.ip(), port).to_string())
+}
+
+async fn membership(
+    shared: Arc<Shared>,
+    name: String,
+    address: String,
+    mut inbound: Streaming<JoinRequest>,
+    tx: mpsc::Sender<Result<JoinResponse, Status>>,
+) {
+    let conn = shared.with(|c| c.new_conn());
+    let mut joined = false;
+    loop {
+        match inbound.message().await {
+            Ok(Some(JoinRequest {
+                msg: Some(join_request::Msg::Load(report)),
+            })) => {
+                if joined {
+                    shared.with(|c| c.report(&name, &address, conn, report));
+                } else {
+                    tracing::info!(node = %name, %address, slots = report.slots, "node joined");
+                    shared.with(|c| c.join(&name, address.clone(), conn, report));
+                    joined = true;
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    if shared.with(|c| c.leave(&name, conn)) {
+        tracing::info!(node = %name, "node left");
+    }
+    drop(tx);
+}
+
+async fn hold_lease(
+    shared: Arc<Shared>,
+    id: u64,
+    grant: oneshot::Receiver<Grant>,
+    want_nodes: bool,
+    mut inbound: Streaming<AcquireRequest>,
+    tx: mpsc::Sender<Result<AcquireResponse, Status>>,
+) {
+    let response = |msg| AcquireResponse { msg: Some(msg) };
+    let Some(grant) = wait_for_grant(&shared, id, grant, &tx, |q| {
+        response(acquire_response::Msg::Queued(q))
+    })
+    .await
+    else {
+        return;
+    };
+    let members = if want_nodes {
+        shared.with(|c| c.members())
+    } else {
+        Vec::new()
+    };
+    let lease = Lease {
+        lease_id: grant.lease_id.to_string(),
+        node: grant.node.clone(),
+        address: grant.address.clone(),
+        members,
+    };
+    let _ = tx
+        .send(Ok(response(acquire_response::Msg::Lease(lease))))
+        .await;
+    // The lease lasts until the client releases it or its stream ends; a
+    // client that vanished is noticed by HTTP/2 keepalive.
+    loop {
+        match inbound.message().await {
+            Ok(Some(AcquireRequest {
+                msg: Some(acquire_request::Msg::Release(_)),
+            }))
+            | Ok(None)
+            | Err(_) => break,
+            Ok(Some(_)) => {}
+        }
+    }
+    shared.with(|c| c.release(grant.lease_id));
+}
