@@ -3,6 +3,8 @@
 # real third-party C project with its own Makefiles, fetched from crates.io)
 # with `make -j8 CC=mexec`, check the result works, and print where the jobs
 # ran. Everything it starts is stopped at the end; KEEP=1 keeps the build.
+# GATEKEEPER=1 puts a gatekeeper in front: executors join it and clients
+# ask it for placement leases.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -37,22 +39,41 @@ if [ "$(id -u)" = 0 ]; then
     user_args=(--user nobody)
 fi
 
+wait_listening() {
+    for _ in $(seq 1 100); do
+        grep -q "listening on" "$1" 2>/dev/null && break
+        sleep 0.1
+    done
+    sed -n 's/.*listening on //p' "$1"
+}
+
+join_args=()
+if [ "${GATEKEEPER:-0}" = 1 ]; then
+    echo "== starting a gatekeeper"
+    "$bin/mexec-gatekeeper" --listen 127.0.0.1:0 >"$work/gatekeeper.out" 2>"$work/gatekeeper.log" &
+    pids+=($!)
+    gatekeeper=$(wait_listening "$work/gatekeeper.out")
+    join_args=(--gatekeeper "$gatekeeper")
+fi
+
 echo "== starting $nodes executors with $slots slots each"
 addrs=()
 for i in $(seq 1 "$nodes"); do
     "$bin/mexecd" --listen 127.0.0.1:0 --name "node$i" --slots "$slots" "${user_args[@]}" \
-        >"$work/node$i.out" 2>"$work/node$i.log" &
+        "${join_args[@]}" >"$work/node$i.out" 2>"$work/node$i.log" &
     pids+=($!)
 done
 for i in $(seq 1 "$nodes"); do
-    for _ in $(seq 1 100); do
-        grep -q "listening on" "$work/node$i.out" 2>/dev/null && break
-        sleep 0.1
-    done
-    addrs+=("$(sed -n 's/.*listening on //p' "$work/node$i.out")")
+    addrs+=("$(wait_listening "$work/node$i.out")")
 done
-export MEXEC_NODES
-MEXEC_NODES=$(IFS=,; echo "${addrs[*]}")
+if [ -n "${gatekeeper:-}" ]; then
+    export MEXEC_GATEKEEPER="$gatekeeper"
+    # Give the executors a moment to register (they report within 0.5 s).
+    sleep 1
+else
+    export MEXEC_NODES
+    MEXEC_NODES=$(IFS=,; echo "${addrs[*]}")
+fi
 export MEXEC_JOBLOG="$work/jobs.jsonl" MEXEC_STATE_DIR="$work/state" MEXEC_CC=gcc
 "$bin/mexec" --status
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use mexec_testkit::{bin, job_dir, wait_until, Executor, Gatekeeper};
+use mexec_testkit::{bin, job_dir, wait_until, GatedFarm as Cluster};
 
 /// The two load tests run one at a time: each keeps both cores busy, and
 /// the fairness test measures start times.
@@ -15,75 +15,6 @@ static LOAD_TEST: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn load_test() -> std::sync::MutexGuard<'static, ()> {
     LOAD_TEST.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-struct Cluster {
-    gatekeeper: Gatekeeper,
-    executors: Vec<Executor>,
-    state_dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    fn start(slots: &[u32], gatekeeper_flags: &[&str]) -> Cluster {
-        let gatekeeper = Gatekeeper::start(gatekeeper_flags);
-        let mut cluster = Cluster {
-            gatekeeper,
-            executors: Vec::new(),
-            state_dir: tempfile::tempdir().unwrap(),
-        };
-        for (i, s) in slots.iter().enumerate() {
-            cluster.add(&format!("n{}", i + 1), *s);
-        }
-        let count = slots.len();
-        assert!(
-            wait_until(Duration::from_secs(10), || cluster.members().len() == count),
-            "executors did not join"
-        );
-        cluster
-    }
-
-    fn add(&mut self, name: &str, slots: u32) {
-        let gk = self.gatekeeper.address();
-        self.executors
-            .push(Executor::start(name, slots, &["--gatekeeper", &gk]));
-    }
-
-    fn mexec(&self, cwd: &Path, args: &[&str]) -> Command {
-        let mut command = Command::new(bin("mexec"));
-        command
-            .current_dir(cwd)
-            .args(args)
-            .env("MEXEC_GATEKEEPER", self.gatekeeper.address())
-            .env("MEXEC_STATE_DIR", self.state_dir.path())
-            .env_remove("MEXEC_NODES")
-            .env_remove("MEXEC_CONFIG");
-        command
-    }
-
-    fn status(&self) -> serde_json::Value {
-        let dir = std::env::temp_dir();
-        let output = self.mexec(&dir, &["--status", "--json"]).output().unwrap();
-        serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null)
-    }
-
-    /// Names of the members, with their draining flag.
-    fn members(&self) -> HashMap<String, bool> {
-        let status = self.status();
-        status["nodes"]
-            .as_array()
-            .map(|nodes| {
-                nodes
-                    .iter()
-                    .map(|n| {
-                        (
-                            n["node"].as_str().unwrap_or("").to_owned(),
-                            n["draining"].as_bool().unwrap_or(false),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
 }
 
 /// Runs `jobs` commands, at most `concurrency` at a time, like make -jN.

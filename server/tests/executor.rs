@@ -583,3 +583,12 @@ async fn collect_or_status(
     }
     Ok(c)
 }
+
+#[test]
+fn the_example_gatekeeper_config_under_deploy_parses() {
+    let path = mexec_testkit::workspace_root().join("deploy/mexec-gatekeeper.toml");
+    let config: mexec_server::gatekeeper::config::FileConfig =
+        mexec_common::config_file::load(&path).expect("deploy/mexec-gatekeeper.toml parses");
+    assert_eq!(config.max_queued, Some(20000));
+    assert_eq!(config.user_limits.unwrap()["nightly"], 16);
+}

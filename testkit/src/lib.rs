@@ -10,6 +10,7 @@
 //! - `c_project`: a vendored C source tree from the cargo registry.
 //! - `wait_until`: polling with a deadline instead of sleeps.
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -426,5 +427,77 @@ impl Drop for Gatekeeper {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A gatekeeper with executors that joined it, and a client state
+/// directory of their own.
+#[derive(Debug)]
+pub struct GatedFarm {
+    pub gatekeeper: Gatekeeper,
+    pub executors: Vec<Executor>,
+    pub state_dir: tempfile::TempDir,
+}
+
+impl GatedFarm {
+    pub fn start(slots: &[u32], gatekeeper_flags: &[&str]) -> GatedFarm {
+        let gatekeeper = Gatekeeper::start(gatekeeper_flags);
+        let mut cluster = GatedFarm {
+            gatekeeper,
+            executors: Vec::new(),
+            state_dir: tempfile::tempdir().unwrap(),
+        };
+        for (i, s) in slots.iter().enumerate() {
+            cluster.add(&format!("n{}", i + 1), *s);
+        }
+        let count = slots.len();
+        assert!(
+            wait_until(Duration::from_secs(10), || cluster.members().len() == count),
+            "executors did not join"
+        );
+        cluster
+    }
+
+    pub fn add(&mut self, name: &str, slots: u32) {
+        let gk = self.gatekeeper.address();
+        self.executors
+            .push(Executor::start(name, slots, &["--gatekeeper", &gk]));
+    }
+
+    pub fn mexec(&self, cwd: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new(bin("mexec"));
+        command
+            .current_dir(cwd)
+            .args(args)
+            .env("MEXEC_GATEKEEPER", self.gatekeeper.address())
+            .env("MEXEC_STATE_DIR", self.state_dir.path())
+            .env_remove("MEXEC_NODES")
+            .env_remove("MEXEC_CONFIG");
+        command
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let dir = std::env::temp_dir();
+        let output = self.mexec(&dir, &["--status", "--json"]).output().unwrap();
+        serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Names of the members, with their draining flag.
+    pub fn members(&self) -> HashMap<String, bool> {
+        let status = self.status();
+        status["nodes"]
+            .as_array()
+            .map(|nodes| {
+                nodes
+                    .iter()
+                    .map(|n| {
+                        (
+                            n["node"].as_str().unwrap_or("").to_owned(),
+                            n["draining"].as_bool().unwrap_or(false),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
