@@ -462,3 +462,79 @@ fn status_through_the_gatekeeper_shows_nodes_users_and_jobs() {
     assert_eq!(status["jobs"][0]["program"], "sleep");
     assert!(child.wait_with_output().unwrap().status.success());
 }
+
+#[test]
+fn a_client_that_cannot_reach_the_leased_node_is_relayed() {
+    let mut cluster = Cluster::start(&[], &[]);
+    // Clients are told port 1, where nothing listens; the gatekeeper itself
+    // reaches the node at the address its registration came from.
+    cluster.add_with("hidden", 2, &["--advertise", "127.0.0.1:1"]);
+    assert!(wait_until(Duration::from_secs(10), || cluster
+        .members()
+        .len()
+        == 1));
+    let dir = job_dir();
+    let output = cluster
+        .mexec(
+            dir.path(),
+            &[
+                "-n",
+                "--no-local",
+                "--explain",
+                "sh",
+                "-c",
+                "echo via relay",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(output.stdout, b"via relay\n");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("relaying through the gatekeeper"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_gatekeeper_with_a_token_serves_only_requests_that_carry_it() {
+    let dir = job_dir();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "gk-secret\n").unwrap();
+    let token_arg = token.to_str().unwrap();
+    let gatekeeper = mexec_testkit::Gatekeeper::start(&["--token-file", token_arg]);
+    let mut cluster = Cluster {
+        gatekeeper,
+        executors: Vec::new(),
+        state_dir: tempfile::tempdir().unwrap(),
+    };
+    cluster.add_with("n1", 2, &["--token-file", token_arg]);
+    let with_token = |args: &[&str]| {
+        let mut c = cluster.mexec(dir.path(), args);
+        c.env("MEXEC_TOKEN_FILE", &token);
+        c
+    };
+    assert!(wait_until(Duration::from_secs(10), || {
+        let out = with_token(&["--status", "--json"]).output().unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .map(|v| v["nodes"].as_array().is_some_and(|n| n.len() == 1))
+            .unwrap_or(false)
+    }));
+    let output = with_token(&["-n", "--no-local", "sh", "-c", "echo ok"])
+        .output()
+        .unwrap();
+    assert_eq!(output.stdout, b"ok\n");
+
+    let output = cluster
+        .mexec(dir.path(), &["-n", "--no-local", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(255));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("missing or wrong token"), "{stderr}");
+}

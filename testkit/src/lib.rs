@@ -458,10 +458,17 @@ impl GatedFarm {
         cluster
     }
 
+    /// Starts one more executor that joins the gatekeeper.
     pub fn add(&mut self, name: &str, slots: u32) {
+        self.add_with(name, slots, &[]);
+    }
+
+    /// Like `add`, with more `mexecd` flags.
+    pub fn add_with(&mut self, name: &str, slots: u32, extra: &[&str]) {
         let gk = self.gatekeeper.address();
-        self.executors
-            .push(Executor::start(name, slots, &["--gatekeeper", &gk]));
+        let mut flags = vec!["--gatekeeper", &gk];
+        flags.extend_from_slice(extra);
+        self.executors.push(Executor::start(name, slots, &flags));
     }
 
     pub fn mexec(&self, cwd: &Path, args: &[&str]) -> Command {

@@ -52,11 +52,29 @@ impl Usage {
 /// a node that has registered again on a new one.
 pub type ConnId = u64;
 
+/// Where a node is reached from: clients use the address it advertises; the
+/// gatekeeper, inside the cluster, uses the one its stream came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reach {
+    pub clients: String,
+    pub gatekeeper: String,
+}
+
+impl Reach {
+    /// The same address for everyone.
+    pub fn same(address: &str) -> Reach {
+        Reach {
+            clients: address.to_owned(),
+            gatekeeper: address.to_owned(),
+        }
+    }
+}
+
 /// A member of the cluster.
 #[derive(Debug, Clone)]
 pub struct Node {
     pub name: String,
-    pub address: String,
+    pub reach: Reach,
     pub conn: ConnId,
     pub report: LoadReport,
     pub last_report: Instant,
@@ -98,7 +116,7 @@ pub struct Wanted {
 pub struct Grant {
     pub lease_id: u64,
     pub node: String,
-    pub address: String,
+    pub reach: Reach,
 }
 
 struct Waiting {
@@ -186,13 +204,13 @@ impl Cluster {
     }
 
     /// A node registers (again); leases on its old entry are kept.
-    pub fn join(&mut self, name: &str, address: String, conn: ConnId, report: LoadReport) {
+    pub fn join(&mut self, name: &str, reach: Reach, conn: ConnId, report: LoadReport) {
         let leased = self.leases.values().filter(|l| l.node == name).count() as u32;
         self.nodes.insert(
             name.to_owned(),
             Node {
                 name: name.to_owned(),
-                address,
+                reach,
                 conn,
                 report,
                 last_report: Instant::now(),
@@ -202,10 +220,10 @@ impl Cluster {
         self.dispatch();
     }
 
-    /// A load report on stream `conn` from a node reachable at `address`.
+    /// A load report on stream `conn` from a node reachable at `reach`.
     /// A node dropped for silence whose stream still works (it was frozen,
     /// then thawed) comes back with its next report.
-    pub fn report(&mut self, name: &str, address: &str, conn: ConnId, report: LoadReport) {
+    pub fn report(&mut self, name: &str, reach: &Reach, conn: ConnId, report: LoadReport) {
         match self.nodes.get_mut(name) {
             Some(node) if node.conn == conn => {
                 node.report = report;
@@ -213,7 +231,7 @@ impl Cluster {
             }
             // Replaced by a newer registration: this stream is stale.
             Some(_) => return,
-            None => return self.join(name, address.to_owned(), conn, report),
+            None => return self.join(name, reach.clone(), conn, report),
         }
         self.dispatch();
     }
@@ -315,7 +333,7 @@ impl Cluster {
             let grant = Grant {
                 lease_id,
                 node: node.name.clone(),
-                address: node.address.clone(),
+                reach: node.reach.clone(),
             };
             if waiting.grant.send(grant).is_ok() {
                 node.leased += 1;
@@ -395,7 +413,7 @@ impl Cluster {
             .values()
             .map(|n| Member {
                 node: n.name.clone(),
-                address: n.address.clone(),
+                address: n.reach.clients.clone(),
                 slots: n.report.slots,
             })
             .collect()
@@ -414,7 +432,7 @@ impl Cluster {
             .values()
             .map(|n| NodeStatus {
                 load: Some(n.report.clone()),
-                address: n.address.clone(),
+                address: n.reach.clients.clone(),
                 leased: n.leased,
                 last_report_ms: now.saturating_duration_since(n.last_report).as_millis() as u64,
             })
@@ -483,7 +501,12 @@ mod tests {
         });
         for (name, slots) in nodes {
             let conn = c.new_conn();
-            c.join(name, format!("{name}:1"), conn, report(*slots));
+            c.join(
+                name,
+                Reach::same(&format!("{name}:1")),
+                conn,
+                report(*slots),
+            );
         }
         c
     }
@@ -536,7 +559,7 @@ mod tests {
             user_limits: HashMap::from([("capped".to_owned(), 1)]),
         });
         let conn = c.new_conn();
-        c.join("n", "n:1".into(), conn, report(4));
+        c.join("n", Reach::same("n:1"), conn, report(4));
         let (_, mut first) = c.enqueue(want("capped", "b1")).unwrap();
         let (_, mut second) = c.enqueue(want("capped", "b1")).unwrap();
         assert!(first.try_recv().is_ok());
@@ -555,7 +578,7 @@ mod tests {
         let conn_b = c.nodes["b"].conn;
         c.report(
             "b",
-            "b:1",
+            &Reach::same("b:1"),
             conn_b,
             LoadReport {
                 slots: 1,
@@ -585,7 +608,7 @@ mod tests {
             QueueFull { queued: 2 }
         );
         let conn = c.new_conn();
-        c.join("n", "n:1".into(), conn, report(1));
+        c.join("n", Reach::same("n:1"), conn, report(1));
         let later = Instant::now() + SILENCE_LIMIT + Duration::from_millis(10);
         assert_eq!(c.expire_silent(later), vec!["n".to_owned()]);
     }

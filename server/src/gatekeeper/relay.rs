@@ -118,7 +118,7 @@ async fn run_on_node(
     inbound: &mut Streaming<RunRequest>,
     out: &Outbound,
 ) -> Attempt {
-    let endpoint = match Endpoint::from_shared(format!("http://{}", lease.address)) {
+    let endpoint = match Endpoint::from_shared(format!("http://{}", lease.reach.gatekeeper)) {
         Ok(endpoint) => endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)

@@ -16,7 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::cluster::{Grant, QueueFull, Wanted, HEARTBEAT};
+use super::cluster::{Grant, QueueFull, Reach, Wanted, HEARTBEAT};
 use super::{relay, Shared};
 
 /// The service object tonic calls.
@@ -100,7 +100,7 @@ impl Gatekeeper for GatekeeperService {
         if register.node.is_empty() {
             return Err(Status::invalid_argument("register: the node name is empty"));
         }
-        let address = advertised_address(&register.address, register.port, peer)?;
+        let reach = reach(&register.address, register.port, peer)?;
         let (tx, rx) = mpsc::channel(1);
         let _ = tx
             .send(Ok(JoinResponse {
@@ -110,7 +110,7 @@ impl Gatekeeper for GatekeeperService {
         tokio::spawn(membership(
             self.shared.clone(),
             register.node,
-            address,
+            reach,
             inbound,
             tx,
         ));
@@ -171,28 +171,30 @@ impl Gatekeeper for GatekeeperService {
     }
 }
 
-/// Where clients reach an executor: what it advertises, else the address
-/// its stream comes from with its port.
-fn advertised_address(
-    advertised: &str,
-    port: u32,
-    peer: Option<SocketAddr>,
-) -> Result<String, Status> {
-    if !advertised.is_empty() {
-        return Ok(advertised.to_owned());
-    }
-    let (Some(peer), Ok(port)) = (peer, u16::try_from(port)) else {
-        return Err(Status::invalid_argument(
-            "register: no address given and none can be derived",
-        ));
+/// Where an executor is reached: clients use what it advertises (else the
+/// address its stream comes from, with its port); we use the latter, which
+/// works from inside the cluster even when the advertised name does not.
+fn reach(advertised: &str, port: u32, peer: Option<SocketAddr>) -> Result<Reach, Status> {
+    let seen = match (peer, u16::try_from(port)) {
+        (Some(peer), Ok(port)) if port > 0 => Some(SocketAddr::new(peer.ip(), port).to_string()),
+        _ => None,
     };
-    Ok(SocketAddr::new(peer.ip(), port).to_string())
+    match (advertised.is_empty(), seen) {
+        (false, seen) => Ok(Reach {
+            clients: advertised.to_owned(),
+            gatekeeper: seen.unwrap_or_else(|| advertised.to_owned()),
+        }),
+        (true, Some(seen)) => Ok(Reach::same(&seen)),
+        (true, None) => Err(Status::invalid_argument(
+            "register: no address given and none can be derived",
+        )),
+    }
 }
 
 async fn membership(
     shared: Arc<Shared>,
     name: String,
-    address: String,
+    reach: Reach,
     mut inbound: Streaming<JoinRequest>,
     tx: mpsc::Sender<Result<JoinResponse, Status>>,
 ) {
@@ -204,10 +206,10 @@ async fn membership(
                 msg: Some(join_request::Msg::Load(report)),
             })) => {
                 if joined {
-                    shared.with(|c| c.report(&name, &address, conn, report));
+                    shared.with(|c| c.report(&name, &reach, conn, report));
                 } else {
-                    tracing::info!(node = %name, %address, slots = report.slots, "node joined");
-                    shared.with(|c| c.join(&name, address.clone(), conn, report));
+                    tracing::info!(node = %name, address = %reach.clients, slots = report.slots, "node joined");
+                    shared.with(|c| c.join(&name, reach.clone(), conn, report));
                     joined = true;
                 }
             }
@@ -245,7 +247,7 @@ async fn hold_lease(
     let lease = Lease {
         lease_id: grant.lease_id.to_string(),
         node: grant.node.clone(),
-        address: grant.address.clone(),
+        address: grant.reach.clients.clone(),
         members,
     };
     let _ = tx
