@@ -179,6 +179,7 @@ async fn slow_reader_bounds_daemon_memory_for_100_mb() {
     assert_eq!(total, 100_000_000);
     assert_eq!(code(&exit), Some(exit::Status::Code(0)));
     let peak = node.peak_rss_kib();
+    eprintln!("mexecd peak RSS {peak} KiB, {baseline} KiB before the job");
     // Without back-pressure the daemon would hold most of the 100 MB.
     assert!(
         peak < baseline + 40 * 1024,
