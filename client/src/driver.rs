@@ -338,7 +338,7 @@ impl JobRun<'_> {
                 EXIT_MEXEC_FAILURE
             }
         };
-        self.report(node, "remote", code);
+        self.report_with_cpu(node, "remote", code, (exit.user_us + exit.system_us) / 1000);
         code
     }
 
@@ -349,6 +349,10 @@ impl JobRun<'_> {
     }
 
     fn report(&self, node: &str, placed: &str, code: i32) {
+        self.report_with_cpu(node, placed, code, 0);
+    }
+
+    fn report_with_cpu(&self, node: &str, placed: &str, code: i32, cpu_ms: u64) {
         if let Some(path) = &self.settings.joblog {
             let entry = joblog::Entry {
                 job_id: &self.job.job_id,
@@ -358,6 +362,7 @@ impl JobRun<'_> {
                 placed,
                 exit_code: code,
                 wall_ms: self.started.elapsed().as_millis() as u64,
+                cpu_ms,
                 finished_unix_ms: crate::placement::shared_state::now_ms(),
                 retries: self.lost_retries,
             };

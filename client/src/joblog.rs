@@ -20,6 +20,8 @@ pub struct Entry<'a> {
     pub placed: &'a str,
     pub exit_code: i32,
     pub wall_ms: u64,
+    /// CPU time (user + system) the job used on its node; 0 when local.
+    pub cpu_ms: u64,
     /// When the job ended, in milliseconds since the Unix epoch.
     pub finished_unix_ms: u64,
     /// Attempts that failed before the one that counted.

@@ -1,0 +1,142 @@
+//! The cluster's capacity: the slots of the nodes that are up and not
+//! draining, from the gatekeeper when there is one, else from the nodes
+//! themselves. Measured once before make starts, then every poll interval by
+//! a background thread.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use mexec_client::settings::Settings;
+
+/// What the cluster offers now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capacity {
+    /// Slots of healthy nodes, summed.
+    pub slots: u32,
+    /// Per node: name, slots, jobs running.
+    pub nodes: Vec<NodeLoad>,
+}
+
+/// One node's share.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeLoad {
+    pub node: String,
+    pub slots: u32,
+    pub running: u32,
+}
+
+/// Asks the cluster once.
+pub fn measure(settings: &Settings) -> Result<Capacity, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let result = runtime.block_on(ask(settings));
+    runtime.shutdown_background();
+    result
+}
+
+async fn ask(settings: &Settings) -> Result<Capacity, String> {
+    if let Some(gatekeeper) = &settings.gatekeeper {
+        let reply = mexec_client::gatekeeper::cluster_status(gatekeeper, settings.token.as_ref())
+            .await
+            .map_err(|e| format!("gatekeeper {}: {e}", gatekeeper.authority()))?;
+        let nodes: Vec<NodeLoad> = reply
+            .nodes
+            .iter()
+            .filter_map(|n| n.load.as_ref())
+            .filter(|load| !load.draining)
+            .map(|load| NodeLoad {
+                node: load.node.clone(),
+                slots: load.slots,
+                running: load.running,
+            })
+            .collect();
+        return Ok(total(nodes));
+    }
+    if settings.nodes.is_empty() {
+        return Err("no nodes are configured (MEXEC_NODES, --nodes or MEXEC_GATEKEEPER)".into());
+    }
+    let rows = mexec_client::status::collect(&settings.nodes, settings.token.as_ref()).await;
+    let nodes = rows
+        .into_iter()
+        .filter(|r| r.reachable && r.draining != Some(true))
+        .map(|r| NodeLoad {
+            node: r.node.unwrap_or(r.address),
+            slots: r.slots.unwrap_or(0),
+            running: r.running.unwrap_or(0),
+        })
+        .collect();
+    Ok(total(nodes))
+}
+
+fn total(nodes: Vec<NodeLoad>) -> Capacity {
+    Capacity {
+        slots: nodes.iter().map(|n| n.slots).sum(),
+        nodes,
+    }
+}
+
+/// Follows the capacity in a background thread.
+#[derive(Debug)]
+pub struct Watch {
+    latest: Arc<Mutex<Option<Capacity>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Watch {
+    /// Starts asking every `interval`.
+    pub fn start(settings: Settings, interval: Duration) -> Watch {
+        let latest = Arc::new(Mutex::new(None));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (latest, stop) = (latest.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                while !stop.load(Ordering::Acquire) {
+                    // An unreachable cluster keeps the last answer: make
+                    // goes on with the tokens it has rather than none.
+                    if let Ok(capacity) = runtime.block_on(ask(&settings)) {
+                        *latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(capacity);
+                    }
+                    let mut slept = Duration::ZERO;
+                    while slept < interval && !stop.load(Ordering::Acquire) {
+                        std::thread::sleep(Duration::from_millis(50));
+                        slept += Duration::from_millis(50);
+                    }
+                }
+                runtime.shutdown_background();
+            })
+        };
+        Watch {
+            latest,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The latest answer, if any came.
+    pub fn latest(&self) -> Option<Capacity> {
+        self.latest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
