@@ -58,6 +58,8 @@ impl NodeContext {
 /// without closing its socket is noticed and its jobs killed.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connections may stay open after the last job has finished.
+const LINGER_AFTER_DRAIN: Duration = Duration::from_secs(2);
 
 /// Serves the executor on `listener` until `shutdown` resolves; then stops
 /// admitting, lets running jobs finish for up to `settings.grace`, kills
@@ -110,6 +112,7 @@ pub async fn run(
 
     let grace = settings.grace;
     let name = settings.name.clone();
+    let (drained_tx, drained) = tokio::sync::oneshot::channel::<()>();
     let drain_then_stop = async move {
         shutdown.await;
         tracing::info!(node = %name, "draining: no new jobs; waiting for running ones");
@@ -123,15 +126,28 @@ pub async fn run(
             admission.idle().await;
         }
         tracing::info!(node = %name, "drained; exiting");
+        let _ = drained_tx.send(());
     };
 
-    let result = tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(health_service)
         .add_service(executor)
-        .serve_with_incoming_shutdown(incoming(listener), drain_then_stop)
-        .await;
+        .serve_with_incoming_shutdown(incoming(listener), drain_then_stop);
+    // Once drained, clients get a moment to read their last messages; a
+    // client that keeps an idle stream open must not keep the node up.
+    let linger = async {
+        if drained.await.is_ok() {
+            tokio::time::sleep(LINGER_AFTER_DRAIN).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let result = tokio::select! {
+        result = server => result,
+        _ = linger => Ok(()),
+    };
     if let Some(membership) = membership {
         membership.abort();
     }

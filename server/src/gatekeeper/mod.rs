@@ -44,6 +44,8 @@ impl Shared {
 
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long open streams may delay a stopping gatekeeper.
+const LINGER_AFTER_STOP: Duration = Duration::from_secs(2);
 
 /// Serves the gatekeeper on `listener` until `shutdown` resolves.
 pub async fn run(
@@ -69,13 +71,31 @@ pub async fn run(
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(KEEPALIVE_INTERVAL));
-    let result = tonic::transport::Server::builder()
+    let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(());
+    };
+    let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(health_service)
         .add_service(gatekeeper)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
+        .serve_with_incoming_shutdown(incoming, shutdown);
+    // Lease and membership streams stay open for as long as their peers
+    // live; they must not hold a stopping gatekeeper up. Clients and
+    // executors find the next one on their own.
+    let linger = async {
+        if stopping.await.is_ok() {
+            tokio::time::sleep(LINGER_AFTER_STOP).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let result = tokio::select! {
+        result = server => result,
+        _ = linger => Ok(()),
+    };
     reaper.abort();
     result
 }
