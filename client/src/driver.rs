@@ -80,7 +80,8 @@ impl JobRun<'_> {
                 .fall_back("no nodes are configured (set MEXEC_NODES, --nodes or MEXEC_GATEKEEPER)")
                 .await;
         }
-        let placement = Placement::new(nodes.to_vec(), SharedState::for_this_user());
+        let placement = Placement::new(nodes.to_vec(), SharedState::for_this_user())
+            .with_policy(self.settings.placement);
         let mut lost: HashSet<usize> = HashSet::new();
         loop {
             let mut tried = lost.clone();

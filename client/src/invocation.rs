@@ -10,7 +10,7 @@
 use std::ffi::{OsStr, OsString};
 use std::path::Path;
 
-use clap::{CommandFactory, Parser};
+use clap::Parser;
 
 use crate::settings::Flags;
 
@@ -87,8 +87,11 @@ pub fn program_name(argv0: &OsStr) -> OsString {
 }
 
 /// Flags from the environment alone, for the forms with no room for ours.
+/// Read by hand rather than through clap: these forms run once per
+/// compile, and building the parser costs more than the rest of start-up.
 fn env_only_flags() -> Result<Flags, clap::Error> {
-    Flags::try_parse_from(["mexec"])
+    Flags::from_env(|name| std::env::var_os(name))
+        .map_err(|message| clap::Error::raw(clap::error::ErrorKind::InvalidValue, message))
 }
 
 fn is_our_option(arg: &OsStr) -> bool {
@@ -104,10 +107,28 @@ fn is_our_option(arg: &OsStr) -> bool {
         return false;
     };
     let long = long.split('=').next().unwrap_or(long);
-    Flags::command()
-        .get_arguments()
-        .any(|a| a.get_long() == Some(long))
+    OUR_LONG_OPTIONS.contains(&long)
 }
+
+/// mexec's long options (a test checks this against the parser).
+const OUR_LONG_OPTIONS: &[&str] = &[
+    "config",
+    "nodes",
+    "token-file",
+    "gatekeeper",
+    "relay",
+    "no-local",
+    "retry",
+    "no-stdin",
+    "timeout",
+    "explain",
+    "placement",
+    "joblog",
+    "status",
+    "json",
+    "mexec-version",
+    "help",
+];
 
 fn looks_like_compiler_argument(arg: &OsStr) -> bool {
     let bytes = arg.as_encoded_bytes();
@@ -208,6 +229,42 @@ mod tests {
         assert_eq!(inv.form, Form::Masquerade("g++".into()));
         assert_eq!(inv.args, argv(&["-c", "x.cc"]));
         assert_eq!(program_name(OsStr::new("mexec.exe")), "mexec");
+    }
+
+    #[test]
+    fn the_option_list_matches_the_parser() {
+        use clap::CommandFactory;
+        let mut from_parser: Vec<String> = Flags::command()
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(str::to_owned))
+            .collect();
+        from_parser.push("help".into());
+        from_parser.sort();
+        let mut listed: Vec<String> = OUR_LONG_OPTIONS.iter().map(|s| s.to_string()).collect();
+        listed.sort();
+        assert_eq!(listed, from_parser);
+    }
+
+    #[test]
+    fn environment_flags_read_by_hand_match_the_parser() {
+        let env: std::collections::HashMap<&str, &str> = [
+            ("MEXEC_NODES", "a:1,b:2/4"),
+            ("MEXEC_NO_LOCAL", "1"),
+            ("MEXEC_RETRY", "false"),
+            ("MEXEC_NO_STDIN", "yes"),
+            ("MEXEC_TIMEOUT", "30"),
+            ("MEXEC_PLACEMENT", "random"),
+            ("MEXEC_JOBLOG", "/tmp/j"),
+            ("MEXEC_GATEKEEPER", "g:1"),
+        ]
+        .into();
+        let by_hand = Flags::from_env(|k| env.get(k).map(OsString::from)).unwrap();
+        assert_eq!(by_hand.nodes.as_deref(), Some("a:1,b:2/4"));
+        assert!(by_hand.no_local && !by_hand.retry && by_hand.no_stdin);
+        assert_eq!(by_hand.timeout, Some(30));
+        assert_eq!(by_hand.placement, Some(crate::placement::Policy::Random));
+        assert_eq!(by_hand.gatekeeper.as_deref(), Some("g:1"));
+        assert!(Flags::from_env(|k| (k == "MEXEC_TIMEOUT").then(|| "soon".into())).is_err());
     }
 
     #[test]

@@ -54,6 +54,10 @@ pub struct Flags {
     /// Say on stderr where each job goes and why it moves.
     #[arg(long = "explain", env = "MEXEC_EXPLAIN")]
     pub verbose: bool,
+    /// How to choose among nodes without a gatekeeper: load (default),
+    /// random or round-robin (the last two for comparisons).
+    #[arg(long, env = "MEXEC_PLACEMENT")]
+    pub placement: Option<crate::placement::Policy>,
     /// Append one JSON line per job to this file.
     #[arg(long, env = "MEXEC_JOBLOG")]
     pub joblog: Option<PathBuf>,
@@ -69,6 +73,49 @@ pub struct Flags {
     /// The command and its arguments.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_parser = clap::value_parser!(OsString))]
     pub command: Vec<OsString>,
+}
+
+impl Flags {
+    /// The flags the `MEXEC_*` variables give, as clap would read them with
+    /// no command-line options (booleans: 1/true/yes/on, else off).
+    pub fn from_env(var: impl Fn(&str) -> Option<OsString>) -> Result<Flags, String> {
+        let text = |name: &str| var(name).map(|v| v.to_string_lossy().into_owned());
+        let path = |name: &str| var(name).map(PathBuf::from);
+        let flag = |name: &str| {
+            text(name).is_some_and(|v| {
+                matches!(
+                    v.to_ascii_lowercase().as_str(),
+                    "1" | "true" | "yes" | "on" | "y"
+                )
+            })
+        };
+        let timeout = match text("MEXEC_TIMEOUT") {
+            Some(v) => Some(
+                v.parse()
+                    .map_err(|_| format!("MEXEC_TIMEOUT: `{v}` is not a number of seconds"))?,
+            ),
+            None => None,
+        };
+        let placement = match text("MEXEC_PLACEMENT") {
+            Some(v) => Some(v.parse().map_err(|e| format!("MEXEC_PLACEMENT: {e}"))?),
+            None => None,
+        };
+        Ok(Flags {
+            config: path("MEXEC_CONFIG"),
+            nodes: text("MEXEC_NODES"),
+            token_file: path("MEXEC_TOKEN_FILE"),
+            gatekeeper: text("MEXEC_GATEKEEPER"),
+            relay: flag("MEXEC_RELAY"),
+            no_local: flag("MEXEC_NO_LOCAL"),
+            retry: flag("MEXEC_RETRY"),
+            no_stdin: flag("MEXEC_NO_STDIN"),
+            timeout,
+            verbose: flag("MEXEC_EXPLAIN"),
+            placement,
+            joblog: path("MEXEC_JOBLOG"),
+            ..Flags::default()
+        })
+    }
 }
 
 /// The client's TOML config file. Every field is optional.
@@ -108,6 +155,8 @@ pub struct Settings {
     pub timeout: Option<Duration>,
     pub verbose: bool,
     pub joblog: Option<PathBuf>,
+    /// Node choice without a gatekeeper.
+    pub placement: crate::placement::Policy,
     /// The compiler for `CC=mexec`, split on white space.
     pub cc: Vec<OsString>,
 }
@@ -161,6 +210,7 @@ impl Settings {
             timeout: timeout.map(Duration::from_secs),
             verbose: flags.verbose || file.explain.unwrap_or(false),
             joblog: flags.joblog.clone(),
+            placement: flags.placement.unwrap_or_default(),
             cc: cc.split_whitespace().map(OsString::from).collect(),
         })
     }

@@ -4,10 +4,10 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mexec_testkit::{bin, job_dir, wait_until, GatedFarm as Cluster};
+use mexec_testkit::{bin, job_dir, run_pool, wait_until, GatedFarm as Cluster};
 
 /// The two load tests run one at a time: each keeps both cores busy, and
 /// the fairness test measures start times.
@@ -15,32 +15,6 @@ static LOAD_TEST: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn load_test() -> std::sync::MutexGuard<'static, ()> {
     LOAD_TEST.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Runs `jobs` commands, at most `concurrency` at a time, like make -jN.
-fn run_pool(jobs: Vec<Command>, concurrency: usize) -> Vec<Output> {
-    let mut pending = jobs.into_iter();
-    let mut running = Vec::new();
-    let mut done = Vec::new();
-    loop {
-        while running.len() < concurrency {
-            let Some(mut command) = pending.next() else {
-                break;
-            };
-            running.push(
-                command
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap(),
-            );
-        }
-        if running.is_empty() {
-            return done;
-        }
-        let child = running.remove(0);
-        done.push(child.wait_with_output().unwrap());
-    }
 }
 
 fn joblog(path: &Path) -> Vec<serde_json::Value> {

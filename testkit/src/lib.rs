@@ -34,11 +34,13 @@ pub fn workspace_root() -> PathBuf {
 /// Path of a workspace binary (`mexecd`, `mexec`), building it if needed.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/debug/deps/<test> -> target/debug/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory");
+    // Beside a binary (target/release/mexec-bench), or one level up from a
+    // test (target/debug/deps/<test>).
+    let exe_dir = exe.parent().expect("executable directory");
+    if exe_dir.join(name).is_file() {
+        return exe_dir.join(name);
+    }
+    let dir = exe_dir.parent().expect("target directory");
     let path = dir.join(name);
     if !path.exists() {
         let status = Command::new(env!("CARGO"))
@@ -237,6 +239,11 @@ impl Executor {
             .unwrap_or(0)
     }
 
+    /// The daemon's resident memory now, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid())
+    }
+
     /// The daemon's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -411,6 +418,11 @@ impl Gatekeeper {
         *self = Self::start_on(self.addr, self.extra.clone());
     }
 
+    /// The gatekeeper's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the gatekeeper for good.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -507,4 +519,52 @@ impl GatedFarm {
             })
             .unwrap_or_default()
     }
+}
+
+/// Runs `jobs`, at most `concurrency` at a time (as make -jN would), and
+/// returns their outputs in the order they were started.
+pub fn run_pool(jobs: Vec<Command>, concurrency: usize) -> Vec<std::process::Output> {
+    let mut pending = jobs.into_iter();
+    let mut running: Vec<(usize, Child)> = Vec::new();
+    let mut done: Vec<(usize, std::process::Output)> = Vec::new();
+    let mut next = 0;
+    loop {
+        while running.len() < concurrency.max(1) {
+            let Some(mut command) = pending.next() else {
+                break;
+            };
+            let child = command
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start a job");
+            running.push((next, child));
+            next += 1;
+        }
+        if running.is_empty() {
+            done.sort_by_key(|(i, _)| *i);
+            return done.into_iter().map(|(_, o)| o).collect();
+        }
+        // Reap whichever finished first, so the pool refills at once.
+        let finished = running
+            .iter_mut()
+            .position(|(_, c)| matches!(c.try_wait(), Ok(Some(_))));
+        match finished {
+            Some(at) => {
+                let (i, child) = running.swap_remove(at);
+                done.push((i, child.wait_with_output().expect("job output")));
+            }
+            None => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+}
+
+/// Resident memory of a process now, in KiB (0 when it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }

@@ -6,17 +6,9 @@ use std::process::ExitStatus;
 /// The signals a client forwards to the remote job.
 pub const FORWARDED_SIGNALS: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
 
-/// This process's umask, read without changing it where the OS allows.
+/// This process's umask. Must be called before any other thread starts:
+/// reading it means setting it and putting it back.
 pub fn current_umask() -> u32 {
-    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
-        if let Some(mask) = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Umask:"))
-            .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
-        {
-            return mask;
-        }
-    }
     // SAFETY: umask only swaps the mask; we put the old one back at once.
     // Called before any thread starts, so no one sees the interim value.
     unsafe {
@@ -53,10 +45,17 @@ pub fn process_group() -> u32 {
     unsafe { libc::getpgrp() as u32 }
 }
 
-/// The login name of the real user.
+/// The login name of the real user: `$USER` when it names the real uid's
+/// account (no password-database look-up on the hot path), else the
+/// password database.
 pub fn user_name() -> String {
     // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
+    if let Ok(user) = std::env::var("USER") {
+        if user_uid(&user) == Some(uid) {
+            return user;
+        }
+    }
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut buf = vec![0u8; 16 * 1024];
     let mut result: *mut libc::passwd = std::ptr::null_mut();
@@ -76,6 +75,16 @@ pub fn user_name() -> String {
         return name.to_string_lossy().into_owned();
     }
     std::env::var("USER").unwrap_or_else(|_| format!("uid{uid}"))
+}
+
+/// The uid of `name` when it is the account `HOME` points at; a cheap check
+/// that `$USER` was not simply inherited from another account.
+fn user_uid(name: &str) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let home = std::env::var_os("HOME")?;
+    let meta = std::fs::metadata(&home).ok()?;
+    let named = std::path::Path::new(&home).file_name()? == name || name == "root";
+    named.then_some(meta.uid())
 }
 
 /// This host's name.

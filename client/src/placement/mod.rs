@@ -21,6 +21,34 @@ use shared_state::{
 /// Slots assumed for a node nobody has reported on or configured.
 const GUESSED_SLOTS: u32 = 4;
 
+/// How a client picks among the nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// The least busy per slot, counting every client's jobs (the default).
+    #[default]
+    LeastLoaded,
+    /// Any node, at random (for comparison in benchmarks).
+    Random,
+    /// The next node in list order, shared by all clients (what distcc's
+    /// host list amounts to; for comparison in benchmarks).
+    RoundRobin,
+}
+
+impl std::str::FromStr for Policy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "load" | "least-loaded" => Ok(Policy::LeastLoaded),
+            "random" => Ok(Policy::Random),
+            "round-robin" => Ok(Policy::RoundRobin),
+            other => Err(format!(
+                "unknown placement `{other}` (use load, random or round-robin)"
+            )),
+        }
+    }
+}
+
 /// A node chosen for a job, reserved until `release`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Choice {
@@ -36,6 +64,7 @@ pub struct Placement {
     nodes: Vec<NodeAddr>,
     state: SharedState,
     pid: u32,
+    policy: Policy,
 }
 
 impl Placement {
@@ -44,7 +73,14 @@ impl Placement {
             nodes,
             state,
             pid: std::process::id(),
+            policy: Policy::default(),
         }
+    }
+
+    /// Uses `policy` instead of least-loaded.
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// The node list.
@@ -62,9 +98,22 @@ impl Placement {
                 .iter()
                 .map(|addr| view(addr, data.nodes.get(&addr.authority()), now))
                 .collect();
-            let index = score::rank(&views, &mut rand::rng())
-                .into_iter()
-                .find(|i| !exclude.contains(i))?;
+            let order = match self.policy {
+                Policy::LeastLoaded => score::rank(&views, &mut rand::rng()),
+                Policy::Random => {
+                    let mut order: Vec<usize> = (0..views.len()).collect();
+                    rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rand::rng());
+                    order
+                }
+                Policy::RoundRobin => {
+                    let start = data.round_robin % views.len().max(1);
+                    data.round_robin = data.round_robin.wrapping_add(1);
+                    (0..views.len())
+                        .map(|i| (start + i) % views.len())
+                        .collect()
+                }
+            };
+            let index = order.into_iter().find(|i| !exclude.contains(i))?;
             let mut refresh = Vec::new();
             for (i, addr) in self.nodes.iter().enumerate() {
                 let node = data.nodes.entry(addr.authority()).or_default();

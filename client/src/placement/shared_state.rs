@@ -32,6 +32,9 @@ pub struct StateData {
     /// Per node, keyed by `host:port`.
     #[serde(default)]
     pub nodes: BTreeMap<String, NodeState>,
+    /// The next turn, for round-robin placement.
+    #[serde(default)]
+    pub round_robin: usize,
 }
 
 /// What the clients know of one node.

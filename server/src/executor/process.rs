@@ -69,8 +69,9 @@ pub fn spawn(spec: &JobSpec, run_as: Option<&Account>) -> io::Result<Started> {
             libc::umask(umask);
             // If the daemon dies hard (SIGKILL, OOM), the job's leader dies
             // with it rather than run on unwatched (its children are not
-            // covered). Spawning happens on a runtime worker thread, which
-            // lives as long as the daemon.
+            // covered). PDEATHSIG fires when the spawning *thread* ends;
+            // mexecd spawns from its single runtime thread, which lives as
+            // long as the daemon.
             #[cfg(target_os = "linux")]
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             Ok(())

@@ -1,0 +1,136 @@
+//! `mexec-bench`: every comparison side by side in one run, results as
+//! JSON and as BENCHMARKS.md. `benches/run.sh` is the documented way in.
+//!
+//! Layout:
+//! - `overhead`, `build`, `sched`, `fairness`, `throughput`, `footprint`:
+//!   one section each, as in the benchmark issue.
+//! - `peers`: distccd on loopback, the machine's description.
+//! - `stats`: medians and percentiles.
+//! - `report`: BENCHMARKS.md.
+
+mod build;
+mod fairness;
+mod footprint;
+mod overhead;
+mod peers;
+mod report;
+mod sched;
+mod stats;
+mod throughput;
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde::Serialize;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mexec-bench",
+    about = "Benchmarks: local vs mexec vs distcc, side by side"
+)]
+struct Cli {
+    /// Tiny sizes: checks that the harness works, measures nothing useful.
+    #[arg(long)]
+    smoke: bool,
+    /// Sections to run (default: all): overhead, build, sched, fairness,
+    /// throughput, footprint.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "benches/results.json")]
+    json: PathBuf,
+    /// Where to write the report.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    report: PathBuf,
+    /// Runs of each variant in the overhead section.
+    #[arg(long, default_value_t = 200)]
+    runs: usize,
+    /// Interleaved rounds of the real build.
+    #[arg(long, default_value_t = 3)]
+    build_rounds: usize,
+    /// A file whose text is appended to the report as notes.
+    #[arg(long)]
+    notes: Option<PathBuf>,
+}
+
+/// Everything measured.
+#[derive(Debug, Serialize)]
+pub struct Results {
+    pub command: String,
+    pub date: String,
+    pub machine: String,
+    pub smoke: bool,
+    pub overhead: Option<overhead::Overhead>,
+    pub build: Option<build::Build>,
+    pub sched: Option<Vec<sched::SchedRun>>,
+    pub fairness: Option<Vec<fairness::FairnessRun>>,
+    pub throughput: Option<throughput::Throughput>,
+    pub footprint: Option<footprint::Footprint>,
+    pub notes: String,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let wanted = |name: &str| cli.only.is_empty() || cli.only.iter().any(|s| s == name);
+    let runs = if cli.smoke { 10 } else { cli.runs };
+    let rounds = if cli.smoke { 1 } else { cli.build_rounds };
+    let section = |name: &str| eprintln!("== {name}");
+    let mut results = Results {
+        command: std::env::var("MEXEC_BENCH_COMMAND")
+            .unwrap_or_else(|_| std::env::args().collect::<Vec<_>>().join(" ")),
+        date: date(),
+        machine: peers::machine(),
+        smoke: cli.smoke,
+        overhead: None,
+        build: None,
+        sched: None,
+        fairness: None,
+        throughput: None,
+        footprint: None,
+        notes: cli
+            .notes
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default(),
+    };
+    if wanted("overhead") {
+        section("overhead");
+        results.overhead = Some(overhead::run(runs));
+    }
+    if wanted("build") {
+        section("build");
+        results.build = Some(build::run(cli.smoke, rounds));
+    }
+    if wanted("sched") {
+        section("sched");
+        results.sched = Some(sched::run(cli.smoke));
+    }
+    if wanted("fairness") {
+        section("fairness");
+        results.fairness = Some(fairness::run(cli.smoke));
+    }
+    if wanted("throughput") {
+        section("throughput");
+        results.throughput = Some(throughput::run(cli.smoke));
+    }
+    if wanted("footprint") {
+        section("footprint");
+        results.footprint = Some(footprint::run(cli.smoke));
+    }
+    let json = serde_json::to_string_pretty(&results).expect("results serialize");
+    if let Some(dir) = cli.json.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    std::fs::write(&cli.json, json).expect("write the JSON results");
+    std::fs::write(&cli.report, report::markdown(&results)).expect("write the report");
+    eprintln!("wrote {} and {}", cli.json.display(), cli.report.display());
+}
+
+fn date() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}

@@ -1,0 +1,134 @@
+//! Per-job overhead: `true` and a small compile, locally, through mexec
+//! directly and through the gatekeeper, and (the compile) through distcc,
+//! interleaved run by run.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mexec_testkit::{give_to_job_user, job_dir, Farm, GatedFarm};
+use serde::Serialize;
+
+use crate::peers::{write_small_c, Distccd};
+use crate::stats::Timing;
+
+#[derive(Debug, Serialize)]
+pub struct Variant {
+    pub name: String,
+    pub timing: Timing,
+    /// Median over the local run's median.
+    pub ratio: f64,
+    /// Median minus the local median, in ms.
+    pub added_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Overhead {
+    pub true_cmd: Vec<Variant>,
+    pub compile: Vec<Variant>,
+}
+
+pub fn run(runs: usize) -> Overhead {
+    let farm = Farm::start(1, 2);
+    let gated = GatedFarm::start(&[2], &[]);
+    let distccd = Distccd::start(2);
+    let dir = job_dir();
+    write_small_c(dir.path());
+    give_to_job_user(dir.path());
+
+    let local_true = |_: usize| Command::new("true");
+    let direct_true = |_: usize| {
+        let mut c = farm.mexec(dir.path(), &["--", "true"]);
+        c.stdin(Stdio::null());
+        c
+    };
+    let gated_true = |_: usize| {
+        let mut c = gated.mexec(dir.path(), &["--", "true"]);
+        c.stdin(Stdio::null());
+        c
+    };
+    let true_cmd = measure(
+        runs,
+        vec![
+            ("local", Box::new(local_true)),
+            ("mexec direct", Box::new(direct_true)),
+            ("mexec via gatekeeper", Box::new(gated_true)),
+        ],
+    );
+
+    let compile_args = ["gcc", "-O2", "-c", "small.c", "-o"];
+    let local = |i: usize| {
+        let mut c = Command::new("gcc");
+        c.args(&compile_args[1..])
+            .arg(format!("l{}.o", i % 4))
+            .current_dir(dir.path());
+        c
+    };
+    let direct = |i: usize| {
+        let mut c = farm.mexec(dir.path(), &compile_args);
+        c.arg(format!("m{}.o", i % 4));
+        c
+    };
+    let gated_compile = |i: usize| {
+        let mut c = gated.mexec(dir.path(), &compile_args);
+        c.arg(format!("g{}.o", i % 4));
+        c
+    };
+    let mut variants: Vec<(&str, Make<'_>)> = vec![
+        ("local", Box::new(local)),
+        ("mexec direct", Box::new(direct)),
+        ("mexec via gatekeeper", Box::new(gated_compile)),
+    ];
+    let dir_path = dir.path();
+    if let Some(distccd) = &distccd {
+        variants.push((
+            "distcc",
+            Box::new(move |i: usize| {
+                let mut c = Command::new("distcc");
+                c.args(compile_args)
+                    .arg(format!("d{}.o", i % 4))
+                    .current_dir(dir_path);
+                distccd.aim(&mut c, 2);
+                c
+            }),
+        ));
+    }
+    let compile = measure(runs, variants);
+    Overhead { true_cmd, compile }
+}
+
+type Make<'a> = Box<dyn Fn(usize) -> Command + 'a>;
+
+/// Runs each variant `runs` times, round-robin, after a warm-up round.
+fn measure(runs: usize, variants: Vec<(&str, Make<'_>)>) -> Vec<Variant> {
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(runs); variants.len()];
+    for round in 0..runs + 5 {
+        for (v, (_, make)) in variants.iter().enumerate() {
+            let mut command = make(round);
+            command
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let started = Instant::now();
+            let status = command.status().expect("run a variant");
+            let took = started.elapsed();
+            assert!(status.success(), "{} failed", variants[v].0);
+            if round >= 5 {
+                samples[v].push(took);
+            }
+        }
+    }
+    let local = Timing::of(&samples[0]).median_ms;
+    variants
+        .iter()
+        .zip(samples)
+        .map(|((name, _), s)| {
+            let timing = Timing::of(&s);
+            Variant {
+                name: name.to_string(),
+                ratio: timing.median_ms / local,
+                added_ms: timing.median_ms - local,
+                timing,
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,124 @@
+//! Scheduling efficiency: many executors with mixed slots, thousands of
+//! fixed-length sleep jobs from many concurrent clients, makespan against the
+//! ideal (total work / total slots), for load-aware placement (direct and
+//! through the gatekeeper) and for random and round-robin placement.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mexec_testkit::{bin, job_dir, run_pool, wait_until, Executor, Gatekeeper};
+use serde::Serialize;
+
+#[derive(Debug, Serialize)]
+pub struct SchedRun {
+    pub nodes: usize,
+    pub slots: u32,
+    pub jobs: usize,
+    pub job_secs: f64,
+    pub policy: String,
+    pub makespan_s: f64,
+    pub ideal_s: f64,
+    pub ratio: f64,
+}
+
+/// Slot counts cycle through these, so nodes differ.
+const SLOT_MIX: [u32; 3] = [1, 2, 4];
+
+pub fn run(smoke: bool) -> Vec<SchedRun> {
+    let sizes: &[usize] = if smoke { &[4] } else { &[4, 16, 64] };
+    let (per_slot, job_secs) = if smoke { (3, 0.2) } else { (12, 1.0) };
+    let mut runs = Vec::new();
+    for &n in sizes {
+        let gatekeeper = Gatekeeper::start(&[]);
+        let gk = gatekeeper.address();
+        let executors: Vec<Executor> = (0..n)
+            .map(|i| {
+                let slots = SLOT_MIX[i % SLOT_MIX.len()];
+                Executor::start(
+                    &format!("s{i}"),
+                    slots,
+                    &["--max-queued", "100000", "--gatekeeper", &gk],
+                )
+            })
+            .collect();
+        let slots: u32 = (0..n).map(|i| SLOT_MIX[i % SLOT_MIX.len()]).sum();
+        // The node list carries no slot counts (clients learn them from
+        // load reports), so every policy starts from the same knowledge.
+        let nodes = executors
+            .iter()
+            .map(Executor::node)
+            .collect::<Vec<_>>()
+            .join(",");
+        let settled = wait_until(Duration::from_secs(30), || gatekeeper_members(&gk) == n);
+        assert!(settled, "executors did not all join the gatekeeper");
+        let jobs = slots as usize * per_slot;
+        let concurrency = slots as usize + slots as usize / 4 + 1;
+        let ideal = jobs as f64 * job_secs / f64::from(slots);
+        for policy in [
+            "least-loaded, direct",
+            "least-loaded, gatekeeper",
+            "random",
+            "round-robin",
+        ] {
+            let state = tempfile::tempdir().expect("state dir");
+            let dir = job_dir();
+            let commands: Vec<Command> = (0..jobs)
+                .map(|_| {
+                    let mut c = Command::new(bin("mexec"));
+                    c.current_dir(dir.path())
+                        .args(["-n", "sleep", &job_secs.to_string()])
+                        .env("MEXEC_STATE_DIR", state.path())
+                        .env_remove("MEXEC_CONFIG");
+                    match policy {
+                        "least-loaded, gatekeeper" => {
+                            c.env("MEXEC_GATEKEEPER", &gk).env_remove("MEXEC_NODES");
+                        }
+                        _ => {
+                            let p = match policy {
+                                "random" => "random",
+                                "round-robin" => "round-robin",
+                                _ => "load",
+                            };
+                            c.env("MEXEC_NODES", &nodes)
+                                .env("MEXEC_PLACEMENT", p)
+                                .env_remove("MEXEC_GATEKEEPER");
+                        }
+                    }
+                    c
+                })
+                .collect();
+            let started = Instant::now();
+            let outputs = run_pool(commands, concurrency);
+            let makespan = started.elapsed().as_secs_f64();
+            let failed = outputs.iter().filter(|o| !o.status.success()).count();
+            assert_eq!(failed, 0, "{failed} jobs failed under {policy}");
+            eprintln!("sched: {n} nodes, {slots} slots, {jobs} jobs, {policy}: {makespan:.2} s (ideal {ideal:.2} s)");
+            runs.push(SchedRun {
+                nodes: n,
+                slots,
+                jobs,
+                job_secs,
+                policy: policy.to_owned(),
+                makespan_s: makespan,
+                ideal_s: ideal,
+                ratio: makespan / ideal,
+            });
+        }
+        drop(executors);
+        drop(gatekeeper);
+    }
+    runs
+}
+
+/// How many members the gatekeeper reports.
+pub fn gatekeeper_members(gk: &str) -> usize {
+    let output = Command::new(bin("mexec"))
+        .args(["--status", "--json"])
+        .env("MEXEC_GATEKEEPER", gk)
+        .output();
+    output
+        .ok()
+        .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+        .and_then(|v| v["nodes"].as_array().map(Vec::len))
+        .unwrap_or(0)
+}
