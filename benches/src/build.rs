@@ -7,12 +7,12 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use mexec_testkit::{bin, c_project, copy_tree, give_to_job_user, job_dir, Farm};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::peers::Distccd;
 use crate::stats::median;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct BuildVariant {
     pub name: String,
     pub seconds: Vec<f64>,
@@ -20,7 +20,7 @@ pub struct BuildVariant {
     pub ratio: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Build {
     pub project: String,
     pub objects: usize,

@@ -7,9 +7,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use mexec_testkit::{job_dir, run_pool, GatedFarm};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct FairnessRun {
     pub users: usize,
     pub jobs_per_user: usize,
@@ -37,8 +37,11 @@ pub fn run(smoke: bool) -> Vec<FairnessRun> {
                 let commands: Vec<Command> = (0..jobs_per_user)
                     .map(|_| {
                         let mut c = farm.mexec(dir.path(), &["-n", "sleep", &job_secs.to_string()]);
-                        c.env("MEXEC_SUBMIT_USER", format!("user{u}"))
-                            .env("MEXEC_BUILD_ID", format!("build{u}"));
+                        // Fresh names each round: the gatekeeper remembers a
+                        // user's recent use, and the previous round's users
+                        // would start behind.
+                        c.env("MEXEC_SUBMIT_USER", format!("r{users}-user{u}"))
+                            .env("MEXEC_BUILD_ID", format!("r{users}-build{u}"));
                         c
                     })
                     .collect();

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use mexec_proto::v1::gatekeeper_client::GatekeeperClient;
 use mexec_proto::v1::{acquire_request, AcquireRequest, LeaseRequest};
 use mexec_testkit::{bin, job_dir, rss_kib, wait_until, Executor, Farm, Gatekeeper};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::stats::Timing;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Footprint {
     pub client_startup: Timing,
     pub client_peak_rss_kib: u64,

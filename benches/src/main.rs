@@ -21,7 +21,7 @@ mod throughput;
 use std::path::PathBuf;
 
 use clap::Parser;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -51,10 +51,14 @@ struct Cli {
     /// A file whose text is appended to the report as notes.
     #[arg(long)]
     notes: Option<PathBuf>,
+    /// Measure nothing: rewrite the report from earlier JSON results (and
+    /// the current notes).
+    #[arg(long)]
+    from_json: Option<PathBuf>,
 }
 
 /// Everything measured.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Results {
     pub command: String,
     pub date: String,
@@ -75,6 +79,19 @@ fn main() {
     let runs = if cli.smoke { 10 } else { cli.runs };
     let rounds = if cli.smoke { 1 } else { cli.build_rounds };
     let section = |name: &str| eprintln!("== {name}");
+    let notes = cli
+        .notes
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    if let Some(path) = &cli.from_json {
+        let text = std::fs::read_to_string(path).expect("read the JSON results");
+        let mut results: Results = serde_json::from_str(&text).expect("parse the JSON results");
+        results.notes = notes;
+        std::fs::write(&cli.report, report::markdown(&results)).expect("write the report");
+        eprintln!("rewrote {} from {}", cli.report.display(), path.display());
+        return;
+    }
     let mut results = Results {
         command: std::env::var("MEXEC_BENCH_COMMAND")
             .unwrap_or_else(|_| std::env::args().collect::<Vec<_>>().join(" ")),
@@ -87,11 +104,7 @@ fn main() {
         fairness: None,
         throughput: None,
         footprint: None,
-        notes: cli
-            .notes
-            .as_ref()
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .unwrap_or_default(),
+        notes,
     };
     if wanted("overhead") {
         section("overhead");

@@ -6,12 +6,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mexec_testkit::{give_to_job_user, job_dir, Farm, GatedFarm};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::peers::{write_small_c, Distccd};
 use crate::stats::Timing;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Variant {
     pub name: String,
     pub timing: Timing,
@@ -21,7 +21,7 @@ pub struct Variant {
     pub added_ms: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Overhead {
     pub true_cmd: Vec<Variant>,
     pub compile: Vec<Variant>,

@@ -7,9 +7,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mexec_testkit::{bin, job_dir, run_pool, wait_until, Executor, Gatekeeper};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct SchedRun {
     pub nodes: usize,
     pub slots: u32,

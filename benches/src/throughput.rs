@@ -13,12 +13,12 @@ use mexec_proto::v1::{
     LoadReport, Register, Release,
 };
 use mexec_testkit::{job_dir, run_pool, Farm, Gatekeeper};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Throughput {
     pub placements_per_s: f64,
     pub placement_clients: usize,
@@ -103,7 +103,28 @@ async fn placements(uri: String, clients: usize, connections: usize, duration: D
             .await
             .expect("join")
             .into_inner();
-        members.push((tx, stream));
+        // Members must keep reporting, or the gatekeeper drops them as
+        // silent after a few seconds.
+        let heartbeat = tokio::spawn({
+            let tx = tx.clone();
+            let node = format!("member{m}");
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                    let load = JoinRequest {
+                        msg: Some(join_request::Msg::Load(LoadReport {
+                            node: node.clone(),
+                            slots: 1_000_000,
+                            ..LoadReport::default()
+                        })),
+                    };
+                    if tx.send(load).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        members.push((tx, stream, heartbeat));
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
 
@@ -126,7 +147,12 @@ async fn placements(uri: String, clients: usize, connections: usize, duration: D
             tokio::spawn(async move {
                 let mut client = GatekeeperClient::new(channel);
                 while Instant::now() < deadline {
-                    if lease_round_trip(&mut client, i).await {
+                    // A round trip that hangs must not hang the benchmark.
+                    let trip = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        lease_round_trip(&mut client, i),
+                    );
+                    if let Ok(true) = trip.await {
                         count.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -138,6 +164,9 @@ async fn placements(uri: String, clients: usize, connections: usize, duration: D
         let _ = t.await;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    for (_, _, heartbeat) in &members {
+        heartbeat.abort();
+    }
     drop(members);
     count.load(Ordering::Relaxed) as f64 / elapsed
 }

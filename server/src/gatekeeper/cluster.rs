@@ -23,8 +23,8 @@ pub const SILENCE_LIMIT: Duration = Duration::from_secs(3);
 /// How often executors report their load at the least.
 pub const HEARTBEAT: Duration = Duration::from_millis(500);
 
-/// How fast past slot use is forgiven.
-pub const USAGE_HALF_LIFE: Duration = Duration::from_secs(20);
+/// How fast past slot use is forgiven, unless configured.
+pub const USAGE_HALF_LIFE: Duration = Duration::from_secs(2);
 /// Each running lease also counts this many slot-seconds, so grants made in
 /// the same instant alternate between users.
 const RUNNING_WEIGHT: f64 = 0.05;
@@ -37,13 +37,13 @@ struct Usage {
 }
 
 impl Usage {
-    fn at(&self, now: Instant) -> f64 {
+    fn at(&self, now: Instant, half_life: Duration) -> f64 {
         let age = now.saturating_duration_since(self.at).as_secs_f64();
-        self.value * 0.5f64.powf(age / USAGE_HALF_LIFE.as_secs_f64())
+        self.value * 0.5f64.powf(age / half_life.as_secs_f64().max(1e-3))
     }
 
-    fn add(&mut self, now: Instant, slot_seconds: f64) {
-        self.value = self.at(now) + slot_seconds;
+    fn add(&mut self, now: Instant, half_life: Duration, slot_seconds: f64) {
+        self.value = self.at(now, half_life) + slot_seconds;
         self.at = now;
     }
 }
@@ -142,9 +142,19 @@ pub struct Limits {
     pub default_user_limit: u32,
     /// Per-user overrides of the default.
     pub user_limits: HashMap<String, u32>,
+    /// How fast past slot use is forgiven (`USAGE_HALF_LIFE` when zero).
+    pub usage_half_life: Duration,
 }
 
 impl Limits {
+    fn half_life(&self) -> Duration {
+        if self.usage_half_life.is_zero() {
+            USAGE_HALF_LIFE
+        } else {
+            self.usage_half_life
+        }
+    }
+
     fn for_user(&self, user: &str) -> u32 {
         self.user_limits
             .get(user)
@@ -294,6 +304,7 @@ impl Cluster {
                 node.leased = node.leased.saturating_sub(1);
             }
             let now = Instant::now();
+            let half_life = self.limits.half_life();
             let used = now.saturating_duration_since(lease.since).as_secs_f64();
             let fresh = Usage {
                 value: 0.0,
@@ -302,14 +313,14 @@ impl Cluster {
             self.user_usage
                 .entry(lease.wanted.user.clone())
                 .or_insert(fresh)
-                .add(now, used);
+                .add(now, half_life, used);
             self.build_usage
                 .entry((lease.wanted.user, lease.wanted.build_id))
                 .or_insert(fresh)
-                .add(now, used);
+                .add(now, half_life, used);
             // Forget users whose use has decayed to nothing.
-            self.user_usage.retain(|_, u| u.at(now) > 1e-3);
-            self.build_usage.retain(|_, u| u.at(now) > 1e-3);
+            self.user_usage.retain(|_, u| u.at(now, half_life) > 1e-3);
+            self.build_usage.retain(|_, u| u.at(now, half_life) > 1e-3);
         }
         self.dispatch();
     }
@@ -364,16 +375,20 @@ impl Cluster {
                 .entry((&lease.wanted.user, &lease.wanted.build_id))
                 .or_default() += held;
         }
+        let half_life = self.limits.half_life();
         let user_key = |user: &str| {
             user_use.get(user).copied().unwrap_or(0.0)
-                + self.user_usage.get(user).map_or(0.0, |u| u.at(now))
+                + self
+                    .user_usage
+                    .get(user)
+                    .map_or(0.0, |u| u.at(now, half_life))
         };
         let build_key = |user: &str, build: &str| {
             build_use.get(&(user, build)).copied().unwrap_or(0.0)
                 + self
                     .build_usage
                     .get(&(user.to_owned(), build.to_owned()))
-                    .map_or(0.0, |u| u.at(now))
+                    .map_or(0.0, |u| u.at(now, half_life))
         };
         self.waiting
             .iter()

@@ -42,6 +42,9 @@ pub struct Flags {
     /// The most slots one user may hold at once [default: no limit].
     #[arg(long)]
     pub default_user_limit: Option<u32>,
+    /// Seconds for past slot use to count half as much in fair sharing [default: 2].
+    #[arg(long)]
+    pub usage_half_life_secs: Option<f64>,
     /// A per-user limit, USER=N (repeatable).
     #[arg(long = "user-limit", value_parser = parse_user_limit)]
     pub user_limits: Vec<(String, u32)>,
@@ -76,6 +79,8 @@ pub struct FileConfig {
     pub default_user_limit: Option<u32>,
     /// Per-user limits, `{ alice = 16 }`. Default: none.
     pub user_limits: Option<HashMap<String, u32>>,
+    /// Seconds for past slot use to count half as much. Default: 2.
+    pub usage_half_life_secs: Option<f64>,
     /// "text" or "json". Default: "text".
     pub log_format: Option<LogFormat>,
 }
@@ -132,6 +137,13 @@ impl Settings {
                     .or(file.default_user_limit)
                     .unwrap_or(0),
                 user_limits,
+                usage_half_life: std::time::Duration::from_secs_f64(
+                    flags
+                        .usage_half_life_secs
+                        .or(file.usage_half_life_secs)
+                        .unwrap_or(2.0)
+                        .max(0.001),
+                ),
             },
             log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
         })
