@@ -567,11 +567,36 @@ mod tests {
     }
 
     #[test]
+    fn recent_use_is_remembered_and_then_forgiven() {
+        let mut c = cluster(&[("n", 1)]);
+        let (_, mut first) = c.enqueue(want("early", "b")).unwrap();
+        let lease = first.try_recv().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        c.release(lease.lease_id);
+        // The node is free again; a newcomer waiting alongside the user who
+        // just used it goes first.
+        let busy = c.enqueue(want("other", "x")).unwrap();
+        let mut hold = busy.1;
+        let held = hold.try_recv().unwrap();
+        let (_, mut again) = c.enqueue(want("early", "b")).unwrap();
+        let (_, mut newcomer) = c.enqueue(want("fresh", "y")).unwrap();
+        c.release(held.lease_id);
+        assert!(newcomer.try_recv().is_ok());
+        assert!(again.try_recv().is_err());
+        let now = Instant::now();
+        let half_life = c.limits.half_life();
+        let remembered = c.user_usage["early"].at(now, half_life);
+        let later = c.user_usage["early"].at(now + half_life * 10, half_life);
+        assert!(remembered > 0.0 && later < remembered / 1000.0);
+    }
+
+    #[test]
     fn builds_of_one_user_share_and_limits_hold() {
         let mut c = Cluster::new(Limits {
             max_queued: 10,
             default_user_limit: 0,
             user_limits: HashMap::from([("capped".to_owned(), 1)]),
+            ..Limits::default()
         });
         let conn = c.new_conn();
         c.join("n", Reach::same("n:1"), conn, report(4));
