@@ -12,7 +12,7 @@ out = sys.argv[2]
 
 sched = results.get("sched") or []
 if sched:
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(9, 4))
     policies = sorted({r["policy"] for r in sched})
     nodes = sorted({r["nodes"] for r in sched})
     width = 0.8 / len(policies)
@@ -24,7 +24,7 @@ if sched:
     ax.set_xticklabels([f"{n} nodes" for n in nodes])
     ax.set_ylabel("makespan / ideal")
     ax.set_title("Scheduling efficiency (lower is better)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(f"{out}/sched.png", dpi=110)
 

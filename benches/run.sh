@@ -2,7 +2,8 @@
 # Runs every benchmark side by side and writes BENCHMARKS.md and the plots.
 #   benches/run.sh              the full run (about 20 minutes on 2 cores)
 #   benches/run.sh --smoke      tiny sizes: checks the harness, measures nothing
-# Extra arguments go to mexec-bench (for example --only overhead,sched).
+# Extra arguments go to mexec-bench (for example --only sched, which
+# re-measures that section and keeps the others from benches/results.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,7 +12,12 @@ cd "$(dirname "$0")/.."
 need=()
 command -v distccd >/dev/null || need+=(distcc)
 command -v m4 >/dev/null || need+=(m4)
-python3 -c 'import matplotlib' 2>/dev/null || need+=(python3-matplotlib)
+# The plots need matplotlib; Debian's package serves /usr/bin/python3.
+plot_python=
+for p in python3 /usr/bin/python3; do
+    if "$p" -c 'import matplotlib' 2>/dev/null; then plot_python=$p; break; fi
+done
+[ -n "$plot_python" ] || need+=(python3-matplotlib)
 if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
@@ -20,7 +26,8 @@ fi
 # itself with root; see BENCHMARKS.md for why it is not measured here.
 
 cargo build --release --quiet --bins
-export MEXEC_BENCH_COMMAND="benches/run.sh $*"
+export MEXEC_BENCH_COMMAND="benches/run.sh${*:+ $*}"
 target/release/mexec-bench --json benches/results.json --report BENCHMARKS.md \
     --notes benches/notes.md "$@"
-python3 benches/plot.py benches/results.json benches
+[ -n "$plot_python" ] || plot_python=/usr/bin/python3
+"$plot_python" benches/plot.py benches/results.json benches

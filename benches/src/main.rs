@@ -130,6 +130,23 @@ fn main() {
         section("footprint");
         results.footprint = Some(footprint::run(cli.smoke));
     }
+    // A partial run (--only) updates its sections of the earlier results
+    // and keeps the others; each section is still one side-by-side run.
+    if !cli.only.is_empty() {
+        if let Some(old) = std::fs::read_to_string(&cli.json)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Results>(&t).ok())
+        {
+            results.command = format!("{}; then {}", old.command, results.command);
+            results.date = format!("{}; {}", old.date, results.date);
+            results.overhead = results.overhead.or(old.overhead);
+            results.build = results.build.or(old.build);
+            results.sched = results.sched.or(old.sched);
+            results.fairness = results.fairness.or(old.fairness);
+            results.throughput = results.throughput.or(old.throughput);
+            results.footprint = results.footprint.or(old.footprint);
+        }
+    }
     let json = serde_json::to_string_pretty(&results).expect("results serialize");
     if let Some(dir) = cli.json.parent() {
         let _ = std::fs::create_dir_all(dir);

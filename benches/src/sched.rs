@@ -42,11 +42,13 @@ pub fn run(smoke: bool) -> Vec<SchedRun> {
             })
             .collect();
         let slots: u32 = (0..n).map(|i| SLOT_MIX[i % SLOT_MIX.len()]).sum();
-        // The node list carries no slot counts (clients learn them from
-        // load reports), so every policy starts from the same knowledge.
+        // The node list gives each node's slots, as MEXEC_NODES does (and
+        // as distcc's host list does with host/limit); random and
+        // round-robin placement ignore it.
         let nodes = executors
             .iter()
-            .map(Executor::node)
+            .enumerate()
+            .map(|(i, e)| format!("{}/{}", e.node(), SLOT_MIX[i % SLOT_MIX.len()]))
             .collect::<Vec<_>>()
             .join(",");
         let settled = wait_until(Duration::from_secs(30), || gatekeeper_members(&gk) == n);

@@ -25,11 +25,18 @@ impl NodeView {
     pub fn score(&self) -> f64 {
         (f64::from(self.ours) + self.others + self.foreign) / f64::from(self.slots.max(1))
     }
+
+    /// Whether a job sent now would start at once rather than queue.
+    pub fn has_free_slot(&self) -> bool {
+        f64::from(self.ours) + self.others < f64::from(self.slots)
+    }
 }
 
-/// Indices of `views` from best to worst. Nodes to avoid go last; equal
-/// scores come in random order, so clients that start together and see the
-/// same state do not all pick the same node.
+/// Indices of `views` from best to worst. Nodes to avoid go last; a node
+/// with a free slot goes before any without (a free slot is never left idle
+/// for a shorter queue elsewhere: foreign load only orders the free nodes);
+/// equal scores come in random order, so clients that start together and
+/// see the same state do not all pick the same node.
 pub fn rank(views: &[NodeView], rng: &mut impl Rng) -> Vec<usize> {
     let mut order: Vec<usize> = (0..views.len()).collect();
     order.shuffle(rng);
@@ -37,6 +44,7 @@ pub fn rank(views: &[NodeView], rng: &mut impl Rng) -> Vec<usize> {
         let (va, vb) = (&views[a], &views[b]);
         va.avoid
             .cmp(&vb.avoid)
+            .then(vb.has_free_slot().cmp(&va.has_free_slot()))
             .then(va.score().total_cmp(&vb.score()))
     });
     order
@@ -73,6 +81,22 @@ mod tests {
             },
         ];
         assert_eq!(rank(&views, &mut rng), vec![1, 3, 0, 2]);
+    }
+
+    #[test]
+    fn a_free_slot_beats_a_lower_score_without_one() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        // The big node is full (4 of 4) but scores lower than the small
+        // node, whose one slot is free but carries foreign load.
+        let views = [
+            view(4, 4),
+            NodeView {
+                foreign: 3.0,
+                ..view(1, 0)
+            },
+        ];
+        assert!(views[0].score() < views[1].score());
+        assert_eq!(rank(&views, &mut rng), vec![1, 0]);
     }
 
     #[test]
