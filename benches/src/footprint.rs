@@ -113,14 +113,8 @@ async fn fill(uri: String, count: usize) -> Vec<impl Sized> {
 }
 
 fn queued_now(gk: &str) -> usize {
-    let output = Command::new(bin("mexec"))
-        .args(["--status", "--json"])
-        .env("MEXEC_GATEKEEPER", gk)
-        .output();
-    output
-        .ok()
-        .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
-        .and_then(|v| v["queued"].as_u64())
+    crate::sched::gatekeeper_status(gk)["queued"]
+        .as_u64()
         .unwrap_or(0) as usize
 }
 

@@ -114,13 +114,18 @@ pub fn run(smoke: bool) -> Vec<SchedRun> {
 
 /// How many members the gatekeeper reports.
 pub fn gatekeeper_members(gk: &str) -> usize {
-    let output = Command::new(bin("mexec"))
+    gatekeeper_status(gk)["nodes"]
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+/// `mexec --status --json` against the gatekeeper (null when unreachable).
+pub fn gatekeeper_status(gk: &str) -> serde_json::Value {
+    Command::new(bin("mexec"))
         .args(["--status", "--json"])
         .env("MEXEC_GATEKEEPER", gk)
-        .output();
-    output
+        .output()
         .ok()
-        .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
-        .and_then(|v| v["nodes"].as_array().map(Vec::len))
-        .unwrap_or(0)
+        .and_then(|o| serde_json::from_slice(&o.stdout).ok())
+        .unwrap_or(serde_json::Value::Null)
 }

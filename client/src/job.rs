@@ -31,7 +31,7 @@ pub struct Job {
 impl Job {
     /// A job for `argv` in this process's cwd, environment and umask.
     pub fn here(argv: Vec<OsString>, env: Vec<(OsString, OsString)>) -> std::io::Result<Job> {
-        let client_host = os::host_name();
+        let client_host = mexec_common::host::name();
         let build_id = std::env::var("MEXEC_BUILD_ID")
             .unwrap_or_else(|_| format!("{client_host}:{}", os::process_group()));
         let nanos = SystemTime::now()

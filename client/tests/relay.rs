@@ -75,23 +75,9 @@ fn relayed_stdin_is_forwarded() {
     assert!(output.stdout == data);
 }
 
+/// A job that leaves a background process in its group (see testkit).
 fn start_group_job(farm: &GatedFarm, dir: &std::path::Path) -> (std::process::Child, u32, u32) {
-    let script = "sleep 300 & echo $! > bg.pid; echo $$ > sh.pid; wait";
-    let child = relayed(farm, dir, &["-n", "sh", "-c", script])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let read = |name: &str| -> Option<u32> {
-        std::fs::read_to_string(dir.join(name))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    };
-    assert!(wait_until(Duration::from_secs(20), || read("bg.pid")
-        .is_some()
-        && read("sh.pid").is_some()));
-    (child, read("sh.pid").unwrap(), read("bg.pid").unwrap())
+    mexec_testkit::start_group_job(relayed(farm, dir, &["-n"]), dir)
 }
 
 #[test]

@@ -5,9 +5,11 @@
 //! - `nodes`: the `host:port[/slots],...` node list of `MEXEC_NODES`.
 //! - `token`: the shared-secret token: reading it, sending it, checking it.
 //! - `config_file`: reading a TOML config file with clear errors.
+//! - `host`: this machine's name.
 //! - `telemetry`: one `init_tracing()` for every binary.
 
 pub mod config_file;
+pub mod host;
 pub mod nodes;
 pub mod telemetry;
 pub mod token;

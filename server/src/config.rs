@@ -161,7 +161,10 @@ impl Settings {
             return Err(SettingsError::NoSlots);
         }
         let max_queued = flags.max_queued.or(file.max_queued).unwrap_or(slots);
-        let name = flags.name.or(file.name).unwrap_or_else(host_name);
+        let name = flags
+            .name
+            .or(file.name)
+            .unwrap_or_else(mexec_common::host::name);
         let token = flags
             .token_file
             .or(file.token_file)
@@ -202,18 +205,6 @@ fn cpu_count() -> u32 {
     std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .unwrap_or(1)
-}
-
-/// The host name, or "localhost" where it cannot be read.
-pub fn host_name() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its full length.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "localhost".to_owned();
-    }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 #[cfg(test)]

@@ -9,9 +9,11 @@
 //! - `gatekeeper`: membership, fair queueing, leases and relayed runs.
 //! - `auth`: the token check in front of every RPC.
 //! - `users`: looking up the account jobs run as.
+//! - `shutdown`: the signals that stop a daemon.
 
 pub mod auth;
 pub mod config;
 pub mod executor;
 pub mod gatekeeper;
+pub mod shutdown;
 pub mod users;

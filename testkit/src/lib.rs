@@ -568,3 +568,28 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// Starts `command` (a `mexec` aimed at a farm, with `-n`), appending a job
+/// that leaves a background process in its group and writes both pids into
+/// `dir`; waits for the pids and returns them (shell, background).
+pub fn start_group_job(mut command: Command, dir: &Path) -> (Child, u32, u32) {
+    let script = "sleep 300 & echo $! > bg.pid; echo $$ > sh.pid; wait";
+    let child = command
+        .args(["sh", "-c", script])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the job");
+    let read = |name: &str| -> Option<u32> {
+        std::fs::read_to_string(dir.join(name))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || read("bg.pid").is_some()
+            && read("sh.pid").is_some()),
+        "the job did not start"
+    );
+    (child, read("sh.pid").unwrap(), read("bg.pid").unwrap())
+}

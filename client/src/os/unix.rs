@@ -83,20 +83,8 @@ fn user_uid(name: &str) -> Option<u32> {
     use std::os::unix::fs::MetadataExt;
     let home = std::env::var_os("HOME")?;
     let meta = std::fs::metadata(&home).ok()?;
-    let named = std::path::Path::new(&home).file_name()? == name || name == "root";
+    let named = std::path::Path::new(&home).file_name()? == name;
     named.then_some(meta.uid())
-}
-
-/// This host's name.
-pub fn host_name() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its full length.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "localhost".to_owned();
-    }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 /// The exit code a shell would report for a local child's status.

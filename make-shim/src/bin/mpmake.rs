@@ -69,7 +69,7 @@ fn real_main() -> i32 {
     };
     let build_id = format!(
         "{}:mpmake-{}",
-        mexec_client::os::host_name(),
+        mexec_common::host::name(),
         std::process::id()
     );
     let routing = match routing::prepare(&mexec, &cli.make_args, &build_id) {

@@ -31,16 +31,6 @@ async fn real_main() -> anyhow::Result<()> {
     let bound = listener.local_addr()?;
     println!("mexec-gatekeeper listening on {bound}");
     tracing::info!(listen = %bound, max_queued = settings.limits.max_queued, "gatekeeper started");
-    mexec_server::gatekeeper::run(listener, settings, shutdown_signal()).await?;
+    mexec_server::gatekeeper::run(listener, settings, mexec_server::shutdown::signal()).await?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }

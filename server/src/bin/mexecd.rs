@@ -42,16 +42,6 @@ async fn real_main() -> anyhow::Result<()> {
         auth = if settings.token.is_some() { "token" } else { "none" },
         "executor started"
     );
-    mexec_server::executor::run(listener, settings, shutdown_signal()).await?;
+    mexec_server::executor::run(listener, settings, mexec_server::shutdown::signal()).await?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }
