@@ -83,11 +83,6 @@ impl JobRun<'_> {
         let placement = Placement::new(nodes.to_vec(), SharedState::for_this_user())
             .with_policy(self.settings.placement);
         let mut lost: HashSet<usize> = HashSet::new();
-        // First ask for a slot that is free now, node by node; only when
-        // every node is full does the job queue at the best one. Our view of
-        // other clients' work is up to seconds old, and a job queued behind
-        // another waits a whole job while a slot may be free elsewhere.
-        let mut may_queue = false;
         loop {
             let mut tried = lost.clone();
             let mut busy = false;
@@ -99,12 +94,7 @@ impl JobRun<'_> {
                 if self.settings.verbose {
                     say!("running {} on {}", self.job.program(), addr.authority());
                 }
-                let target = if may_queue {
-                    Target::Executor(addr)
-                } else {
-                    Target::ExecutorNow(addr)
-                };
-                let outcome = self.attempt(target).await;
+                let outcome = self.attempt(Target::Executor(addr)).await;
                 placement.release(choice.index);
                 match outcome {
                     Outcome::Finished { node, exit } => return self.finish(&node, &exit).await,
@@ -132,10 +122,6 @@ impl JobRun<'_> {
                     }
                     Outcome::Abandoned { signal } => return self.abandon(signal).await,
                 }
-            }
-            if busy && !may_queue {
-                may_queue = true;
-                continue;
             }
             if busy {
                 if let Next::Exit(code) = self.wait_for_slot().await {

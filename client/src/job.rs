@@ -83,7 +83,6 @@ impl Job {
             build_id: self.build_id.clone(),
             timeout_ms: self.timeout.map(|t| t.as_millis() as u64).unwrap_or(0),
             forward_stdin: self.forward_stdin,
-            start_now: false,
         }
     }
 }

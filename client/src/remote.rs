@@ -98,10 +98,8 @@ pub async fn load_report(node: &NodeAddr, token: Option<&Token>) -> Result<LoadR
 /// Where a `Run` stream goes.
 #[derive(Debug, Clone, Copy)]
 pub enum Target<'a> {
-    /// Straight to an executor, which may queue the job.
+    /// Straight to an executor.
     Executor(&'a NodeAddr),
-    /// Straight to an executor, only if it has a free slot now.
-    ExecutorNow(&'a NodeAddr),
     /// Through the gatekeeper, which places the job and relays it.
     Relay(&'a NodeAddr),
 }
@@ -109,7 +107,7 @@ pub enum Target<'a> {
 impl Target<'_> {
     fn addr(&self) -> &NodeAddr {
         match self {
-            Target::Executor(addr) | Target::ExecutorNow(addr) | Target::Relay(addr) => addr,
+            Target::Executor(addr) | Target::Relay(addr) => addr,
         }
     }
 }
@@ -128,10 +126,8 @@ pub async fn run_on(
         Err(cause) => return Outcome::NotStarted(NotStarted::Unreachable(cause)),
     };
     let (requests, request_stream) = mpsc::channel::<RunRequest>(8);
-    let mut spec = job.spec();
-    spec.start_now = matches!(target, Target::ExecutorNow(_));
     let start = RunRequest {
-        msg: Some(run_request::Msg::Start(spec)),
+        msg: Some(run_request::Msg::Start(job.spec())),
     };
     // Cannot fail: the receiver is alive and the channel empty.
     let _ = requests.try_send(start);
@@ -140,9 +136,7 @@ pub async fn run_on(
         token.attach(request.metadata_mut());
     }
     let opened = match target {
-        Target::Executor(_) | Target::ExecutorNow(_) => {
-            ExecutorClient::new(channel).run(request).await
-        }
+        Target::Executor(_) => ExecutorClient::new(channel).run(request).await,
         Target::Relay(_) => GatekeeperClient::new(channel).run(request).await,
     };
     let mut responses = match opened {

@@ -77,20 +77,13 @@ impl Admission {
         })
     }
 
-    /// Admits a job to a slot or the queue, or refuses it. With
-    /// `start_now`, a job that would queue is refused instead.
-    pub fn admit(self: &Arc<Self>, start_now: bool) -> Result<Ticket, Refusal> {
+    /// Admits a job to a slot or the queue, or refuses it.
+    pub fn admit(self: &Arc<Self>) -> Result<Ticket, Refusal> {
         if self.is_draining() {
             return Err(Refusal::Draining);
         }
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
             return Ok(Ticket::Slot(self.start(permit)));
-        }
-        if start_now {
-            return Err(Refusal::Full {
-                running: self.running.load(Ordering::Acquire),
-                queued: self.queued.load(Ordering::Acquire),
-            });
         }
         let took_place = self
             .queued
@@ -214,22 +207,20 @@ mod tests {
     #[tokio::test]
     async fn slots_then_queue_then_refusal() {
         let a = Admission::new(2, 1);
-        let s1 = a.admit(false).unwrap();
-        let _s2 = a.admit(false).unwrap();
+        let s1 = a.admit().unwrap();
+        let _s2 = a.admit().unwrap();
         assert!(matches!(s1, Ticket::Slot(_)));
-        let q = match a.admit(false).unwrap() {
+        let q = match a.admit().unwrap() {
             Ticket::Queued(q) => q,
             Ticket::Slot(_) => panic!("third job must queue"),
         };
         assert_eq!(
-            a.admit(false).unwrap_err(),
+            a.admit().unwrap_err(),
             Refusal::Full {
                 running: 2,
                 queued: 1
             }
         );
-        // A start-now job is refused rather than queued.
-        assert!(matches!(a.admit(true), Err(Refusal::Full { .. })));
         let c = a.counts();
         assert_eq!((c.running, c.queued), (2, 1));
 
@@ -245,14 +236,14 @@ mod tests {
     #[tokio::test]
     async fn draining_refuses_new_jobs_and_releases_the_queue() {
         let a = Admission::new(1, 4);
-        let slot = a.admit(false).unwrap();
-        let Ticket::Queued(q) = a.admit(false).unwrap() else {
+        let slot = a.admit().unwrap();
+        let Ticket::Queued(q) = a.admit().unwrap() else {
             panic!("second job must queue")
         };
         let waiter = tokio::spawn(q.wait_for_slot());
         a.start_draining();
         assert!(waiter.await.unwrap().is_none());
-        assert_eq!(a.admit(false).unwrap_err(), Refusal::Draining);
+        assert_eq!(a.admit().unwrap_err(), Refusal::Draining);
         assert_eq!(a.counts().queued, 0);
         let idle = tokio::spawn({
             let a = a.clone();

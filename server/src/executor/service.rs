@@ -82,7 +82,7 @@ async fn start_job(
         return Err(JobError::NoStart);
     };
     job::validate(&spec)?;
-    let ticket = ctx.admission.admit(spec.start_now)?;
+    let ticket = ctx.admission.admit()?;
     let (tx, rx) = mpsc::channel(job::OUTPUT_QUEUE);
     tokio::spawn(job::run(ctx, spec, ticket, inbound, tx));
     Ok(ReceiverStream::new(rx))
