@@ -110,7 +110,7 @@ pub fn run(smoke: bool, rounds: usize) -> Build {
                 String::from_utf8_lossy(&output.stderr)
             );
             samples[v].push(took.as_secs_f64());
-            objects = count_objects(&tree);
+            objects = mexec_testkit::files_by_extension(&tree, &["o"]).len();
         }
     }
     clean(&tree);
@@ -152,20 +152,4 @@ fn clean(tree: &Path) {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
-}
-
-fn count_objects(tree: &Path) -> usize {
-    let mut count = 0;
-    let mut stack = vec![tree.to_owned()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "o") {
-                count += 1;
-            }
-        }
-    }
-    count
 }

@@ -177,8 +177,8 @@ impl JobRun<'_> {
                 );
             }
             let outcome = self.attempt(Target::Executor(&lease.addr)).await;
+            let node = lease.node.clone();
             drop(lease);
-            let node = avoid_name(&outcome);
             match outcome {
                 Outcome::Finished { node, exit } => return self.finish(&node, &exit).await,
                 // The gatekeeper can see the node, we cannot: we are
@@ -208,7 +208,7 @@ impl JobRun<'_> {
                 }
                 Outcome::Abandoned { signal } => return self.abandon(signal).await,
             }
-            avoid.extend(node);
+            avoid.push(node);
         }
     }
 
@@ -369,21 +369,6 @@ impl JobRun<'_> {
             };
             joblog::append(path, &entry);
         }
-    }
-}
-
-/// The node to avoid after an attempt that did not finish there.
-fn avoid_name(outcome: &Outcome) -> Option<String> {
-    match outcome {
-        Outcome::Lost { node, .. } => Some(node.clone()),
-        Outcome::NotStarted(NotStarted::Busy(cause) | NotStarted::Refused(cause)) => {
-            // Executor refusals start with "node NAME".
-            cause
-                .strip_prefix("node ")
-                .and_then(|rest| rest.split([' ', ':']).next())
-                .map(str::to_owned)
-        }
-        _ => None,
     }
 }
 

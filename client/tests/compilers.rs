@@ -1,7 +1,7 @@
 //! The compiler forms (`CC=mexec`, `mexec gcc`, a masquerade symlink) on a
 //! real C file, and a real third-party project built with its own Makefile.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
 
@@ -89,23 +89,6 @@ fn cc_form_mexec_gcc_form_and_masquerade_compile_remotely() {
     assert_eq!(placed(&log), vec!["remote:n1"; 3]);
 }
 
-fn objects(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut found = BTreeMap::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "o") {
-                let name = path.strip_prefix(dir).unwrap().display().to_string();
-                found.insert(name, std::fs::read(&path).unwrap());
-            }
-        }
-    }
-    found
-}
-
 fn make(dir: &Path, args: &[&str], farm: Option<&Farm>) {
     let mut command = Command::new("make");
     if let Some(farm) = farm {
@@ -131,7 +114,7 @@ fn bzip2_builds_with_make_j8_cc_mexec_and_matches_a_local_build() {
 
     // Same directory for both builds: debug info records the path.
     make(&tree, &["-j8", "CC=gcc"], None);
-    let local = objects(&tree);
+    let local = mexec_testkit::files_by_extension(&tree, &["o"]);
     assert!(local.len() >= 9, "{:?}", local.keys());
     make(&tree, &["clean"], None);
 
@@ -149,7 +132,7 @@ fn bzip2_builds_with_make_j8_cc_mexec_and_matches_a_local_build() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let remote = objects(&tree);
+    let remote = mexec_testkit::files_by_extension(&tree, &["o"]);
     assert_eq!(
         local.keys().collect::<Vec<_>>(),
         remote.keys().collect::<Vec<_>>()

@@ -265,10 +265,9 @@ fn jobs_survive_a_gatekeeper_restart_and_new_ones_are_placed_after_it() {
                 .unwrap()
         })
         .collect();
-    assert!(wait_until(Duration::from_secs(10), || cluster.status()
-        ["jobs"]
-        .as_array()
-        .is_some_and(|j| j.len() == 3)));
+    assert!(wait_until(Duration::from_secs(10), || cluster
+        .leased_jobs()
+        == Some(3)));
     cluster.gatekeeper.restart();
     for child in running {
         let output = child.wait_with_output().unwrap();
@@ -340,10 +339,9 @@ fn a_full_queue_is_refused_with_a_message() {
         .mexec(dir.path(), &["-n", "sleep", "3"])
         .spawn()
         .unwrap();
-    assert!(wait_until(Duration::from_secs(10), || cluster.status()
-        ["jobs"]
-        .as_array()
-        .is_some_and(|j| j.len() == 1)));
+    assert!(wait_until(Duration::from_secs(10), || cluster
+        .leased_jobs()
+        == Some(1)));
     let waiter = cluster.mexec(dir.path(), &["-n", "true"]).spawn().unwrap();
     assert!(wait_until(Duration::from_secs(10), || cluster.status()
         ["queued"]
@@ -421,10 +419,9 @@ fn status_through_the_gatekeeper_shows_nodes_users_and_jobs() {
         .env("MEXEC_SUBMIT_USER", "erin")
         .spawn()
         .unwrap();
-    assert!(wait_until(Duration::from_secs(10), || cluster.status()
-        ["jobs"]
-        .as_array()
-        .is_some_and(|j| j.len() == 1)));
+    assert!(wait_until(Duration::from_secs(10), || cluster
+        .leased_jobs()
+        == Some(1)));
     let output = cluster.mexec(dir.path(), &["--status"]).output().unwrap();
     let table = String::from_utf8_lossy(&output.stdout);
     assert!(table.contains(" n1 ") && table.contains(" n2 "), "{table}");

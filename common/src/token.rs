@@ -12,6 +12,12 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 /// The metadata key the token travels under.
 pub const METADATA_KEY: &str = "authorization";
 
+/// Whether a daemon listening on `listen` with `token` would serve anyone
+/// who reaches it: beyond loopback and without authentication.
+pub fn open_door(listen: std::net::SocketAddr, token: Option<&Token>) -> bool {
+    !listen.ip().is_loopback() && token.is_none()
+}
+
 /// A token read from a token file.
 #[derive(Clone)]
 pub struct Token(String);

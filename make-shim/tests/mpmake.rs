@@ -29,23 +29,6 @@ fn json_summary(output: &Output) -> serde_json::Value {
     serde_json::from_str(last).unwrap_or_else(|_| panic!("no JSON summary in:\n{stderr}"))
 }
 
-fn build_outputs(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut found = BTreeMap::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "o" || e == "a") {
-                let name = path.strip_prefix(dir).unwrap().display().to_string();
-                found.insert(name, std::fs::read(&path).unwrap());
-            }
-        }
-    }
-    found
-}
-
 fn assert_tokens_balanced(summary: &serde_json::Value) {
     let tokens = &summary["tokens"];
     assert!(tokens.is_object(), "no token account in {summary}");
@@ -96,7 +79,7 @@ fn gmp_builds_with_plain_mpmake_identically_to_plain_make() {
         "{}",
         String::from_utf8_lossy(&local.stderr)
     );
-    let reference = build_outputs(&tree);
+    let reference = mexec_testkit::files_by_extension(&tree, &["o", "a"]);
     assert!(reference.len() > 400, "only {} objects", reference.len());
     let clean = Command::new("make")
         .arg("clean")
@@ -116,7 +99,7 @@ fn gmp_builds_with_plain_mpmake_identically_to_plain_make() {
         String::from_utf8_lossy(&output.stderr)
     );
     eprintln!("make -j2 took {local_wall:?}; mpmake on 3x2 loopback slots took {:?} (one 2-core machine: not a speed test)", farm_started.elapsed());
-    let built = build_outputs(&tree);
+    let built = mexec_testkit::files_by_extension(&tree, &["o", "a"]);
     assert_eq!(
         reference.keys().collect::<Vec<_>>(),
         built.keys().collect::<Vec<_>>()
@@ -455,6 +438,12 @@ fn ccache_in_front_keeps_hits_local_and_sends_misses_to_the_farm() {
     );
 
     // A fresh build tree, same sources and cache: all hits, nothing remote.
+    let zeroed = Command::new("ccache")
+        .arg("-z")
+        .env("CCACHE_DIR", &cache)
+        .status()
+        .unwrap();
+    assert!(zeroed.success());
     let second = cmake_build(
         &farm,
         &tree.join("build/cmake"),
@@ -471,12 +460,33 @@ fn ccache_in_front_keeps_hits_local_and_sends_misses_to_the_farm() {
     let after = std::fs::read_to_string(&log).unwrap().lines().count();
     assert_eq!(after, misses, "the rebuild ran nothing remotely");
     let stats = Command::new("ccache")
-        .arg("-s")
+        .arg("--print-stats")
         .env("CCACHE_DIR", &cache)
         .output()
         .unwrap();
     let stats = String::from_utf8_lossy(&stats.stdout);
-    eprintln!("{stats}");
+    let counter = |name: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .strip_prefix('\t')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    let hits = counter("direct_cache_hit") + counter("preprocessed_cache_hit");
+    assert_eq!(
+        counter("cache_miss"),
+        0,
+        "the rebuild missed the cache:\n{stats}"
+    );
+    assert!(
+        hits >= misses as u64,
+        "{hits} hits for {misses} compiles:\n{stats}"
+    );
 }
 
 #[test]

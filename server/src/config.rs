@@ -171,7 +171,7 @@ impl Settings {
             .map(|path| Token::from_file(&path))
             .transpose()?;
         let insecure = flags.insecure || file.insecure.unwrap_or(false);
-        if !listen.ip().is_loopback() && token.is_none() && !insecure {
+        if mexec_common::token::open_door(listen, token.as_ref()) && !insecure {
             return Err(SettingsError::OpenDoor(listen));
         }
         let run_as = match (flags.user.or(file.user), users::running_as_root()) {
@@ -197,7 +197,7 @@ impl Settings {
 
     /// Whether the daemon listens beyond loopback without authentication.
     pub fn is_insecure(&self) -> bool {
-        !self.listen.ip().is_loopback() && self.token.is_none()
+        mexec_common::token::open_door(self.listen, self.token.as_ref())
     }
 }
 
@@ -260,11 +260,12 @@ mod tests {
     }
 
     #[test]
-    fn root_needs_an_account_for_jobs() {
-        if !users::running_as_root() {
-            return;
+    fn root_needs_an_account_for_jobs_and_others_run_jobs_as_themselves() {
+        let result = Settings::resolve(Flags::default());
+        if users::running_as_root() {
+            assert!(matches!(result, Err(SettingsError::RootWithoutUser)));
+        } else {
+            assert!(result.unwrap().run_as.is_none());
         }
-        let err = Settings::resolve(Flags::default()).unwrap_err();
-        assert!(matches!(err, SettingsError::RootWithoutUser));
     }
 }

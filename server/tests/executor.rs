@@ -98,6 +98,27 @@ async fn next_accepted(stream: &mut Streaming<RunResponse>) -> (bool, u32) {
     }
 }
 
+/// Reads a job's stream to the end, pausing after each stdout chunk;
+/// returns the stdout byte count and the exit.
+async fn read_stdout_slowly(
+    mut stream: Streaming<RunResponse>,
+    pause: Duration,
+) -> (usize, Option<Exit>) {
+    let mut total = 0usize;
+    let mut exit = None;
+    while let Some(message) = stream.message().await.unwrap() {
+        match message.msg.unwrap() {
+            run_response::Msg::Stdout(b) => {
+                total += b.len();
+                tokio::time::sleep(pause).await;
+            }
+            run_response::Msg::Exit(e) => exit = Some(e),
+            _ => {}
+        }
+    }
+    (total, exit)
+}
+
 fn code(exit: &Option<Exit>) -> Option<exit::Status> {
     exit.as_ref().and_then(|e| e.status)
 }
@@ -162,20 +183,8 @@ async fn slow_reader_bounds_daemon_memory_for_100_mb() {
         spec(&["head", "-c", "100000000", "/dev/zero"], dir.path()),
     )
     .await;
-    let mut stream = response.unwrap();
-    let mut total = 0usize;
-    let mut exit = None;
-    while let Some(message) = stream.message().await.unwrap() {
-        match message.msg.unwrap() {
-            run_response::Msg::Stdout(b) => {
-                total += b.len();
-                // Read far slower than head writes.
-                tokio::time::sleep(Duration::from_micros(1500)).await;
-            }
-            run_response::Msg::Exit(e) => exit = Some(e),
-            _ => {}
-        }
-    }
+    // Read far slower than head writes.
+    let (total, exit) = read_stdout_slowly(response.unwrap(), Duration::from_micros(1500)).await;
     assert_eq!(total, 100_000_000);
     assert_eq!(code(&exit), Some(exit::Status::Code(0)));
     let peak = node.peak_rss_kib();
@@ -459,20 +468,8 @@ async fn a_slow_reader_gets_every_byte_after_the_job_has_exited() {
         spec(&["head", "-c", "4000000", "/dev/zero"], dir.path()),
     )
     .await;
-    let mut stream = response.unwrap();
-    let mut total = 0usize;
-    let mut exit = None;
-    while let Some(message) = stream.message().await.unwrap() {
-        match message.msg.unwrap() {
-            run_response::Msg::Stdout(b) => {
-                total += b.len();
-                // Slow enough that draining outlasts the job by seconds.
-                tokio::time::sleep(Duration::from_millis(60)).await;
-            }
-            run_response::Msg::Exit(e) => exit = Some(e),
-            _ => {}
-        }
-    }
+    // Read slowly enough that draining outlasts the job by seconds.
+    let (total, exit) = read_stdout_slowly(response.unwrap(), Duration::from_millis(60)).await;
     assert_eq!(total, 4_000_000);
     assert_eq!(code(&exit), Some(exit::Status::Code(0)));
 }

@@ -133,6 +133,60 @@ pub fn pid_alive(pid: u32) -> bool {
     }
 }
 
+/// Reads a daemon's first stdout line, `... listening on ADDR`, within 20 s.
+/// On failure the daemon is killed and the line (maybe empty) returned.
+fn listening_address(child: &mut Child) -> Result<SocketAddr, String> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+    match line
+        .trim()
+        .rsplit_once("listening on ")
+        .and_then(|(_, a)| a.parse().ok())
+    {
+        Some(addr) => Ok(addr),
+        None => {
+            let _ = child.kill();
+            Err(line)
+        }
+    }
+}
+
+/// Files below `dir` whose extension is one of `extensions`, by path
+/// relative to `dir`, with their bytes: a build's outputs, to compare.
+pub fn files_by_extension(
+    dir: &Path,
+    extensions: &[&str],
+) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut found = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| extensions.contains(&e))
+            {
+                let name = path
+                    .strip_prefix(dir)
+                    .unwrap_or(&path)
+                    .display()
+                    .to_string();
+                found.insert(name, std::fs::read(&path).unwrap_or_default());
+            }
+        }
+    }
+    found
+}
+
 /// One `mexecd` process.
 #[derive(Debug)]
 pub struct Executor {
@@ -169,25 +223,12 @@ impl Executor {
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log file"));
         let mut child = command.spawn().expect("start mexecd");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
+        let addr = listening_address(&mut child).unwrap_or_else(|line| {
+            panic!(
+                "mexecd {name} did not start: {line:?}; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
         });
-        let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
-        let addr = line
-            .trim()
-            .rsplit_once("listening on ")
-            .and_then(|(_, a)| a.parse().ok())
-            .unwrap_or_else(|| {
-                let _ = child.kill();
-                panic!(
-                    "mexecd {name} did not start: {line:?}; log:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            });
         Executor {
             child,
             addr,
@@ -383,22 +424,8 @@ impl Gatekeeper {
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
         let mut child = command.spawn().expect("start mexec-gatekeeper");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
-        let addr = line
-            .trim()
-            .rsplit_once("listening on ")
-            .and_then(|(_, a)| a.parse().ok())
-            .unwrap_or_else(|| {
-                let _ = child.kill();
-                panic!("mexec-gatekeeper did not start: {line:?}")
-            });
+        let addr = listening_address(&mut child)
+            .unwrap_or_else(|line| panic!("mexec-gatekeeper did not start: {line:?}"));
         Gatekeeper { child, addr, extra }
     }
 
@@ -499,6 +526,11 @@ impl GatedFarm {
         let dir = std::env::temp_dir();
         let output = self.mexec(&dir, &["--status", "--json"]).output().unwrap();
         serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Jobs holding a lease now (None when the gatekeeper does not answer).
+    pub fn leased_jobs(&self) -> Option<usize> {
+        self.status()["jobs"].as_array().map(Vec::len)
     }
 
     /// Names of the members, with their draining flag.

@@ -45,17 +45,10 @@ pub fn process_group() -> u32 {
     unsafe { libc::getpgrp() as u32 }
 }
 
-/// The login name of the real user: `$USER` when it names the real uid's
-/// account (no password-database look-up on the hot path), else the
-/// password database.
+/// The login name of the real user.
 pub fn user_name() -> String {
     // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
-    if let Ok(user) = std::env::var("USER") {
-        if user_uid(&user) == Some(uid) {
-            return user;
-        }
-    }
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut buf = vec![0u8; 16 * 1024];
     let mut result: *mut libc::passwd = std::ptr::null_mut();
@@ -75,16 +68,6 @@ pub fn user_name() -> String {
         return name.to_string_lossy().into_owned();
     }
     std::env::var("USER").unwrap_or_else(|_| format!("uid{uid}"))
-}
-
-/// The uid of `name` when it is the account `HOME` points at; a cheap check
-/// that `$USER` was not simply inherited from another account.
-fn user_uid(name: &str) -> Option<u32> {
-    use std::os::unix::fs::MetadataExt;
-    let home = std::env::var_os("HOME")?;
-    let meta = std::fs::metadata(&home).ok()?;
-    let named = std::path::Path::new(&home).file_name()? == name;
-    named.then_some(meta.uid())
 }
 
 /// The exit code a shell would report for a local child's status.
@@ -122,29 +105,16 @@ impl SignalStream {
 
     /// The next signal received.
     pub async fn next(&mut self) -> i32 {
-        let waits = self.streams.iter_mut().map(|(n, s)| {
-            let n = *n;
-            Box::pin(async move {
-                s.recv().await;
-                n
-            })
-        });
-        futures_select_all(waits).await
-    }
-}
-
-async fn futures_select_all<F>(futures: impl Iterator<Item = std::pin::Pin<Box<F>>>) -> i32
-where
-    F: std::future::Future<Output = i32>,
-{
-    let mut futures: Vec<_> = futures.collect();
-    std::future::poll_fn(move |cx| {
-        for f in futures.iter_mut() {
-            if let std::task::Poll::Ready(n) = f.as_mut().poll(cx) {
-                return std::task::Poll::Ready(n);
+        // Polled in place: this sits in every select loop of a running
+        // job, so it must not allocate per call.
+        std::future::poll_fn(|cx| {
+            for (n, stream) in self.streams.iter_mut() {
+                if stream.poll_recv(cx).is_ready() {
+                    return std::task::Poll::Ready(*n);
+                }
             }
-        }
-        std::task::Poll::Pending
-    })
-    .await
+            std::task::Poll::Pending
+        })
+        .await
+    }
 }

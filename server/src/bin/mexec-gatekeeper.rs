@@ -18,7 +18,7 @@ fn main() {
 async fn real_main() -> anyhow::Result<()> {
     let settings = Settings::resolve(Flags::parse())?;
     mexec_common::telemetry::init_tracing(settings.log_format, "info");
-    if !settings.listen.ip().is_loopback() && settings.token.is_none() {
+    if settings.is_insecure() {
         tracing::warn!(
             listen = %settings.listen,
             "INSECURE: listening beyond loopback without authentication; anyone who can reach \

@@ -109,6 +109,11 @@ pub enum SettingsError {
 }
 
 impl Settings {
+    /// Whether the gatekeeper listens beyond loopback without authentication.
+    pub fn is_insecure(&self) -> bool {
+        mexec_common::token::open_door(self.listen, self.token.as_ref())
+    }
+
     /// Merges flags, the config file and defaults, then checks safety rules.
     pub fn resolve(flags: Flags) -> Result<Settings, SettingsError> {
         let file: FileConfig = config_file::load_or_default(flags.config.as_deref(), None)?;
@@ -122,7 +127,7 @@ impl Settings {
             .map(|path| Token::from_file(&path))
             .transpose()?;
         let insecure = flags.insecure || file.insecure.unwrap_or(false);
-        if !listen.ip().is_loopback() && token.is_none() && !insecure {
+        if mexec_common::token::open_door(listen, token.as_ref()) && !insecure {
             return Err(SettingsError::OpenDoor(listen));
         }
         let mut user_limits = file.user_limits.unwrap_or_default();
