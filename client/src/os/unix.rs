@@ -45,8 +45,17 @@ pub fn process_group() -> u32 {
     unsafe { libc::getpgrp() as u32 }
 }
 
-/// The login name of the real user.
+/// The submitting user's name: `$USER` (or `$LOGNAME`) when set, else the
+/// password database. The name only orders the fair queue and is a claim
+/// either way (certificates will prove it), so the environment is as good
+/// a source as the database, and it spares every compile an NSS look-up.
 pub fn user_name() -> String {
+    if let Some(name) = ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|n| !n.is_empty()))
+    {
+        return name;
+    }
     // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
