@@ -42,6 +42,9 @@ impl Shared {
     }
 }
 
+/// Pings on every connection, so a client that vanished without closing
+/// its socket is noticed within interval + timeout, 10 s: its lease goes
+/// back to the pool and its queued request is dropped.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long open streams may delay a stopping gatekeeper.
