@@ -2,7 +2,8 @@
 # The test suite, on a bare Debian machine: installs what the tests need
 # beyond the Rust toolchain, gcc, make and python3 (m4 for GMP's configure;
 # cmake, ninja-build and ccache for the build-tool tests; util-linux's
-# unshare; iproute2's ip for the multi-host tests in network namespaces), then runs every test against real processes.
+# unshare; iproute2's ip for the multi-host tests in network namespaces),
+# then runs every test against real processes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
