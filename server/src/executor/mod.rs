@@ -11,6 +11,7 @@
 
 mod admission;
 mod error;
+pub mod group_keeper;
 mod job;
 mod load;
 mod membership;
@@ -45,6 +46,8 @@ pub struct NodeContext {
     pub run_as: Option<Account>,
     /// Flips to true when the grace period after SIGTERM is over.
     pub abort_all: watch::Receiver<bool>,
+    /// Kills the jobs' process groups if the daemon dies without doing it.
+    pub groups: Option<Arc<group_keeper::GroupKeeper>>,
 }
 
 impl NodeContext {
@@ -77,6 +80,13 @@ pub async fn run(
         admission: admission.clone(),
         run_as: settings.run_as.clone(),
         abort_all: abort_rx,
+        groups: match group_keeper::GroupKeeper::start() {
+            Ok(keeper) => Some(keeper),
+            Err(err) => {
+                tracing::warn!(%err, "no group keeper: jobs may outlive a crash of this daemon");
+                None
+            }
+        },
     });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
