@@ -12,6 +12,7 @@
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
@@ -37,6 +38,8 @@ impl GroupKeeper {
     /// Starts the keeper process.
     pub fn start() -> std::io::Result<Arc<GroupKeeper>> {
         let mut keeper = Command::new(std::env::current_exe()?)
+            // What `ps` shows, so nobody takes it for a second daemon.
+            .arg0("mexecd: group keeper")
             .env(KEEPER_ENV, "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
