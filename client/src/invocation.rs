@@ -1,7 +1,7 @@
 //! How `mexec` was started, and the command that follows.
 //!
-//! - `mexec [OPTIONS] [--] CMD ARGS`: our options first (only long ones and
-//!   `-n`, none of which a compiler uses as its first argument).
+//! - `mexec [OPTIONS] [--] CMD ARGS`: our options first (only long ones,
+//!   `-n` and `-e`, none of which a compiler uses as its first argument).
 //! - `mexec CMD ARGS`: the first argument is a program.
 //! - `CC=mexec`: make runs `mexec -c foo.c ...`; an option or a source file
 //!   first means "the compiler", which is `$MEXEC_CC` or `cc`.
@@ -100,7 +100,7 @@ fn is_our_option(arg: &OsStr) -> bool {
     };
     // `--version`, `-V` and `-v` are left to the compiler: build systems
     // probe `$CC --version`, and with CC=mexec that must reach the compiler.
-    if matches!(arg, "--" | "-n" | "-h" | "--help") {
+    if matches!(arg, "--" | "-n" | "-e" | "-h" | "--help") {
         return true;
     }
     let Some(long) = arg.strip_prefix("--") else {
@@ -124,6 +124,10 @@ const OUR_LONG_OPTIONS: &[&str] = &[
     "explain",
     "placement",
     "joblog",
+    "map",
+    "env",
+    "forward-env",
+    "cluster-os",
     "status",
     "json",
     "mexec-version",

@@ -38,9 +38,9 @@ pub fn stdin_is_terminal() -> bool {
     std::io::stdin().is_terminal()
 }
 
-/// The process group we run in: make and all its children share it, so it
-/// tells one build from another on the same host.
-pub fn process_group() -> u32 {
+/// What tells one build from another on this host: the process group we
+/// run in, which make and all its children share.
+pub fn build_scope() -> u32 {
     // SAFETY: getpgrp has no preconditions.
     unsafe { libc::getpgrp() as u32 }
 }
