@@ -9,6 +9,7 @@
 //! - job directories and file ownership for the job account.
 //! - `c_project`: a vendored C source tree from the cargo registry.
 //! - `wait_until`: polling with a deadline instead of sleeps.
+//! - `wine`: Wine prefixes and MinGW builds for the Windows programs' tests.
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -18,6 +19,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+pub mod wine;
 
 /// The job account when tests run as root (executors refuse to run jobs as
 /// root, as they should).
