@@ -38,14 +38,7 @@ impl Wine {
     /// A booted prefix; None, after printing why, where Wine or MinGW is
     /// missing (the caller then skips).
     pub fn start() -> Option<Wine> {
-        if !runs("wine", &["--version"]) {
-            eprintln!("SKIPPED: wine is not installed (Debian: apt-get install wine64)");
-            return None;
-        }
-        if !runs(MINGW_CC, &["--version"]) {
-            eprintln!(
-                "SKIPPED: {MINGW_CC} is not installed (Debian: apt-get install gcc-mingw-w64-x86-64)"
-            );
+        if !available() {
             return None;
         }
         let prefix = tempfile::Builder::new()
@@ -78,10 +71,7 @@ impl Wine {
 
     /// Points `command` (wine, or a client that runs wine) at this prefix.
     pub fn configure(&self, command: &mut Command) {
-        command
-            .env("WINEPREFIX", self.prefix.path())
-            .env("WINEDEBUG", "-all")
-            .env("WINEDLLOVERRIDES", "mscoree,mshtml=");
+        command.envs(environment(self.prefix.path()));
     }
 
     /// The prefix directory.
@@ -124,6 +114,32 @@ impl Drop for Wine {
         self.configure(&mut kill);
         let _ = kill.stderr(Stdio::null()).status();
     }
+}
+
+/// Whether Wine and MinGW are installed; prints why not (the caller then
+/// skips).
+pub fn available() -> bool {
+    if !runs("wine", &["--version"]) {
+        eprintln!("SKIPPED: wine is not installed (Debian: apt-get install wine64)");
+        return false;
+    }
+    if !runs(MINGW_CC, &["--version"]) {
+        eprintln!(
+            "SKIPPED: {MINGW_CC} is not installed (Debian: apt-get install gcc-mingw-w64-x86-64)"
+        );
+        return false;
+    }
+    true
+}
+
+/// The variables that point Wine at `prefix`, quiet and without the
+/// installers for .NET and HTML support that a first start offers.
+pub fn environment(prefix: &Path) -> [(&'static str, std::ffi::OsString); 3] {
+    [
+        ("WINEPREFIX", prefix.as_os_str().to_owned()),
+        ("WINEDEBUG", "-all".into()),
+        ("WINEDLLOVERRIDES", "mscoree,mshtml=".into()),
+    ]
 }
 
 /// Builds a Windows console program from C `source` into `exe`.
