@@ -133,7 +133,10 @@ impl PathMap {
         }
         let bytes = arg.as_encoded_bytes();
         let value_at = if bytes.starts_with(b"--") {
-            bytes.iter().position(|b| *b == b'=').map(|equals| equals + 1)
+            bytes
+                .iter()
+                .position(|b| *b == b'=')
+                .map(|equals| equals + 1)
         } else if bytes.len() > 2 && bytes[0] == b'-' && bytes[1].is_ascii_alphabetic() {
             Some(2)
         } else {
@@ -229,9 +232,15 @@ mod tests {
             mapped(&m, r"S:\src\proj\lib\a.c").as_deref(),
             Some("/export/src/proj/lib/a.c")
         );
-        assert_eq!(mapped(&m, r"S:\src\proj").as_deref(), Some("/export/src/proj"));
+        assert_eq!(
+            mapped(&m, r"S:\src\proj").as_deref(),
+            Some("/export/src/proj")
+        );
         // A trailing separator is kept, as a slash.
-        assert_eq!(mapped(&m, r"S:\src\proj\").as_deref(), Some("/export/src/proj/"));
+        assert_eq!(
+            mapped(&m, r"S:\src\proj\").as_deref(),
+            Some("/export/src/proj/")
+        );
         // Drive letters and names are not case-sensitive, slashes either way.
         assert_eq!(
             mapped(&m, "s:/SRC/Proj/Lib/A.c").as_deref(),
@@ -269,7 +278,10 @@ mod tests {
             mapped(&m, "/Volumes/src/proj/a b/c.c").as_deref(),
             Some("/export/src/proj/a b/c.c")
         );
-        assert_eq!(mapped(&m, "/Volumes/src/proj").as_deref(), Some("/export/src/proj"));
+        assert_eq!(
+            mapped(&m, "/Volumes/src/proj").as_deref(),
+            Some("/export/src/proj")
+        );
         assert_eq!(mapped(&m, "/volumes/src/proj/x"), None, "case matters");
         assert_eq!(mapped(&m, "/Volumes/src/projx"), None);
         // Backslashes are ordinary bytes in POSIX names.

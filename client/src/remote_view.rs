@@ -181,13 +181,21 @@ mod tests {
             &os(&["cc"]),
             Path::new("/w/proj"),
             &ours,
-            &settings(ELSEWHERE, &["/w=/export"], &["CFLAGS", "OUT=/w/out", "UNSET"]),
+            &settings(
+                ELSEWHERE,
+                &["/w=/export"],
+                &["CFLAGS", "OUT=/w/out", "UNSET"],
+            ),
         )
         .unwrap();
         assert!(view.node_environment);
         assert_eq!(
             view.env,
-            env(&[("LANG", "de_DE.UTF-8"), ("CFLAGS", "-O2"), ("OUT", "/export/out")])
+            env(&[
+                ("LANG", "de_DE.UTF-8"),
+                ("CFLAGS", "-O2"),
+                ("OUT", "/export/out")
+            ])
         );
         assert_eq!(view.cwd, "/export/proj");
     }

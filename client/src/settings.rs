@@ -210,9 +210,7 @@ impl Settings {
     /// executors: then its environment is not sent whole and its working
     /// directory must be mapped.
     pub fn foreign_client(&self) -> bool {
-        !self
-            .cluster_os
-            .eq_ignore_ascii_case(std::env::consts::OS)
+        !self.cluster_os.eq_ignore_ascii_case(std::env::consts::OS)
     }
 }
 

@@ -114,7 +114,10 @@ fn a_client_on_another_system_needs_its_cwd_mapped() {
         .unwrap();
     assert_eq!(output.status.code(), Some(255));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.starts_with("mexec: the working directory"), "{stderr}");
+    assert!(
+        stderr.starts_with("mexec: the working directory"),
+        "{stderr}"
+    );
     assert!(stderr.contains(&cwd.display().to_string()), "{stderr}");
     assert!(stderr.contains("--map"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");

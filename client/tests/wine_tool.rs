@@ -71,9 +71,15 @@ fn a_windows_tool_runs_on_a_linux_executor_through_wine() {
 
     // The first start of a prefix takes seconds and talks on stderr; do it
     // as a job of its own, and let the wineserver save the prefix.
-    let boot = mexec(&["-n", "--", "sh", "-c", "wine wineboot --init; wineserver -w"])
-        .output()
-        .unwrap();
+    let boot = mexec(&[
+        "-n",
+        "--",
+        "sh",
+        "-c",
+        "wine wineboot --init; wineserver -w",
+    ])
+    .output()
+    .unwrap();
     assert!(boot.status.success(), "{boot:?}");
 
     let mut child = mexec(&["--", "wine", "tile.exe", "tile-in.txt", "tile-out.txt"])

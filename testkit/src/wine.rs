@@ -103,7 +103,10 @@ impl Wine {
             .arg("-lbcrypt")
             .status()
             .expect("run mingw gcc");
-        assert!(built.success(), "building the bcryptprimitives stand-in failed");
+        assert!(
+            built.success(),
+            "building the bcryptprimitives stand-in failed"
+        );
     }
 }
 
@@ -152,7 +155,11 @@ pub fn build_windows_program(source: &str, exe: &Path) {
         .arg(&c_file)
         .status()
         .expect("run mingw gcc");
-    assert!(status.success(), "{MINGW_CC} failed on {}", c_file.display());
+    assert!(
+        status.success(),
+        "{MINGW_CC} failed on {}",
+        c_file.display()
+    );
 }
 
 /// A workspace binary built for Windows (`scripts/test.sh` builds

@@ -56,11 +56,11 @@ pub fn build_scope() -> u32 {
 }
 
 fn parent_pid() -> Option<u32> {
+    use windows_sys::Win32::Foundation::INVALID_HANDLE_VALUE;
     use windows_sys::Win32::System::Diagnostics::ToolHelp::{
         CreateToolhelp32Snapshot, Process32FirstW, Process32NextW, PROCESSENTRY32W,
         TH32CS_SNAPPROCESS,
     };
-    use windows_sys::Win32::Foundation::INVALID_HANDLE_VALUE;
     let me = std::process::id();
     // SAFETY: takes no pointers; the handle is checked and closed below.
     let snapshot = unsafe { CreateToolhelp32Snapshot(TH32CS_SNAPPROCESS, 0) };
