@@ -1,8 +1,11 @@
 //! The Windows client for real: `mexec.exe` (built for
 //! x86_64-pc-windows-gnu by scripts/test.sh) run under Wine submits through
 //! a gatekeeper on loopback to Linux executors, as a Windows desktop
-//! outside the cluster would. Skipped, with a message, where Wine, MinGW or
-//! the Windows build is missing.
+//! outside the cluster would: bytes on both streams, exit code, stdin, a
+//! cwd mapped from a `Z:\` path, an unmapped one refused, Ctrl-C forwarded
+//! as SIGINT, and `--status`. Skipped, with a message, where Wine, MinGW or
+//! the Windows build is missing. The first start of the Wine prefix takes
+//! most of the test's time.
 
 use std::io::Write;
 use std::path::Path;
@@ -128,6 +131,32 @@ fn the_windows_client_under_wine_runs_a_relayed_job_on_linux_executors() {
     );
     assert!(!cwd.join("ran-anyway").exists());
     assert!(!export.join("proj/ran-anyway").exists());
+
+    // Ctrl-C: Wine turns SIGINT to the Windows process into a console
+    // Ctrl-C event, which the client forwards to the job as SIGINT.
+    let out_file = tree.path().join("interrupted.out");
+    let mut command = wine.command(&exe);
+    command
+        .current_dir(&cwd)
+        .args(["--gatekeeper", &farm.gatekeeper.address(), "--relay"])
+        .args(["--no-local", "-n", "--map", &rule, "--", "sh", "-c"])
+        .arg("trap 'echo interrupted; exit 5' INT; echo started; while :; do sleep 0.1; done")
+        .stdout(std::fs::File::create(&out_file).unwrap())
+        .stderr(Stdio::null());
+    let mut child = command.spawn().unwrap();
+    let started = || std::fs::read_to_string(&out_file).unwrap_or_default() == "started\n";
+    assert!(
+        mexec_testkit::wait_until(std::time::Duration::from_secs(60), started),
+        "the job did not start"
+    );
+    // SAFETY: kill has no memory effects; the pid is our running child's.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(5));
+    assert_eq!(
+        std::fs::read_to_string(&out_file).unwrap(),
+        "started\ninterrupted\n"
+    );
 
     // `mexec --status` from Windows.
     let mut command = wine.command(&exe);
