@@ -192,6 +192,12 @@ mod tests {
         assert!(inv.flags.no_stdin);
         assert_eq!(inv.args, argv(&["cat", "-v"]));
 
+        let inv = parse(argv(&["mexec", "-e", "CFLAGS", "--map", "S:\\=/s", "make"])).unwrap();
+        assert_eq!(inv.form, Form::Options);
+        assert_eq!(inv.flags.env, ["CFLAGS"]);
+        assert_eq!(inv.flags.map, ["S:\\=/s"]);
+        assert_eq!(inv.args, argv(&["make"]));
+
         let inv = parse(argv(&["mexec", "--nodes=a:1", "gcc", "-c", "x.c"])).unwrap();
         assert_eq!(inv.flags.nodes.as_deref(), Some("a:1"));
         assert_eq!(inv.args, argv(&["gcc", "-c", "x.c"]));
@@ -260,6 +266,8 @@ mod tests {
             ("MEXEC_PLACEMENT", "random"),
             ("MEXEC_JOBLOG", "/tmp/j"),
             ("MEXEC_GATEKEEPER", "g:1"),
+            ("MEXEC_FORWARD_ENV", "on"),
+            ("MEXEC_CLUSTER_OS", "freebsd"),
         ]
         .into();
         let by_hand = Flags::from_env(|k| env.get(k).map(OsString::from)).unwrap();
@@ -268,6 +276,8 @@ mod tests {
         assert_eq!(by_hand.timeout, Some(30));
         assert_eq!(by_hand.placement, Some(crate::placement::Policy::Random));
         assert_eq!(by_hand.gatekeeper.as_deref(), Some("g:1"));
+        assert!(by_hand.forward_env);
+        assert_eq!(by_hand.cluster_os.as_deref(), Some("freebsd"));
         assert!(Flags::from_env(|k| (k == "MEXEC_TIMEOUT").then(|| "soon".into())).is_err());
     }
 

@@ -15,12 +15,14 @@
 //! - `remote`: running the job on one node and relaying everything.
 //! - `gatekeeper`: leases, the cached member list, the cluster status.
 //! - `output`: writing (or holding back, for retries) the job's output.
+//! - `console_text`: output for a Windows console, which takes only UTF-8.
 //! - `driver`: the retry loop: next node, back-off, local fallback.
 //! - `local`: running the command here when no node can.
 //! - `status`: `mexec --status`.
 //! - `joblog`: one JSON line per job for scripts and summaries.
 //! - `os`: the operating-system specific parts (signals, umask, processes).
 
+pub mod console_text;
 pub mod driver;
 pub mod gatekeeper;
 pub mod invocation;

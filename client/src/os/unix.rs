@@ -38,6 +38,17 @@ pub fn stdin_is_terminal() -> bool {
     std::io::stdin().is_terminal()
 }
 
+/// Whether stdout is a console that takes only text (never on Unix: a
+/// terminal takes any bytes).
+pub fn stdout_is_text_console() -> bool {
+    false
+}
+
+/// Whether stderr is a console that takes only text (never on Unix).
+pub fn stderr_is_text_console() -> bool {
+    false
+}
+
 /// What tells one build from another on this host: the process group we
 /// run in, which make and all its children share.
 pub fn build_scope() -> u32 {

@@ -48,6 +48,17 @@ pub fn stdin_is_terminal() -> bool {
     std::io::stdin().is_terminal()
 }
 
+/// Whether stdout is a console, which takes only UTF-8 text (the
+/// standard library refuses other bytes there).
+pub fn stdout_is_text_console() -> bool {
+    std::io::stdout().is_terminal()
+}
+
+/// Whether stderr is a console, which takes only UTF-8 text.
+pub fn stderr_is_text_console() -> bool {
+    std::io::stderr().is_terminal()
+}
+
 /// What tells one build from another on this host. Windows has no process
 /// groups; the parent process is the nearest thing a build shares (make,
 /// or the shell make starts each command in, runs every `mexec`).
