@@ -44,7 +44,7 @@ impl Tree {
 fn node_without(hidden: &Path) -> Option<Executor> {
     let probe = Command::new("unshare").args(["--mount", "true"]).status();
     if !probe.map(|s| s.success()).unwrap_or(false) {
-        eprintln!("SKIPPED: cannot create a mount namespace here (needs root and unshare)");
+        mexec_testkit::skip("cannot create a mount namespace here (needs root and unshare)");
         return None;
     }
     let mut wrapped = Command::new("unshare");

@@ -56,6 +56,13 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Says that a test skips and why, on stderr directly: libtest captures
+/// `eprintln!` of passing tests, and a skip must not look like a pass.
+pub fn skip(reason: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {reason}");
+}
+
 /// Whether this process runs as root.
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.

@@ -123,13 +123,13 @@ impl Drop for Wine {
 /// skips).
 pub fn available() -> bool {
     if !runs("wine", &["--version"]) {
-        eprintln!("SKIPPED: wine is not installed (Debian: apt-get install wine64)");
+        crate::skip("wine does not run here (Debian: apt-get install wine wine64)");
         return false;
     }
     if !runs(MINGW_CC, &["--version"]) {
-        eprintln!(
-            "SKIPPED: {MINGW_CC} is not installed (Debian: apt-get install gcc-mingw-w64-x86-64)"
-        );
+        crate::skip(&format!(
+            "{MINGW_CC} is not installed (Debian: apt-get install gcc-mingw-w64-x86-64)"
+        ));
         return false;
     }
     true
@@ -176,10 +176,10 @@ pub fn windows_bin(name: &str) -> Option<PathBuf> {
     if path.is_file() {
         return Some(path);
     }
-    eprintln!(
-        "SKIPPED: {} is not built (cargo build -p mexec-client --bin {name} --target x86_64-pc-windows-gnu)",
+    crate::skip(&format!(
+        "{} is not built (cargo build -p mexec-client --bin {name} --target x86_64-pc-windows-gnu)",
         path.display()
-    );
+    ));
     None
 }
 
