@@ -120,7 +120,18 @@ impl PathMap {
         let bytes = path.as_encoded_bytes();
         self.rules.iter().find_map(|rule| {
             let rest = rule.local.strip(bytes)?;
-            Some(OsString::from(join(&rule.remote, &rest)))
+            let mut mapped = rule.remote.as_bytes().to_vec();
+            let rest = rest.strip_prefix(b"/").unwrap_or(&rest);
+            if !rest.is_empty() || bytes.ends_with(b"/") || bytes.ends_with(b"\\") {
+                if !mapped.ends_with(b"/") {
+                    mapped.push(b'/');
+                }
+                mapped.extend_from_slice(rest);
+            }
+            // SAFETY: UTF-8 text joined to the tail of `path`'s own encoded
+            // bytes, cut at a character boundary (right after the prefix
+            // matched, which ends a character or is a separator).
+            Some(unsafe { OsString::from_encoded_bytes_unchecked(mapped) })
         })
     }
 
@@ -173,22 +184,20 @@ impl Prefix {
         }
     }
 
-    /// What follows this prefix in `path`, with `/` separators, when the
-    /// prefix covers whole components of it.
-    fn strip(&self, path: &[u8]) -> Option<String> {
+    /// What follows this prefix in `path` (with `/` separators for a
+    /// Windows prefix), when the prefix covers whole components of it.
+    fn strip(&self, path: &[u8]) -> Option<Vec<u8>> {
         match self {
             Prefix::Windows(prefix) => {
                 let path = windows_form(std::str::from_utf8(path).ok()?);
                 let head = path.get(..prefix.len())?;
-                let rest = &path[prefix.len()..];
-                (head.eq_ignore_ascii_case(prefix) && covers_components(prefix, rest))
-                    .then(|| rest.to_owned())
+                let rest = &path.as_bytes()[prefix.len()..];
+                (head.eq_ignore_ascii_case(prefix) && covers_components(prefix.as_bytes(), rest))
+                    .then(|| rest.to_vec())
             }
             Prefix::Posix(prefix) => {
                 let rest = path.strip_prefix(prefix.as_slice())?;
-                let rest = std::str::from_utf8(rest).ok()?;
-                let prefix = std::str::from_utf8(prefix).ok()?;
-                covers_components(prefix, rest).then(|| rest.to_owned())
+                covers_components(prefix, rest).then(|| rest.to_vec())
             }
         }
     }
@@ -196,20 +205,8 @@ impl Prefix {
 
 /// A prefix covers whole components when the rest is empty or starts a
 /// new component (or the prefix itself ends with a separator: `/`).
-fn covers_components(prefix: &str, rest: &str) -> bool {
-    rest.is_empty() || rest.starts_with('/') || prefix.ends_with('/')
-}
-
-fn join(remote: &str, rest: &str) -> String {
-    if rest.is_empty() {
-        return remote.to_owned();
-    }
-    let rest = rest.trim_start_matches('/');
-    if remote.ends_with('/') {
-        format!("{remote}{rest}")
-    } else {
-        format!("{remote}/{rest}")
-    }
+fn covers_components(prefix: &[u8], rest: &[u8]) -> bool {
+    rest.is_empty() || rest.starts_with(b"/") || prefix.ends_with(b"/")
 }
 
 #[cfg(test)]
@@ -218,6 +215,18 @@ mod tests {
 
     fn map(rules: &[&str]) -> PathMap {
         PathMap::new(rules.iter().map(|r| r.parse().unwrap()).collect())
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn posix_names_that_are_not_utf8_map_byte_for_byte() {
+        use std::os::unix::ffi::{OsStrExt, OsStringExt};
+        let m = map(&["/src=/export/src"]);
+        let path = OsStr::from_bytes(b"/src/caf\xe9/a.c");
+        assert_eq!(
+            m.map_path(path).unwrap().into_vec(),
+            b"/export/src/caf\xe9/a.c"
+        );
     }
 
     fn mapped(map: &PathMap, path: &str) -> Option<String> {
