@@ -113,4 +113,26 @@ fn a_windows_tool_runs_on_a_linux_executor_through_wine() {
         std::fs::read_to_string(work.join("tile-out.txt")).unwrap(),
         "AERIAL PHOTO 17\n"
     );
+
+    // A batch, several at once on the node: jobs that end (and have their
+    // process groups killed) must not take the others' Wine down.
+    let items: Vec<String> = (0..6).map(|i| format!("item-{i}")).collect();
+    for item in &items {
+        std::fs::write(work.join(format!("{item}.txt")), format!("{item}\n")).unwrap();
+    }
+    mexec_testkit::give_to_job_user(&work);
+    let jobs = items
+        .iter()
+        .map(|item| {
+            let (input, out) = (format!("{item}.txt"), format!("{item}.out"));
+            mexec(&["-n", "--", "wine", "tile.exe", &input, &out])
+        })
+        .collect();
+    for (item, output) in items.iter().zip(mexec_testkit::run_pool(jobs, 4)) {
+        assert_eq!(output.status.code(), Some(7), "{item}: {output:?}");
+        assert_eq!(
+            std::fs::read_to_string(work.join(format!("{item}.out"))).unwrap(),
+            format!("{}\n", item.to_uppercase())
+        );
+    }
 }
