@@ -198,7 +198,8 @@ pub struct Settings {
     pub named_env: Vec<OsString>,
     /// Send the whole environment even to another operating system.
     pub forward_env: bool,
-    /// The executors' operating system (Rust's names: "linux", ...).
+    /// The executors' operating system (Rust's names: "linux", ...;
+    /// empty means `DEFAULT_CLUSTER_OS`).
     pub cluster_os: String,
 }
 
@@ -210,7 +211,11 @@ impl Settings {
     /// executors: then its environment is not sent whole and its working
     /// directory must be mapped.
     pub fn foreign_client(&self) -> bool {
-        !self.cluster_os.eq_ignore_ascii_case(std::env::consts::OS)
+        let cluster_os = match self.cluster_os.as_str() {
+            "" => DEFAULT_CLUSTER_OS,
+            named => named,
+        };
+        !cluster_os.eq_ignore_ascii_case(std::env::consts::OS)
     }
 }
 
