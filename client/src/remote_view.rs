@@ -170,6 +170,15 @@ mod tests {
     }
 
     #[test]
+    fn without_cluster_os_the_executors_are_linux() {
+        assert_eq!(
+            Settings::default().foreign_client(),
+            std::env::consts::OS != "linux"
+        );
+        assert!(!settings("Linux", &[], &[]).foreign_client() || HERE != "linux");
+    }
+
+    #[test]
     fn a_foreign_client_sends_only_portable_and_named_variables() {
         let ours = env(&[
             ("PATH", r"C:\Windows"),
