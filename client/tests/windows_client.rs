@@ -3,9 +3,9 @@
 //! a gatekeeper on loopback to Linux executors, as a Windows desktop
 //! outside the cluster would: bytes on both streams, exit code, stdin, a
 //! cwd mapped from a `Z:\` path, an unmapped one refused, Ctrl-C forwarded
-//! as SIGINT, and `--status`. Skipped, with a message, where Wine, MinGW or
-//! the Windows build is missing. The first start of the Wine prefix takes
-//! most of the test's time.
+//! as SIGINT; then leased and direct placement, and `--status`. Skipped,
+//! with a message, where Wine, MinGW or the Windows build is missing. The
+//! first start of the Wine prefix takes most of the test's time.
 
 use std::io::Write;
 use std::path::Path;
@@ -157,6 +157,30 @@ fn the_windows_client_under_wine_runs_a_relayed_job_on_linux_executors() {
         std::fs::read_to_string(&out_file).unwrap(),
         "started\ninterrupted\n"
     );
+
+    // The other two ways to place: a lease from the gatekeeper and a
+    // direct run (the client's own placement state, with Windows' file
+    // locks and process checks), since loopback reaches the executors.
+    let node = farm.executors[0].node();
+    for placement in [
+        vec!["--gatekeeper", farm.gatekeeper.address().as_str()],
+        vec!["--nodes", node.as_str()],
+    ] {
+        let mut command = wine.command(&exe);
+        command
+            .current_dir(&cwd)
+            .args(&placement)
+            .args(["--no-local", "-n", "--map", &rule, "--", "sh", "-c"])
+            .arg("pwd; exit 3")
+            .env("MEXEC_STATE_DIR", farm.state_dir.path());
+        let output = command.output().unwrap();
+        assert_eq!(output.status.code(), Some(3), "{placement:?}: {output:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            format!("{}\n", export.join("proj").display()),
+            "{placement:?}"
+        );
+    }
 
     // `mexec --status` from Windows.
     let mut command = wine.command(&exe);
