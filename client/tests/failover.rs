@@ -162,12 +162,16 @@ fn a_repeatable_job_whose_node_dies_is_rerun_elsewhere_with_one_output() {
         .spawn()
         .unwrap();
     let attempts = dir.path().join("attempts");
-    assert!(wait_until(Duration::from_secs(20), || attempts.exists()));
-    let first: u32 = std::fs::read_to_string(&attempts)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    // The file exists from the shell's open, before the pid is written:
+    // wait for a whole line.
+    let first_pid = || {
+        std::fs::read_to_string(&attempts)
+            .ok()
+            .filter(|text| text.ends_with('\n'))
+            .and_then(|text| text.trim().parse::<u32>().ok())
+    };
+    assert!(wait_until(Duration::from_secs(20), || first_pid().is_some()));
+    let first = first_pid().unwrap();
     // The executor is the job's parent: kill that node hard.
     let parent = parent_pid(first).expect("job's parent");
     let victim = farm
