@@ -5,12 +5,14 @@
 //! - `overhead`, `build`, `sched`, `fairness`, `throughput`, `footprint`:
 //!   one section each, as in the benchmark issue.
 //! - `peers`: distccd on loopback, the machine's description.
+//! - `icecream`: an icecream scheduler and daemon on hosts of their own.
 //! - `stats`: medians and percentiles.
 //! - `report`: BENCHMARKS.md.
 
 mod build;
 mod fairness;
 mod footprint;
+mod icecream;
 mod overhead;
 mod peers;
 mod report;
