@@ -7,6 +7,7 @@
 //! - `peers`: distccd on loopback, the machine's description.
 //! - `icecream`: an icecream scheduler and daemon on hosts of their own.
 //! - `stats`: medians and percentiles.
+//! - `tail`: what the end of a scheduling run is made of, from the job log.
 //! - `report`: BENCHMARKS.md.
 
 mod build;
@@ -18,6 +19,7 @@ mod peers;
 mod report;
 mod sched;
 mod stats;
+mod tail;
 mod throughput;
 
 use std::path::PathBuf;

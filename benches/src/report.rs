@@ -13,6 +13,37 @@ fn mark(met: bool) -> &'static str {
     }
 }
 
+/// The end of each scheduling run, where the client job log traced it.
+fn tail_table(md: &mut String, runs: &[crate::sched::SchedRun]) {
+    if runs.iter().all(|r| r.tail.is_none()) {
+        return;
+    }
+    let _ = writeln!(md, "What the end of each run is made of, from the clients' job log (a job asked at end − wall time and started at end − job length; \"full until\" is the last instant with every slot busy; \"lost slot-s\" integrates min(jobs waiting over 0.1 s, free slots) — a job queued at one node while a slot elsewhere is free):\n");
+    let _ = writeln!(md, "| nodes | placement | span s | full until s | tail s | jobs started in tail (waited > 0.1 s) | mean idle slots in tail | lost slot-s (in tail) | last job: node, waited s, jobs on that node in tail |");
+    let _ = writeln!(md, "|---:|---|---:|---:|---:|---|---:|---|---|");
+    for run in runs {
+        let Some(t) = &run.tail else { continue };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {} ({}) | {:.1} | {:.1} ({:.1}) | {}, {:.2}, {} |",
+            run.nodes,
+            run.policy,
+            t.span_s,
+            t.full_until_s,
+            t.tail_s,
+            t.jobs_started_in_tail,
+            t.jobs_waited_in_tail,
+            t.mean_idle_slots_in_tail,
+            t.lost_slot_s,
+            t.lost_slot_s_in_tail,
+            t.last_node,
+            t.last_wait_s,
+            t.last_node_jobs_in_tail
+        );
+    }
+    md.push('\n');
+}
+
 pub fn markdown(r: &Results) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# Benchmarks\n");
@@ -159,6 +190,7 @@ pub fn markdown(r: &Results) -> String {
             );
         }
         md.push('\n');
+        tail_table(&mut md, s);
     }
 
     if let Some(f) = &r.fairness {
@@ -192,6 +224,22 @@ pub fn markdown(r: &Results) -> String {
             "| lease round trips per second ({} clients over {} connections: acquire, grant, release) | {:.0} | ≥ 20,000: {} |",
             t.placement_clients, t.placement_connections, t.placements_per_s, mark(t.placements_per_s >= 20_000.0)
         );
+        let run = &t.placement_run;
+        if run.gatekeeper_cpu_s > 0.0 {
+            // Per CPU-second of the gatekeeper alone: what it could do with
+            // a core to itself, whatever the load generator costs.
+            let per_cpu_s = run.per_gatekeeper_cpu_s();
+            let _ = writeln!(
+                md,
+                "| lease round trips per gatekeeper CPU-second ({} in {:.1} s; gatekeeper {:.2} CPU-s, {:.0} µs each; load generator {:.2} CPU-s) | {per_cpu_s:.0} | ≥ 20,000 (one core): {} |",
+                run.placements,
+                run.wall_s,
+                run.gatekeeper_cpu_s,
+                1e6 / per_cpu_s,
+                run.generator_cpu_s,
+                mark(per_cpu_s >= 20_000.0)
+            );
+        }
         let _ = writeln!(
             md,
             "| local `true` per second, {} at once | {:.0} | |",
