@@ -19,13 +19,13 @@ fn tail_table(md: &mut String, runs: &[crate::sched::SchedRun]) {
         return;
     }
     let _ = writeln!(md, "What the end of each run is made of, from the clients' job log (a job asked at end − wall time and started at end − job length; \"full until\" is the last instant with every slot busy; \"lost slot-s\" integrates min(jobs waiting over 0.1 s, free slots) — a job queued at one node while a slot elsewhere is free):\n");
-    let _ = writeln!(md, "| nodes | placement | span s | full until s | tail s | jobs started in tail (waited > 0.1 s) | mean idle slots in tail | lost slot-s (in tail) | last job: node, waited s, jobs on that node in tail |");
-    let _ = writeln!(md, "|---:|---|---:|---:|---:|---|---:|---|---|");
+    let _ = writeln!(md, "| nodes | placement | span s | full until s | tail s | jobs started in tail (waited > 0.1 s) | mean idle slots in tail | lost slot-s (in tail) | last job: node, waited s, jobs on that node in tail | jobs per slot, min–max |");
+    let _ = writeln!(md, "|---:|---|---:|---:|---:|---|---:|---|---|---|");
     for run in runs {
         let Some(t) = &run.tail else { continue };
         let _ = writeln!(
             md,
-            "| {} | {} | {:.2} | {:.2} | {:.2} | {} ({}) | {:.1} | {:.1} ({:.1}) | {}, {:.2}, {} |",
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {} ({}) | {:.1} | {:.1} ({:.1}) | {}, {:.2}, {} | {:.1}–{:.1} |",
             run.nodes,
             run.policy,
             t.span_s,
@@ -38,7 +38,9 @@ fn tail_table(md: &mut String, runs: &[crate::sched::SchedRun]) {
             t.lost_slot_s_in_tail,
             t.last_node,
             t.last_wait_s,
-            t.last_node_jobs_in_tail
+            t.last_node_jobs_in_tail,
+            t.jobs_per_slot_min,
+            t.jobs_per_slot_max
         );
     }
     md.push('\n');

@@ -4,6 +4,7 @@
 //! through the gatekeeper) and for random and round-robin placement. Every
 //! job is logged (`MEXEC_JOBLOG`) so the end of each run can be traced.
 
+use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -47,7 +48,10 @@ pub fn run(smoke: bool) -> Vec<SchedRun> {
                 )
             })
             .collect();
-        let slots: u32 = (0..n).map(|i| SLOT_MIX[i % SLOT_MIX.len()]).sum();
+        let node_slots: HashMap<String, u32> = (0..n)
+            .map(|i| (format!("s{i}"), SLOT_MIX[i % SLOT_MIX.len()]))
+            .collect();
+        let slots: u32 = node_slots.values().sum();
         // The node list gives each node's slots, as MEXEC_NODES does (and
         // as distcc's host list does with host/limit); random and
         // round-robin placement ignore it.
@@ -103,7 +107,7 @@ pub fn run(smoke: bool) -> Vec<SchedRun> {
             let failed = outputs.iter().filter(|o| !o.status.success()).count();
             assert_eq!(failed, 0, "{failed} jobs failed under {policy}");
             eprintln!("sched: {n} nodes, {slots} slots, {jobs} jobs, {policy}: {makespan:.2} s (ideal {ideal:.2} s)");
-            let tail = tail::of_joblog(&joblog, job_secs, slots);
+            let tail = tail::of_joblog(&joblog, job_secs, &node_slots);
             if let Some(t) = &tail {
                 eprintln!("sched:   {t:?}");
             }

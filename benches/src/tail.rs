@@ -10,6 +10,7 @@
 //! lost after it to jobs that were waiting while slots stood free — a job
 //! queued behind a busy node while another node idles.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -54,11 +55,18 @@ pub struct Tail {
     /// how many slots were idle (on average) during the tail.
     pub last_node_jobs_in_tail: usize,
     pub mean_idle_slots_in_tail: f64,
+    /// Jobs each node ran per slot, fewest and most: equal when placement
+    /// follows the slots, spread when it ignores them (as random does).
+    #[serde(default)]
+    pub jobs_per_slot_min: f64,
+    #[serde(default)]
+    pub jobs_per_slot_max: f64,
 }
 
-/// Reads the job log at `path` (sleep jobs of `job_s` seconds on `slots`
-/// slots in all) and summarises its tail; None when it has no remote jobs.
-pub fn of_joblog(path: &Path, job_s: f64, slots: u32) -> Option<Tail> {
+/// Reads the job log at `path` (sleep jobs of `job_s` seconds on nodes
+/// with `slots` each) and summarises its tail; None when it has no remote
+/// jobs.
+pub fn of_joblog(path: &Path, job_s: f64, slots: &HashMap<String, u32>) -> Option<Tail> {
     let text = std::fs::read_to_string(path).ok()?;
     let mut jobs: Vec<Job> = text
         .lines()
@@ -81,10 +89,17 @@ pub fn of_joblog(path: &Path, job_s: f64, slots: u32) -> Option<Tail> {
         job.started -= origin;
         job.ended -= origin;
     }
-    Some(summarise(&jobs, f64::from(slots)))
+    Some(summarise(&jobs, slots))
 }
 
-fn summarise(jobs: &[Job], slots: f64) -> Tail {
+fn summarise(jobs: &[Job], node_slots: &HashMap<String, u32>) -> Tail {
+    let slots = f64::from(node_slots.values().sum::<u32>());
+    let per_slot: Vec<f64> = node_slots
+        .iter()
+        .map(|(node, &n)| {
+            jobs.iter().filter(|j| &j.node == node).count() as f64 / f64::from(n.max(1))
+        })
+        .collect();
     let span = jobs.iter().map(|j| j.ended).fold(0.0, f64::max);
     let steps = (span / STEP_S).ceil() as usize;
     let at = |i: usize| i as f64 * STEP_S;
@@ -141,6 +156,8 @@ fn summarise(jobs: &[Job], slots: f64) -> Tail {
         } else {
             0.0
         },
+        jobs_per_slot_min: per_slot.iter().copied().fold(f64::INFINITY, f64::min),
+        jobs_per_slot_max: per_slot.iter().copied().fold(0.0, f64::max),
     }
 }
 
@@ -162,7 +179,7 @@ mod tests {
         // Two one-slot nodes. a runs 0–1 and 1–2 (the second job queued
         // from 0); b runs 0–1 and then idles.
         let jobs = [job("a", 0.0, 0.0), job("b", 0.0, 0.0), job("a", 0.0, 1.0)];
-        let tail = summarise(&jobs, 2.0);
+        let tail = summarise(&jobs, &one_slot_each(&["a", "b"]));
         assert!((tail.full_until_s - 0.99).abs() < 0.02, "{tail:?}");
         assert!((tail.tail_s - 1.0).abs() < 0.02, "{tail:?}");
         assert_eq!(tail.jobs_started_in_tail, 1);
@@ -174,13 +191,18 @@ mod tests {
             (tail.mean_idle_slots_in_tail - 1.0).abs() < 0.05,
             "{tail:?}"
         );
+        assert_eq!((tail.jobs_per_slot_min, tail.jobs_per_slot_max), (1.0, 2.0));
+    }
+
+    fn one_slot_each(nodes: &[&str]) -> HashMap<String, u32> {
+        nodes.iter().map(|n| (n.to_string(), 1)).collect()
     }
 
     #[test]
     fn waiting_while_a_slot_is_free_counts() {
         // One two-slot node: the second job waits 0–0.5 though a slot is free.
         let jobs = [job("a", 0.0, 0.0), job("a", 0.0, 0.5)];
-        let tail = summarise(&jobs, 2.0);
+        let tail = summarise(&jobs, &HashMap::from([("a".to_string(), 2)]));
         assert!((tail.lost_slot_s - 0.4).abs() < 0.03, "{tail:?}");
     }
 }
