@@ -7,10 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The peers and tools: distcc for comparison, m4 for GMP's configure,
-# matplotlib for the plots.
+# The peers and tools: distcc and icecream for comparison, m4 for GMP's
+# configure, matplotlib for the plots.
 need=()
 command -v distccd >/dev/null || need+=(distcc)
+command -v iceccd >/dev/null || need+=(icecc)
 command -v m4 >/dev/null || need+=(m4)
 # The plots need matplotlib; Debian's package serves /usr/bin/python3.
 plot_python=
@@ -22,8 +23,9 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi
-# icecream needs its scheduler, a daemon per node and a chroot it builds
-# itself with root; see BENCHMARKS.md for why it is not measured here.
+# icecream's scheduler and remote daemon get hosts of their own (network
+# namespaces), which needs root; without it the report says why icecream
+# was left out.
 
 cargo build --release --quiet --bins
 export MEXEC_BENCH_COMMAND="benches/run.sh${*:+ $*}"

@@ -1,6 +1,6 @@
 //! A real build at equal parallelism: GMP (about 500 objects, its own
 //! autotools Makefiles) with plain make, with CC=mexec on one and on three
-//! executors, with mpmake, and with distcc, runs interleaved.
+//! executors, with mpmake, with distcc and with icecream, runs interleaved.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -9,6 +9,7 @@ use std::time::Instant;
 use mexec_testkit::{bin, c_project, copy_tree, give_to_job_user, job_dir, Farm};
 use serde::{Deserialize, Serialize};
 
+use crate::icecream::Icecream;
 use crate::peers::Distccd;
 use crate::stats::median;
 
@@ -26,6 +27,10 @@ pub struct Build {
     pub objects: usize,
     pub parallelism: u32,
     pub variants: Vec<BuildVariant>,
+    /// How icecream fared: how many compiles its remote daemon ran, or why
+    /// it could not run.
+    #[serde(default)]
+    pub icecream: Option<String>,
 }
 
 pub fn run(smoke: bool, rounds: usize) -> Build {
@@ -56,6 +61,10 @@ pub fn run(smoke: bool, rounds: usize) -> Build {
     let one = Farm::start(1, parallelism);
     let three = Farm::start(3, 1);
     let distccd = Distccd::start(parallelism);
+    let icecream = Icecream::start(parallelism);
+    if let Err(why) = &icecream {
+        eprintln!("build: icecream not measured: {why}");
+    }
     let mexec = bin("mexec");
     let mpmake = bin("mpmake");
     let j = format!("-j{parallelism}");
@@ -69,6 +78,9 @@ pub fn run(smoke: bool, rounds: usize) -> Build {
     ];
     if distccd.is_some() {
         names.push("distcc");
+    }
+    if icecream.is_ok() {
+        names.push("icecream");
     }
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut objects = 0;
@@ -93,6 +105,7 @@ pub fn run(smoke: bool, rounds: usize) -> Build {
                     three.aim(&mut c, &tree);
                     c
                 }
+                "icecream" => make(&tree, &[&j, "CC=icecc gcc"], targets),
                 _ => {
                     let mut c = make(&tree, &[&j, "CC=distcc gcc"], targets);
                     if let Some(d) = &distccd {
@@ -128,11 +141,19 @@ pub fn run(smoke: bool, rounds: usize) -> Build {
             }
         })
         .collect();
+    let icecream = Some(match &icecream {
+        Ok(farm) => format!(
+            "the remote icecream daemon ran {} compiles over {rounds} builds (and one warm-up)",
+            farm.remote_jobs()
+        ),
+        Err(why) => format!("not measured: {why}"),
+    });
     Build {
         project,
         objects,
         parallelism,
         variants,
+        icecream,
     }
 }
 

@@ -5,17 +5,21 @@
 //! - `overhead`, `build`, `sched`, `fairness`, `throughput`, `footprint`:
 //!   one section each, as in the benchmark issue.
 //! - `peers`: distccd on loopback, the machine's description.
+//! - `icecream`: an icecream scheduler and daemon on hosts of their own.
 //! - `stats`: medians and percentiles.
+//! - `tail`: what the end of a scheduling run is made of, from the job log.
 //! - `report`: BENCHMARKS.md.
 
 mod build;
 mod fairness;
 mod footprint;
+mod icecream;
 mod overhead;
 mod peers;
 mod report;
 mod sched;
 mod stats;
+mod tail;
 mod throughput;
 
 use std::path::PathBuf;

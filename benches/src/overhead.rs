@@ -1,6 +1,6 @@
 //! Per-job overhead: `true` and a small compile, locally, through mexec
-//! directly and through the gatekeeper, and (the compile) through distcc,
-//! interleaved run by run.
+//! directly and through the gatekeeper, and (the compile) through distcc
+//! and icecream, interleaved run by run.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use mexec_testkit::{give_to_job_user, job_dir, Farm, GatedFarm};
 use serde::{Deserialize, Serialize};
 
+use crate::icecream::Icecream;
 use crate::peers::{write_small_c, Distccd};
 use crate::stats::Timing;
 
@@ -25,6 +26,10 @@ pub struct Variant {
 pub struct Overhead {
     pub true_cmd: Vec<Variant>,
     pub compile: Vec<Variant>,
+    /// How icecream fared: how many compiles its remote daemon ran, or why
+    /// it could not run.
+    #[serde(default)]
+    pub icecream: Option<String>,
 }
 
 pub fn run(runs: usize) -> Overhead {
@@ -32,6 +37,10 @@ pub fn run(runs: usize) -> Overhead {
     let gated = GatedFarm::start(&[2], &[]);
     let distccd = Distccd::start(2);
     let dir = job_dir();
+    let icecream = Icecream::start(2);
+    if let Err(why) = &icecream {
+        eprintln!("overhead: icecream not measured: {why}");
+    }
     write_small_c(dir.path());
     give_to_job_user(dir.path());
 
@@ -92,16 +101,41 @@ pub fn run(runs: usize) -> Overhead {
             }),
         ));
     }
+    if let Ok(icecream) = &icecream {
+        variants.push((
+            "icecream",
+            Box::new(move |i: usize| {
+                let mut c = icecream.compile(dir_path, &compile_args[1..]);
+                c.arg(format!("i{}.o", i % 4));
+                c
+            }),
+        ));
+    }
     let compile = measure(runs, variants);
-    Overhead { true_cmd, compile }
+    let icecream = Some(match &icecream {
+        Ok(farm) => format!(
+            "{} of the {} icecream compiles (warm-up included) ran on the remote daemon",
+            farm.remote_jobs(),
+            runs + WARM_UP_ROUNDS + 1
+        ),
+        Err(why) => format!("not measured: {why}"),
+    });
+    Overhead {
+        true_cmd,
+        compile,
+        icecream,
+    }
 }
+
+/// Untimed rounds before the measured ones.
+const WARM_UP_ROUNDS: usize = 5;
 
 type Make<'a> = Box<dyn Fn(usize) -> Command + 'a>;
 
 /// Runs each variant `runs` times, round-robin, after a warm-up round.
 fn measure(runs: usize, variants: Vec<(&str, Make<'_>)>) -> Vec<Variant> {
     let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(runs); variants.len()];
-    for round in 0..runs + 5 {
+    for round in 0..runs + WARM_UP_ROUNDS {
         for (v, (_, make)) in variants.iter().enumerate() {
             let mut command = make(round);
             command
@@ -112,7 +146,7 @@ fn measure(runs: usize, variants: Vec<(&str, Make<'_>)>) -> Vec<Variant> {
             let status = command.status().expect("run a variant");
             let took = started.elapsed();
             assert!(status.success(), "{} failed", variants[v].0);
-            if round >= 5 {
+            if round >= WARM_UP_ROUNDS {
                 samples[v].push(took);
             }
         }

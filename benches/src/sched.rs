@@ -1,13 +1,17 @@
 //! Scheduling efficiency: many executors with mixed slots, thousands of
 //! fixed-length sleep jobs from many concurrent clients, makespan against the
 //! ideal (total work / total slots), for load-aware placement (direct and
-//! through the gatekeeper) and for random and round-robin placement.
+//! through the gatekeeper) and for random and round-robin placement. Every
+//! job is logged (`MEXEC_JOBLOG`) so the end of each run can be traced.
 
+use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mexec_testkit::{bin, job_dir, run_pool, wait_until, Executor, Gatekeeper};
 use serde::{Deserialize, Serialize};
+
+use crate::tail::{self, Tail};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SchedRun {
@@ -19,6 +23,9 @@ pub struct SchedRun {
     pub makespan_s: f64,
     pub ideal_s: f64,
     pub ratio: f64,
+    /// What the end of the run was made of; absent in older results.
+    #[serde(default)]
+    pub tail: Option<Tail>,
 }
 
 /// Slot counts cycle through these, so nodes differ.
@@ -41,7 +48,10 @@ pub fn run(smoke: bool) -> Vec<SchedRun> {
                 )
             })
             .collect();
-        let slots: u32 = (0..n).map(|i| SLOT_MIX[i % SLOT_MIX.len()]).sum();
+        let node_slots: HashMap<String, u32> = (0..n)
+            .map(|i| (format!("s{i}"), SLOT_MIX[i % SLOT_MIX.len()]))
+            .collect();
+        let slots: u32 = node_slots.values().sum();
         // The node list gives each node's slots, as MEXEC_NODES does (and
         // as distcc's host list does with host/limit); random and
         // round-robin placement ignore it.
@@ -64,12 +74,14 @@ pub fn run(smoke: bool) -> Vec<SchedRun> {
         ] {
             let state = tempfile::tempdir().expect("state dir");
             let dir = job_dir();
+            let joblog = state.path().join("jobs.jsonl");
             let commands: Vec<Command> = (0..jobs)
                 .map(|_| {
                     let mut c = Command::new(bin("mexec"));
                     c.current_dir(dir.path())
                         .args(["-n", "sleep", &job_secs.to_string()])
                         .env("MEXEC_STATE_DIR", state.path())
+                        .env("MEXEC_JOBLOG", &joblog)
                         .env_remove("MEXEC_CONFIG");
                     match policy {
                         "least-loaded, gatekeeper" => {
@@ -95,6 +107,10 @@ pub fn run(smoke: bool) -> Vec<SchedRun> {
             let failed = outputs.iter().filter(|o| !o.status.success()).count();
             assert_eq!(failed, 0, "{failed} jobs failed under {policy}");
             eprintln!("sched: {n} nodes, {slots} slots, {jobs} jobs, {policy}: {makespan:.2} s (ideal {ideal:.2} s)");
+            let tail = tail::of_joblog(&joblog, job_secs, &node_slots);
+            if let Some(t) = &tail {
+                eprintln!("sched:   {t:?}");
+            }
             runs.push(SchedRun {
                 nodes: n,
                 slots,
@@ -104,6 +120,7 @@ pub fn run(smoke: bool) -> Vec<SchedRun> {
                 makespan_s: makespan,
                 ideal_s: ideal,
                 ratio: makespan / ideal,
+                tail,
             });
         }
         drop(executors);

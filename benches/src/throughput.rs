@@ -1,6 +1,9 @@
 //! Gatekeeper throughput: lease round trips per second (acquire, grant,
 //! release) from many concurrent clients against members with room to
 //! spare, and end-to-end `true` jobs per second against process creation.
+//! The CPU time the gatekeeper and the load generator each use during the
+//! lease run is read from /proc, so the report can say which of the two,
+//! sharing the machine's cores, bounds the rate.
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,11 +24,34 @@ use tonic::transport::Channel;
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Throughput {
     pub placements_per_s: f64,
+    /// The lease run in detail; zero in results from before it was kept.
+    #[serde(default)]
+    pub placement_run: PlacementRun,
     pub placement_clients: usize,
     pub placement_connections: usize,
     pub mexec_true_per_s: f64,
     pub local_true_per_s: f64,
     pub e2e_concurrency: usize,
+}
+
+/// What one lease run counted and what it cost.
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]
+pub struct PlacementRun {
+    /// Lease round trips completed.
+    pub placements: u64,
+    pub wall_s: f64,
+    /// CPU seconds (user + system) of the gatekeeper process.
+    pub gatekeeper_cpu_s: f64,
+    /// CPU seconds of this process, the load generator.
+    pub generator_cpu_s: f64,
+}
+
+impl PlacementRun {
+    /// Placements per CPU-second of the gatekeeper alone: the rate it
+    /// would reach with a core to itself and a generator that keeps up.
+    pub fn per_gatekeeper_cpu_s(&self) -> f64 {
+        self.placements as f64 / self.gatekeeper_cpu_s
+    }
 }
 
 pub fn run(smoke: bool) -> Throughput {
@@ -37,12 +63,14 @@ pub fn run(smoke: bool) -> Throughput {
         .expect("runtime");
     let (clients, connections) = (64, 8);
     let seconds = if smoke { 1.0 } else { 5.0 };
-    let placements_per_s = runtime.block_on(placements(
+    let placement_run = runtime.block_on(placements(
         format!("http://{}", gatekeeper.addr),
+        gatekeeper.pid(),
         clients,
         connections,
         Duration::from_secs_f64(seconds),
     ));
+    let placements_per_s = placement_run.placements as f64 / placement_run.wall_s;
     runtime.shutdown_background();
     drop(gatekeeper);
 
@@ -63,6 +91,7 @@ pub fn run(smoke: bool) -> Throughput {
     let local_true_per_s = jobs as f64 / started.elapsed().as_secs_f64();
     Throughput {
         placements_per_s,
+        placement_run,
         placement_clients: clients,
         placement_connections: connections,
         mexec_true_per_s,
@@ -72,8 +101,15 @@ pub fn run(smoke: bool) -> Throughput {
 }
 
 /// Registers members with room for every client at once, then counts lease
-/// round trips for `duration`.
-async fn placements(uri: String, clients: usize, connections: usize, duration: Duration) -> f64 {
+/// round trips for `duration`, and the CPU time the gatekeeper (`gk_pid`)
+/// and this process spent meanwhile.
+async fn placements(
+    uri: String,
+    gk_pid: u32,
+    clients: usize,
+    connections: usize,
+    duration: Duration,
+) -> PlacementRun {
     let channel = Channel::from_shared(uri.clone())
         .expect("uri")
         .connect()
@@ -139,6 +175,8 @@ async fn placements(uri: String, clients: usize, connections: usize, duration: D
         );
     }
     let count = Arc::new(AtomicU64::new(0));
+    let gatekeeper_cpu_before = cpu_seconds(&gk_pid.to_string());
+    let generator_cpu_before = cpu_seconds("self");
     let deadline = Instant::now() + duration;
     let tasks: Vec<_> = (0..clients)
         .map(|i| {
@@ -163,12 +201,41 @@ async fn placements(uri: String, clients: usize, connections: usize, duration: D
     for t in tasks {
         let _ = t.await;
     }
-    let elapsed = started.elapsed().as_secs_f64();
+    let wall_s = started.elapsed().as_secs_f64();
+    let gatekeeper_cpu_s = cpu_seconds(&gk_pid.to_string()) - gatekeeper_cpu_before;
+    let generator_cpu_s = cpu_seconds("self") - generator_cpu_before;
     for (_, _, heartbeat) in &members {
         heartbeat.abort();
     }
     drop(members);
-    count.load(Ordering::Relaxed) as f64 / elapsed
+    PlacementRun {
+        placements: count.load(Ordering::Relaxed),
+        wall_s,
+        gatekeeper_cpu_s,
+        generator_cpu_s,
+    }
+}
+
+/// User + system CPU seconds of a process (`/proc/<pid>/stat`, all its
+/// threads), 0 when it cannot be read.
+fn cpu_seconds(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The command name may hold spaces; the fields after it do not.
+    let Some((_, after_name)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line; after the name the
+    // state (field 3) comes first, so they are at 11 and 12 here.
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<f64>().ok()))
+        .sum();
+    // SAFETY: sysconf has no memory effects.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks / per_second
 }
 
 async fn lease_round_trip(client: &mut GatekeeperClient<Channel>, i: usize) -> bool {

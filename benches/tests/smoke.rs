@@ -32,6 +32,15 @@ fn a_smoke_run_writes_every_section() {
     ] {
         assert!(text.contains(heading), "missing {heading}:\n{text}");
     }
+    // icecream is either measured or the report says why not; the
+    // gatekeeper's CPU per lease and the tail traces are reported.
+    for line in [
+        "icecream: ",
+        "per gatekeeper CPU-second",
+        "What the end of each run is made of",
+    ] {
+        assert!(text.contains(line), "missing {line:?}:\n{text}");
+    }
     let results: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(results["smoke"], true);
