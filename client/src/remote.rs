@@ -3,10 +3,11 @@
 //! the driver may do next, so the outcome keeps the two apart.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use mexec_common::nodes::NodeAddr;
+use mexec_common::tls::Tls;
 use mexec_common::token::Token;
 use mexec_proto::v1::executor_client::ExecutorClient;
 use mexec_proto::v1::gatekeeper_client::GatekeeperClient;
@@ -16,7 +17,7 @@ use mexec_proto::v1::{
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request};
 
 use crate::job::Job;
@@ -64,9 +65,19 @@ pub enum Outcome {
     Abandoned { signal: i32 },
 }
 
+/// The TLS set-up every channel of this process uses, once configured.
+/// Channels are opened in many places (placement, leases, status, runs);
+/// like the cluster's CA, the identity is one per process.
+static TLS: OnceLock<Tls> = OnceLock::new();
+
+/// Makes every later channel use mutual TLS with `tls` (the first call wins).
+pub fn use_tls(tls: Tls) {
+    let _ = TLS.set(tls);
+}
+
 /// Opens a channel to `node`.
 pub async fn connect(node: &NodeAddr) -> Result<Channel, String> {
-    let endpoint = Endpoint::from_shared(node.uri())
+    let endpoint = mexec_common::tls::endpoint(&node.authority(), TLS.get())
         .map_err(|e| format!("bad address: {e}"))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)

@@ -17,12 +17,15 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mexec_common::tls::Tls;
 use mexec_common::token::Token;
 use mexec_proto::v1::gatekeeper_server::GatekeeperServer;
 use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 
-use crate::auth::TokenCheck;
+use crate::auth::Access;
+use crate::streams::PeerStreams;
 use cluster::Cluster;
 pub use config::Settings;
 
@@ -32,6 +35,12 @@ pub struct Shared {
     pub cluster: Mutex<Cluster>,
     /// The cluster token, sent to executors when relaying.
     pub token: Option<Token>,
+    /// Our node certificate, presented to executors when relaying.
+    pub tls: Option<Tls>,
+    /// Who may call, and as which user.
+    pub access: Access,
+    /// Open streams per peer address.
+    pub streams: Arc<PeerStreams>,
 }
 
 impl Shared {
@@ -44,6 +53,11 @@ impl Shared {
 
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Streams one peer address may hold open: a build host runs one lease or
+/// relayed stream per job, so this is generous.
+const MAX_STREAMS_PER_PEER: usize = 4096;
+/// How long a caller has to send the first message of a stream.
+pub const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open streams may delay a stopping gatekeeper.
 const LINGER_AFTER_STOP: Duration = Duration::from_secs(2);
 
@@ -56,6 +70,13 @@ pub async fn run(
     let shared = Arc::new(Shared {
         cluster: Mutex::new(Cluster::new(settings.limits.clone())),
         token: settings.token.clone(),
+        tls: settings.tls.clone(),
+        access: Access::new(
+            settings.token.clone(),
+            settings.tls.is_some(),
+            settings.allowed_users.clone(),
+        ),
+        streams: PeerStreams::new(MAX_STREAMS_PER_PEER),
     });
     let reaper = tokio::spawn(expire_silent_nodes(shared.clone()));
 
@@ -63,10 +84,11 @@ pub async fn run(
     health_reporter
         .set_serving::<GatekeeperServer<service::GatekeeperService>>()
         .await;
-    let check = TokenCheck::new(settings.token.clone());
-    let gatekeeper = GatekeeperServer::with_interceptor(
-        service::GatekeeperService::new(shared),
-        move |request| check.check(request),
+    let access = shared.access.clone();
+    let gatekeeper = InterceptedService::new(
+        GatekeeperServer::new(service::GatekeeperService::new(shared))
+            .max_decoding_message_size(crate::executor::MAX_MESSAGE_BYTES),
+        move |request| access.check(request),
     );
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
@@ -76,9 +98,14 @@ pub async fn run(
         shutdown.await;
         let _ = stopping_tx.send(());
     };
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &settings.tls {
+        builder = builder.tls_config(tls.server_config())?;
+    }
+    let server = builder
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(crate::streams::MAX_STREAMS_PER_CONNECTION))
         .add_service(health_service)
         .add_service(gatekeeper)
         .serve_with_incoming_shutdown(incoming, shutdown);
