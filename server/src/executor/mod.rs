@@ -36,7 +36,9 @@ use tonic::transport::server::TcpIncoming;
 
 pub use admission::{Admission, Counts};
 pub use error::JobError;
+pub use job::validate;
 pub use limits::{check_request, JobLimits, MAX_MESSAGE_BYTES};
+pub use policy::CommandPolicy;
 
 use crate::auth::Access;
 use crate::config::Settings;
