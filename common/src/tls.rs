@@ -155,9 +155,24 @@ impl Tls {
 /// given, plain `http` otherwise. Every channel mexec opens goes through
 /// here, so no connection can skip TLS by accident.
 pub fn endpoint(authority: &str, tls: Option<&Tls>) -> Result<Endpoint, tonic::transport::Error> {
+    endpoint_for(authority, tls, None)
+}
+
+/// Like `endpoint`, checking the server's certificate against `node` (a
+/// name `mexec-cert node` always puts in it) instead of the host part of
+/// `authority`, which may be an address the certificate does not list.
+pub fn endpoint_for(
+    authority: &str,
+    tls: Option<&Tls>,
+    node: Option<&str>,
+) -> Result<Endpoint, tonic::transport::Error> {
     match tls {
         Some(tls) => {
-            Endpoint::from_shared(format!("https://{authority}"))?.tls_config(tls.client_config())
+            let mut config = tls.client_config();
+            if let Some(node) = node {
+                config = config.domain_name(node);
+            }
+            Endpoint::from_shared(format!("https://{authority}"))?.tls_config(config)
         }
         None => Endpoint::from_shared(format!("http://{authority}")),
     }

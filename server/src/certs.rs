@@ -89,8 +89,8 @@ pub fn new_ca(common_name: &str, validity: Validity) -> Result<Issued, CertError
 }
 
 /// A node or user certificate for `common_name`, signed by `ca`. `hosts`
-/// are the names and addresses clients use to reach a node (ignored for
-/// users).
+/// are the names and addresses clients use to reach a node, besides its
+/// name (ignored for users).
 pub fn issue(
     ca: &Issued,
     kind: Kind,
@@ -102,7 +102,13 @@ pub fn issue(
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
     let key = KeyPair::generate()?;
     let mut params = match kind {
-        Kind::Node => CertificateParams::new(hosts.to_vec())?,
+        Kind::Node => {
+            // The node's name is always in: the gatekeeper checks a node
+            // by its name when it relays to it.
+            let mut names = vec![common_name.to_owned()];
+            names.extend(hosts.iter().filter(|h| *h != common_name).cloned());
+            CertificateParams::new(names)?
+        }
         Kind::User => CertificateParams::default(),
     };
     params.distinguished_name = name(common_name);

@@ -116,6 +116,7 @@ fn tls_refuses_no_certificate_another_ca_and_an_expired_one() {
 
     let plain = mexec(&node.node(), dir.path(), &["true"]).output().unwrap();
     assert_eq!(plain.status.code(), Some(255), "{}", stderr(&plain));
+    assert!(stderr(&plain).contains("mutual TLS"), "{}", stderr(&plain));
 
     for stem in ["stranger", "expired"] {
         let mut command = mexec(&node.node(), dir.path(), &["true"]);
@@ -128,7 +129,8 @@ fn tls_refuses_no_certificate_another_ca_and_an_expired_one() {
             stderr(&output)
         );
         assert!(
-            stderr(&output).contains("no node could run the job"),
+            stderr(&output).contains("no node could run the job")
+                && stderr(&output).contains("mutual TLS"),
             "{stem}: {}",
             stderr(&output)
         );

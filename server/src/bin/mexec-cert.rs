@@ -45,7 +45,8 @@ enum What {
         #[arg(long)]
         dir: PathBuf,
         /// A host name or IP address clients use to reach the node
-        /// (repeatable) [default: the node name, localhost and 127.0.0.1].
+        /// (repeatable; the node name is always included) [default:
+        /// localhost and 127.0.0.1].
         #[arg(long = "host")]
         hosts: Vec<String>,
         /// Where to write the certificate and key.
@@ -97,7 +98,7 @@ fn real_main() -> anyhow::Result<()> {
             days,
         } => {
             if hosts.is_empty() {
-                hosts = vec![name.clone(), "localhost".into(), "127.0.0.1".into()];
+                hosts = vec!["localhost".into(), "127.0.0.1".into()];
             }
             issue_into(&dir, out, Kind::Node, &name, &hosts, days)?;
         }

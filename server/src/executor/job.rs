@@ -128,7 +128,7 @@ pub async fn run(
             out.clone(),
             run_response::Msg::Stderr,
             exited,
-            output_budget,
+            output_budget.clone(),
         )),
     ];
     let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
@@ -188,6 +188,12 @@ pub async fn run(
             }
         }
     };
+    // The job may die of the closed pipe before the kill: still the limit.
+    if killed.is_none() {
+        killed = output_budget
+            .exceeded()
+            .map(|limit| Kill::Limit(Exceeded::Output(limit)));
+    }
     // Whatever the leader left running in its group goes with it: a node
     // must not collect stray processes from finished jobs.
     process::signal_group(pid, libc::SIGKILL);
@@ -263,6 +269,12 @@ impl OutputBudget {
             used: Arc::default(),
             over,
         }
+    }
+
+    /// The limit, once the job has gone over it.
+    fn exceeded(&self) -> Option<u64> {
+        let limit = self.limit?;
+        (self.used.load(std::sync::atomic::Ordering::Relaxed) > limit).then_some(limit)
     }
 
     /// Counts `bytes`; false once the job is over its limit (the job is

@@ -125,7 +125,13 @@ async fn run_on_node(
     inbound: &mut Streaming<RunRequest>,
     out: &Outbound,
 ) -> Attempt {
-    let endpoint = match mexec_common::tls::endpoint(&lease.reach.gatekeeper, shared.tls.as_ref()) {
+    // The address is often the one the node's stream came from, which its
+    // certificate need not list; its name it always does.
+    let endpoint = match mexec_common::tls::endpoint_for(
+        &lease.reach.gatekeeper,
+        shared.tls.as_ref(),
+        Some(&lease.node),
+    ) {
         Ok(endpoint) => endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
