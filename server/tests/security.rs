@@ -515,3 +515,121 @@ impl SpawnOutput for Command {
         )
     }
 }
+
+/// Opens a Join stream to `gatekeeper` with the certificate `stem`,
+/// registering as `node`; returns the refusal, if any.
+async fn join_as(
+    pki: &Pki,
+    gatekeeper: &Gatekeeper,
+    stem: &str,
+    node: &str,
+) -> Option<tonic::Status> {
+    use mexec_common::tls::TlsPaths;
+    use mexec_proto::v1::gatekeeper_client::GatekeeperClient;
+    use mexec_proto::v1::{join_request, JoinRequest, Register};
+    let tls = TlsPaths {
+        ca: Some(pki.path("ca.pem").into()),
+        cert: Some(pki.path(&format!("{stem}.pem")).into()),
+        key: Some(pki.path(&format!("{stem}-key.pem")).into()),
+    }
+    .load()
+    .unwrap()
+    .unwrap();
+    let channel = mexec_common::tls::endpoint(&gatekeeper.address(), Some(&tls))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(2);
+    tx.send(JoinRequest {
+        msg: Some(join_request::Msg::Register(Register {
+            node: node.into(),
+            address: "127.0.0.1:1".into(),
+            port: 1,
+        })),
+    })
+    .await
+    .unwrap();
+    let result = GatekeeperClient::new(channel)
+        .join(ReceiverStream::new(rx))
+        .await;
+    drop(tx);
+    result.err()
+}
+
+#[tokio::test]
+async fn only_a_node_certificate_joins_and_only_under_its_own_name() {
+    let pki = Pki::new();
+    let flags = pki.daemon_flags("gk");
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let gatekeeper = Gatekeeper::start(&flags);
+
+    let user = join_as(&pki, &gatekeeper, "alice", "alice")
+        .await
+        .expect("refused");
+    assert_eq!(user.code(), Code::PermissionDenied);
+    assert!(
+        user.message().contains("only a node certificate"),
+        "{user:?}"
+    );
+
+    let impostor = join_as(&pki, &gatekeeper, "n1", "n2")
+        .await
+        .expect("refused");
+    assert_eq!(impostor.code(), Code::PermissionDenied);
+    assert!(
+        impostor.message().contains("`n1` cannot register as `n2`"),
+        "{impostor:?}"
+    );
+
+    assert!(join_as(&pki, &gatekeeper, "n1", "n1").await.is_none());
+}
+
+#[test]
+fn gatekeeper_user_limits_go_by_the_certificate_not_the_claim() {
+    let pki = Pki::new();
+    let mut flags = pki.daemon_flags("gk");
+    flags.extend(["--user-limit".into(), "alice=1".into()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let gatekeeper = Gatekeeper::start(&flags);
+    let mut node_flags = pki.daemon_flags("n1");
+    node_flags.extend(["--gatekeeper".into(), gatekeeper.address()]);
+    let _node = Executor::start(
+        "n1",
+        4,
+        &node_flags.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let dir = job_dir();
+    let submit = |claim: &str| {
+        // Two of these at once would find the lock taken and exit 9.
+        let mut command = mexec(
+            "",
+            dir.path(),
+            &["sh", "-c", "mkdir lock || exit 9; sleep 0.5; rmdir lock"],
+        );
+        command
+            .env_remove("MEXEC_NODES")
+            .env("MEXEC_GATEKEEPER", gatekeeper.address())
+            .env("MEXEC_SUBMIT_USER", claim);
+        pki.client_env(&mut command, "alice");
+        command.spawn_output()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let mut probe = mexec("", dir.path(), &["true"]);
+            probe
+                .env_remove("MEXEC_NODES")
+                .env("MEXEC_GATEKEEPER", gatekeeper.address());
+            pki.client_env(&mut probe, "alice");
+            probe.output().unwrap().status.success()
+        }),
+        "the node did not join"
+    );
+    // Each claims to be someone else; the certificate says alice, who may
+    // hold one slot: the jobs run one after another.
+    let jobs: Vec<Running> = ["x1", "x2", "x3"].into_iter().map(submit).collect();
+    for job in jobs {
+        let output = job.wait();
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    }
+}

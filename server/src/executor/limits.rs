@@ -196,7 +196,7 @@ fn current_hard(resource: libc::__rlimit_resource_t) -> u64 {
     if unsafe { libc::getrlimit(resource, &mut limit) } != 0 {
         return u64::MAX;
     }
-    limit.rlim_max as u64
+    limit.rlim_max
 }
 
 /// Whether a job that died this way ran into its CPU limit: the kernel
