@@ -179,10 +179,12 @@ pub async fn run(
             _ = &mut deadline, if killed.is_none() && timeout.is_some() => {
                 kill(pid, &mut killed, on_timeout)
             }
-            Ok(limit) = async { (&mut memory.as_mut().expect("guarded").over).await },
-                if killed.is_none() && memory.is_some() => {
-                kill(pid, &mut killed, Kill::Limit(Exceeded::Memory(limit)))
-            }
+            over = async { (&mut memory.as_mut().expect("guarded").over).await },
+                if killed.is_none() && memory.is_some() => match over {
+                Ok(limit) => kill(pid, &mut killed, Kill::Limit(Exceeded::Memory(limit))),
+                // The watcher is gone: nothing more will come from it.
+                Err(_) => memory = None,
+            },
             _ = abort.wait_for(|abort| *abort), if killed.is_none() => {
                 kill(pid, &mut killed, Kill::Shutdown)
             }
