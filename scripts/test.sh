@@ -2,12 +2,13 @@
 # The test suite, on a bare Debian machine: installs what the tests need
 # beyond the Rust toolchain, gcc, make and python3 (m4 for GMP's configure;
 # cmake, ninja-build and ccache for the build-tool tests; util-linux's
-# unshare), then runs every test against real processes.
+# unshare; iproute2's ip for the multi-host tests in network namespaces),
+# then runs every test against real processes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for tool in make gcc unshare m4 cmake ninja ccache; do
+for tool in make gcc unshare ip m4 cmake ninja ccache; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -19,6 +20,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     for tool in "${missing[@]}"; do
         case "$tool" in
             unshare) pkgs+=(util-linux) ;;
+            ip) pkgs+=(iproute2) ;;
             ninja) pkgs+=(ninja-build) ;;
             *) pkgs+=("$tool") ;;
         esac

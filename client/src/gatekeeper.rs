@@ -104,7 +104,26 @@ pub async fn acquire(
     }
 }
 
+/// Sorts a failed lease request. Only an answer the gatekeeper chose to
+/// give is a refusal; a broken stream (the gatekeeper killed or
+/// restarting while we waited in its queue) counts as unreachable, so the
+/// job is placed without it instead of failing.
 fn sort(status: &tonic::Status) -> NoLease {
+    use tonic::Code;
+    let deliberate = matches!(
+        status.code(),
+        Code::InvalidArgument
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::FailedPrecondition
+            | Code::ResourceExhausted
+            | Code::OutOfRange
+            | Code::Unimplemented
+            | Code::Unavailable
+    );
+    if !deliberate {
+        return NoLease::Unreachable(format!("the gatekeeper went away: {}", status.message()));
+    }
     match remote::classify(status) {
         NotStarted::Busy(cause) => NoLease::Busy(cause),
         NotStarted::Unreachable(cause) => NoLease::Unreachable(cause),

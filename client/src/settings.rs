@@ -47,22 +47,22 @@ pub struct Flags {
     pub gatekeeper: Option<String>,
     /// Send the whole job through the gatekeeper (for clients outside the
     /// cluster, which cannot reach the executors).
-    #[arg(long, env = "MEXEC_RELAY")]
+    #[arg(long, env = "MEXEC_RELAY", value_parser = boolish())]
     pub relay: bool,
     /// Fail instead of running locally when no node can take the job.
-    #[arg(long, env = "MEXEC_NO_LOCAL")]
+    #[arg(long, env = "MEXEC_NO_LOCAL", value_parser = boolish())]
     pub no_local: bool,
     /// Retry on another node if the node is lost mid-job (compiles always are).
-    #[arg(long, env = "MEXEC_RETRY")]
+    #[arg(long, env = "MEXEC_RETRY", value_parser = boolish())]
     pub retry: bool,
     /// Do not forward standard input (the job reads /dev/null).
-    #[arg(short = 'n', long = "no-stdin", env = "MEXEC_NO_STDIN")]
+    #[arg(short = 'n', long = "no-stdin", env = "MEXEC_NO_STDIN", value_parser = boolish())]
     pub no_stdin: bool,
     /// Kill the job after this many seconds.
     #[arg(long, env = "MEXEC_TIMEOUT")]
     pub timeout: Option<u64>,
     /// Say on stderr where each job goes and why it moves.
-    #[arg(long = "explain", env = "MEXEC_EXPLAIN")]
+    #[arg(long = "explain", env = "MEXEC_EXPLAIN", value_parser = boolish())]
     pub verbose: bool,
     /// How to choose among nodes without a gatekeeper: load (default),
     /// random or round-robin (the last two for comparisons).
@@ -83,6 +83,12 @@ pub struct Flags {
     /// The command and its arguments.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_parser = clap::value_parser!(OsString))]
     pub command: Vec<OsString>,
+}
+
+/// On/off variables read as the `CC=mexec` form reads them (`from_env`):
+/// 1, yes, on (and 0, no, off) as well as true and false.
+fn boolish() -> clap::builder::BoolishValueParser {
+    clap::builder::BoolishValueParser::new()
 }
 
 impl Flags {

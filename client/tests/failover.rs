@@ -87,6 +87,26 @@ fn with_every_node_down_the_job_runs_locally_or_fails_with_no_local() {
         stderr.contains("not running it locally (--no-local)"),
         "{stderr}"
     );
+    // The variable reads the same with options (clap) and in the CC form
+    // (read by hand): 1 and yes count as on in both.
+    for (value, args) in [
+        ("1", &["--explain", "--", "sh", "-c", "echo local"][..]),
+        ("yes", &["sh", "-c", "echo local"][..]),
+    ] {
+        let output = farm
+            .mexec(dir.path(), args)
+            .env("MEXEC_NODES", &nodes)
+            .env("MEXEC_NO_LOCAL", value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(255),
+            "MEXEC_NO_LOCAL={value}: {stderr}"
+        );
+        assert!(stderr.contains("not running it locally"), "{stderr}");
+    }
 }
 
 #[test]

@@ -19,6 +19,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+pub mod netns;
+
 /// The job account when tests run as root (executors refuse to run jobs as
 /// root, as they should).
 pub const JOB_USER: &str = "nobody";
@@ -403,19 +405,48 @@ pub struct Gatekeeper {
     child: Child,
     pub addr: SocketAddr,
     extra: Vec<String>,
+    /// What runs the binary: empty, or `ip netns exec NS` for one in a
+    /// network namespace.
+    launcher: Vec<std::ffi::OsString>,
 }
 
 impl Gatekeeper {
     /// Starts a gatekeeper on a free loopback port with `extra` flags.
     pub fn start(extra: &[&str]) -> Gatekeeper {
         Self::start_on(
+            Vec::new(),
             "127.0.0.1:0".parse().unwrap(),
             extra.iter().map(|s| s.to_string()).collect(),
         )
     }
 
-    fn start_on(listen: SocketAddr, extra: Vec<String>) -> Gatekeeper {
-        let mut command = Command::new(bin("mexec-gatekeeper"));
+    /// Starts a gatekeeper on host `host` of `lan`, listening on `port`.
+    pub fn start_in(lan: &netns::Lan, host: usize, port: u16, extra: &[&str]) -> Gatekeeper {
+        let launcher = ["ip", "netns", "exec", &lan.hosts[host].namespace]
+            .iter()
+            .map(Into::into)
+            .collect();
+        let listen = lan.address(host, port).parse().expect("host address");
+        Self::start_on(
+            launcher,
+            listen,
+            extra.iter().map(|s| s.to_string()).collect(),
+        )
+    }
+
+    fn start_on(
+        launcher: Vec<std::ffi::OsString>,
+        listen: SocketAddr,
+        extra: Vec<String>,
+    ) -> Gatekeeper {
+        let mut command = match launcher.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(bin("mexec-gatekeeper"));
+                command
+            }
+            None => Command::new(bin("mexec-gatekeeper")),
+        };
         command
             .arg("--listen")
             .arg(listen.to_string())
@@ -426,23 +457,30 @@ impl Gatekeeper {
         let mut child = command.spawn().expect("start mexec-gatekeeper");
         let addr = listening_address(&mut child)
             .unwrap_or_else(|line| panic!("mexec-gatekeeper did not start: {line:?}"));
-        Gatekeeper { child, addr, extra }
+        Gatekeeper {
+            child,
+            addr,
+            extra,
+            launcher,
+        }
     }
 
     /// Kills the gatekeeper (SIGKILL) and starts a new one on the same port.
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            // The port is free again once the old process is gone.
-            if std::net::TcpListener::bind(self.addr).is_ok() || Instant::now() > deadline {
-                break;
+        if self.launcher.is_empty() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                // The port is free again once the old process is gone.
+                if std::net::TcpListener::bind(self.addr).is_ok() || Instant::now() > deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
         // Assigning drops the old handle, whose process is already reaped.
-        *self = Self::start_on(self.addr, self.extra.clone());
+        *self = Self::start_on(self.launcher.clone(), self.addr, self.extra.clone());
     }
 
     /// The gatekeeper's process id.

@@ -77,10 +77,11 @@ impl NodeContext {
     }
 }
 
-/// How often idle HTTP/2 connections are probed, so a client that vanished
-/// without closing its socket is noticed and its jobs killed.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often HTTP/2 connections are probed, so a client that vanished
+/// without closing its socket (its host cut off or powered off) is noticed
+/// within interval + timeout, 10 s, and its jobs killed, freeing the slot.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long connections may stay open after the last job has finished.
 const LINGER_AFTER_DRAIN: Duration = Duration::from_secs(2);
 

@@ -51,6 +51,9 @@ impl Shared {
     }
 }
 
+/// Pings on every connection, so a client that vanished without closing
+/// its socket is noticed within interval + timeout, 10 s: its lease goes
+/// back to the pool and its queued request is dropped.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Streams one peer address may hold open: a build host runs one lease or
