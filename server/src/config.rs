@@ -446,6 +446,48 @@ mod tests {
     }
 
     #[test]
+    fn tls_opens_the_door_and_needs_all_three_files() {
+        use crate::certs::{self, Kind, Validity};
+        let dir = tempfile::tempdir().unwrap();
+        let ca = certs::new_ca("ca", Validity::days(1)).unwrap();
+        let (ca_pem, _) = ca.write(dir.path(), "ca").unwrap();
+        let node = certs::issue(&ca, Kind::Node, "n1", &[], Validity::days(1)).unwrap();
+        let (cert, key) = node.write(dir.path(), "n1").unwrap();
+        let mut f = flags();
+        f.listen = Some("0.0.0.0:7460".parse().unwrap());
+        f.tls_ca = Some(ca_pem.clone());
+        f.tls_cert = Some(cert);
+        f.tls_key = Some(key);
+        let s = Settings::resolve(f).unwrap();
+        assert!(!s.is_insecure());
+        assert_eq!(s.auth_mode(), "mutual TLS");
+
+        let mut f = flags();
+        f.tls_ca = Some(ca_pem);
+        let err = Settings::resolve(f).unwrap_err().to_string();
+        assert!(err.contains("missing: --tls-cert, --tls-key"), "{err}");
+    }
+
+    #[test]
+    fn limits_take_flags_over_the_file_and_zero_turns_one_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mexecd.toml");
+        std::fs::write(
+            &path,
+            "max_wall_secs = 60\nmax_output_mib = 0\nmax_cpu_secs = 5\n",
+        )
+        .unwrap();
+        let mut f = flags();
+        f.config = Some(path);
+        f.max_cpu_secs = Some(7);
+        let limits = Settings::resolve(f).unwrap().limits;
+        assert_eq!(limits.wall, Some(Duration::from_secs(60)));
+        assert_eq!(limits.cpu, Some(Duration::from_secs(7)));
+        assert_eq!(limits.output_bytes, None);
+        assert_eq!(limits.open_files, Some(4096), "the default");
+    }
+
+    #[test]
     fn root_needs_an_account_for_jobs_and_others_run_jobs_as_themselves() {
         let result = Settings::resolve(Flags::default());
         if users::running_as_root() {

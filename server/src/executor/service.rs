@@ -29,6 +29,18 @@ impl ExecutorService {
     pub fn new(ctx: Arc<NodeContext>) -> Self {
         ExecutorService { ctx }
     }
+
+    /// A place for one more stream from `peer`, or the refusal.
+    #[allow(clippy::result_large_err)] // tonic's Status
+    fn enter(&self, peer: Option<std::net::SocketAddr>) -> Result<StreamPlace, Status> {
+        self.ctx.streams.enter(peer).map_err(|too_many| {
+            JobError::TooManyStreams {
+                peer: too_many.peer,
+                limit: too_many.limit,
+            }
+            .into_status(&self.ctx.name)
+        })
+    }
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -43,17 +55,7 @@ impl Executor for ExecutorService {
         request: Request<Streaming<RunRequest>>,
     ) -> Result<Response<Self::RunStream>, Status> {
         let caller = request.extensions().get::<Caller>().cloned();
-        let place = self
-            .ctx
-            .streams
-            .enter(request.remote_addr())
-            .map_err(|too_many| {
-                JobError::TooManyStreams {
-                    peer: too_many.peer,
-                    limit: too_many.limit,
-                }
-                .into_status(&self.ctx.name)
-            })?;
+        let place = self.enter(request.remote_addr())?;
         let stream = start_job(self.ctx.clone(), caller, place, request.into_inner())
             .await
             .map_err(|err| err.into_status(&self.ctx.name))?;
@@ -68,17 +70,7 @@ impl Executor for ExecutorService {
         &self,
         request: Request<WatchLoadRequest>,
     ) -> Result<Response<Self::WatchLoadStream>, Status> {
-        let place = self
-            .ctx
-            .streams
-            .enter(request.remote_addr())
-            .map_err(|too_many| {
-                JobError::TooManyStreams {
-                    peer: too_many.peer,
-                    limit: too_many.limit,
-                }
-                .into_status(&self.ctx.name)
-            })?;
+        let place = self.enter(request.remote_addr())?;
         let interval = match request.into_inner().interval_ms {
             0 => Duration::from_secs(1),
             ms => Duration::from_millis(u64::from(ms).max(50)),
