@@ -21,6 +21,7 @@ use tonic::{Status, Streaming};
 use super::admission::{SlotGuard, Ticket};
 use super::error::JobError;
 use super::limits::{self, Exceeded, Rlimits};
+use super::pace::Pace;
 use super::process::{self, Reaped};
 use super::NodeContext;
 
@@ -397,7 +398,11 @@ async fn read_inbound(
             message = inbound.message(), if client_open && pending_bytes < STDIN_BUFFER => message,
         };
         if let (Some(pace), Ok(Some(message))) = (pace.as_mut(), &message) {
-            pace.wait(message).await;
+            let stdin_bytes = match &message.msg {
+                Some(run_request::Msg::Stdin(chunk)) => chunk.len(),
+                _ => 0,
+            };
+            pace.wait(stdin_bytes).await;
         }
         match message {
             Ok(Some(RunRequest { msg: Some(msg) })) => match msg {
@@ -425,47 +430,6 @@ async fn read_inbound(
                 let _ = control.send(Control::ClientGone);
                 return;
             }
-        }
-    }
-}
-
-/// Bounds how fast a client's messages are read: past the rate, reading
-/// pauses, so HTTP/2 flow control slows the sender instead of the node
-/// spending CPU on a flood. Every message counts at least `MESSAGE_COST`
-/// bytes, so a flood of empty messages or signals is bounded too.
-struct Pace {
-    bytes_per_sec: f64,
-    start: Instant,
-    sent: f64,
-}
-
-const MESSAGE_COST: usize = 256;
-
-impl Pace {
-    fn new(bytes_per_sec: u64) -> Pace {
-        Pace {
-            bytes_per_sec: bytes_per_sec.max(1) as f64,
-            start: Instant::now(),
-            sent: 0.0,
-        }
-    }
-
-    async fn wait(&mut self, message: &RunRequest) {
-        let size = match &message.msg {
-            Some(run_request::Msg::Stdin(chunk)) => chunk.len(),
-            _ => 0,
-        };
-        self.sent += size.max(MESSAGE_COST) as f64;
-        let due = self.start + Duration::from_secs_f64(self.sent / self.bytes_per_sec);
-        // A client that was quiet for a while gets at most a second's worth
-        // of burst, not its whole idle time.
-        let now = Instant::now();
-        if due + Duration::from_secs(1) < now {
-            self.start = now - Duration::from_secs(1);
-            self.sent = self.bytes_per_sec;
-        }
-        if due > now {
-            tokio::time::sleep_until(due.into()).await;
         }
     }
 }

@@ -7,6 +7,7 @@
 //! - `admission`: slots, the bounded queue and draining.
 //! - `limits`: request size limits and the resources a job may use.
 //! - `memory`: the node's watcher of each job's resident memory.
+//! - `pace`: the rate at which a client's stdin and messages are read.
 //! - `policy`: the programs this node is allowed to run.
 //! - `load`: the load report.
 //! - `membership`: joining a gatekeeper and streaming our load to it.
@@ -19,6 +20,7 @@ mod limits;
 mod load;
 mod membership;
 mod memory;
+mod pace;
 mod policy;
 mod process;
 mod service;
