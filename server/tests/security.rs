@@ -633,3 +633,23 @@ fn gatekeeper_user_limits_go_by_the_certificate_not_the_claim() {
         assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     }
 }
+
+#[tokio::test]
+async fn a_gatekeeper_stream_that_sends_nothing_is_closed_with_a_clear_error() {
+    use mexec_proto::v1::gatekeeper_client::GatekeeperClient;
+    let gatekeeper = Gatekeeper::start(&["--start-timeout-secs", "1"]);
+    let mut client = GatekeeperClient::connect(format!("http://{}", gatekeeper.address()))
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel::<RunRequest>(1);
+    let status = match client.run(ReceiverStream::new(rx)).await {
+        Ok(mut stream) => stream.get_mut().message().await.expect_err("a refusal"),
+        Err(status) => status,
+    };
+    drop(tx);
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status.message().contains("nothing arrived within 1s"),
+        "{status:?}"
+    );
+}

@@ -65,6 +65,9 @@ pub struct Flags {
     /// Users who may submit, comma-separated [default: all].
     #[arg(long, env = "MEXEC_ALLOWED_USERS", value_delimiter = ',')]
     pub allowed_users: Vec<String>,
+    /// Seconds a caller has to send a stream's first message [default: 10].
+    #[arg(long, env = "MEXEC_START_TIMEOUT_SECS")]
+    pub start_timeout_secs: Option<u64>,
 }
 
 fn parse_user_limit(text: &str) -> Result<(String, u32), String> {
@@ -105,6 +108,8 @@ pub struct FileConfig {
     pub tls_key: Option<PathBuf>,
     /// Users who may submit. Default: all.
     pub allowed_users: Option<Vec<String>>,
+    /// Seconds a caller has to send a stream's first message. Default: 10.
+    pub start_timeout_secs: Option<u64>,
 }
 
 /// Everything a gatekeeper needs, checked.
@@ -118,6 +123,8 @@ pub struct Settings {
     pub tls: Option<Tls>,
     /// Users who may submit; `None` admits all.
     pub allowed_users: Option<Vec<String>>,
+    /// How long a caller has to send a stream's first message.
+    pub start_timeout: std::time::Duration,
 }
 
 /// Why the settings were refused.
@@ -191,6 +198,13 @@ impl Settings {
             },
             log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
             tls,
+            start_timeout: std::time::Duration::from_secs(
+                flags
+                    .start_timeout_secs
+                    .or(file.start_timeout_secs)
+                    .unwrap_or(10)
+                    .max(1),
+            ),
             allowed_users: Some(flags.allowed_users)
                 .filter(|users| !users.is_empty())
                 .or(file.allowed_users),

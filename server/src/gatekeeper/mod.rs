@@ -41,6 +41,8 @@ pub struct Shared {
     pub access: Access,
     /// Open streams per peer address.
     pub streams: Arc<PeerStreams>,
+    /// How long a caller has to send a stream's first message.
+    pub start_timeout: Duration,
 }
 
 impl Shared {
@@ -59,8 +61,6 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Streams one peer address may hold open: a build host runs one lease or
 /// relayed stream per job, so this is generous.
 const MAX_STREAMS_PER_PEER: usize = 4096;
-/// How long a caller has to send the first message of a stream.
-pub const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open streams may delay a stopping gatekeeper.
 const LINGER_AFTER_STOP: Duration = Duration::from_secs(2);
 
@@ -80,6 +80,7 @@ pub async fn run(
             settings.allowed_users.clone(),
         ),
         streams: PeerStreams::new(MAX_STREAMS_PER_PEER),
+        start_timeout: settings.start_timeout,
     });
     let reaper = tokio::spawn(expire_silent_nodes(shared.clone()));
 

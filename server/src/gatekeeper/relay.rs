@@ -34,7 +34,7 @@ pub async fn start(
     place: StreamPlace,
     mut inbound: Streaming<RunRequest>,
 ) -> Result<ReceiverStream<Result<RunResponse, Status>>, Status> {
-    let first = first_message(&mut inbound).await?;
+    let first = first_message(&shared, &mut inbound).await?;
     let Some(run_request::Msg::Start(mut spec)) = first.msg else {
         return Err(Status::invalid_argument(
             "the first message of a Run stream must be the job (`start`)",

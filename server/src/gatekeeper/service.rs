@@ -75,13 +75,12 @@ pub fn job_user(shared: &Shared, caller: Option<&Caller>, claimed: &str) -> Resu
         .map_err(|denied| Status::permission_denied(format!("gatekeeper: {denied}")))
 }
 
-/// The first message of a stream, which must come within
-/// `FIRST_MESSAGE_TIMEOUT`.
-pub async fn first_message<T>(inbound: &mut Streaming<T>) -> Result<T, Status> {
-    match tokio::time::timeout(super::FIRST_MESSAGE_TIMEOUT, inbound.message()).await {
+/// The first message of a stream, which must come within the start timeout.
+pub async fn first_message<T>(shared: &Shared, inbound: &mut Streaming<T>) -> Result<T, Status> {
+    match tokio::time::timeout(shared.start_timeout, inbound.message()).await {
         Err(_) => Err(Status::deadline_exceeded(format!(
             "gatekeeper: nothing arrived within {:?} of opening the stream",
-            super::FIRST_MESSAGE_TIMEOUT
+            shared.start_timeout
         ))),
         Ok(message) => message?.ok_or_else(|| {
             Status::cancelled("the client closed the stream before its first message")
@@ -151,7 +150,7 @@ impl Gatekeeper for GatekeeperService {
         let caller = request.extensions().get::<Caller>().cloned();
         let place = self.enter(peer)?;
         let mut inbound = request.into_inner();
-        let first = first_message(&mut inbound).await?;
+        let first = first_message(&self.shared, &mut inbound).await?;
         let Some(join_request::Msg::Register(register)) = first.msg else {
             return Err(Status::invalid_argument(
                 "the first message of a Join stream must be `register`",
@@ -183,7 +182,7 @@ impl Gatekeeper for GatekeeperService {
         let caller = request.extensions().get::<Caller>().cloned();
         let place = self.enter(request.remote_addr())?;
         let mut inbound = request.into_inner();
-        let first = first_message(&mut inbound).await?;
+        let first = first_message(&self.shared, &mut inbound).await?;
         let Some(acquire_request::Msg::Request(mut lease_request)) = first.msg else {
             return Err(Status::invalid_argument(
                 "the first message of an Acquire stream must be `request`",
