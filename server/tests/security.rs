@@ -424,28 +424,48 @@ async fn hostile_requests_get_clear_errors_and_other_jobs_go_on() {
 async fn streams_beyond_the_per_peer_cap_are_refused() {
     let node = start_node(
         "n1",
-        &["--start-timeout-secs", "5", "--max-streams-per-peer", "2"].map(String::from),
+        &["--start-timeout-secs", "3", "--max-streams-per-peer", "2"].map(String::from),
     );
-    let mut client = ExecutorClient::connect(format!("http://{}", node.addr))
+    let client = ExecutorClient::connect(format!("http://{}", node.addr))
         .await
         .unwrap();
-    // Two streams that say nothing hold the peer's two places.
-    let mut held = Vec::new();
-    for _ in 0..2 {
+    // Three streams that say nothing, from one peer allowed two: one is
+    // refused at once, the other two wait for their jobs until the start
+    // timeout.
+    let mut streams = Vec::new();
+    for _ in 0..3 {
         let (tx, rx) = mpsc::channel::<RunRequest>(1);
-        let mut c = client.clone();
-        held.push((
-            tx,
-            tokio::spawn(async move { c.run(ReceiverStream::new(rx)).await }),
-        ));
+        let mut client = client.clone();
+        streams.push(tokio::spawn(async move {
+            let result = client.run(ReceiverStream::new(rx)).await;
+            drop(tx);
+            match result {
+                Ok(mut stream) => stream.get_mut().message().await.expect_err("a refusal"),
+                Err(status) => status,
+            }
+        }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (_tx, rx) = mpsc::channel::<RunRequest>(1);
-    let status = client.run(ReceiverStream::new(rx)).await.unwrap_err();
-    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    assert!(
-        status.message().contains("too many open streams"),
-        "{status:?}"
+    let mut codes = Vec::new();
+    for stream in streams {
+        let status = stream.await.unwrap();
+        if status.code() == Code::ResourceExhausted {
+            assert!(
+                status
+                    .message()
+                    .contains("too many open streams from 127.0.0.1 (2)"),
+                "{status:?}"
+            );
+        }
+        codes.push(status.code());
+    }
+    codes.sort_by_key(|c| *c as i32);
+    assert_eq!(
+        codes,
+        [
+            Code::DeadlineExceeded,
+            Code::DeadlineExceeded,
+            Code::ResourceExhausted
+        ]
     );
 }
 
