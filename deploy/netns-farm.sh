@@ -83,6 +83,8 @@ kill_host() {
     local ns pids
     ns=$(host_ns "$1")
     pids=$(ip netns pids "$ns" 2>/dev/null || true)
+    # Stopped first, then killed: all at once, as a power cut would.
+    [ -z "$pids" ] || kill -STOP $pids 2>/dev/null || true
     [ -z "$pids" ] || kill -KILL $pids 2>/dev/null || true
 }
 

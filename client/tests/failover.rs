@@ -189,6 +189,47 @@ fn a_repeatable_job_whose_node_dies_is_rerun_elsewhere_with_one_output() {
 }
 
 #[test]
+fn a_frozen_node_is_given_up_within_the_keepalive_bound() {
+    // A stopped process keeps its sockets open and its kernel still
+    // acknowledges packets: only the unanswered HTTP/2 pings tell.
+    let farm = Farm::start(2, 2);
+    let dir = job_dir();
+    let script = "echo $$ >> attempts; sleep 2; echo done";
+    let child = farm
+        .mexec(dir.path(), &["--retry", "sh", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let attempts = dir.path().join("attempts");
+    assert!(wait_until(Duration::from_secs(20), || {
+        std::fs::read_to_string(&attempts).is_ok_and(|s| s.ends_with('\n'))
+    }));
+    let first: u32 = std::fs::read_to_string(&attempts)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let parent = parent_pid(first).expect("job's parent");
+    let frozen = farm
+        .executors
+        .iter()
+        .find(|e| e.pid() == parent)
+        .expect("the job runs under one of the executors");
+    frozen.signal(libc::SIGSTOP);
+    let stopped_at = std::time::Instant::now();
+    let output = child.wait_with_output().unwrap();
+    let took = stopped_at.elapsed();
+    frozen.signal(libc::SIGCONT);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(output.stdout, b"done\n");
+    // The bound is 6 s of silence, then the 2 s job again elsewhere.
+    eprintln!("the frozen node was given up and the job rerun in {took:?}");
+    assert!(took < Duration::from_secs(20), "took {took:?}: {stderr}");
+}
+
+#[test]
 fn a_job_that_is_not_repeatable_fails_when_its_node_dies() {
     let farm = Farm::start(1, 2);
     let dir = job_dir();

@@ -261,3 +261,22 @@ fn in_the_cc_form_version_probes_reach_the_compiler() {
         format!("mexec {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+#[test]
+fn a_job_dies_with_its_executor_even_when_the_executor_is_sigkilled() {
+    // The daemon cannot clean up after SIGKILL; its group keeper does, so
+    // no part of the job (not only the leader) runs on unwatched and
+    // writes output while the job is rerun elsewhere.
+    let farm = Farm::start(1, 2);
+    let dir = job_dir();
+    let (mut child, sh, bg) = start_group_job(&farm, dir.path());
+    assert!(pid_alive(sh) && pid_alive(bg));
+    farm.executors[0].signal(libc::SIGKILL);
+    assert!(
+        wait_until(Duration::from_secs(5), || !pid_alive(sh) && !pid_alive(bg)),
+        "left running: shell {} background {}",
+        pid_alive(sh),
+        pid_alive(bg)
+    );
+    let _ = child.wait();
+}

@@ -185,15 +185,39 @@ fn ip(args: &[&str]) -> Result<String, String> {
 
 /// SIGKILLs every process in `namespace`: a namespace with processes in
 /// it outlives `ip netns del` as long as they do.
+///
+/// All at once, as a power cut would: killed one by one, a job killed
+/// before its daemon would be reported by the daemon as dead of SIGKILL
+/// (and pids wrap, so the daemon is not always listed first). So every
+/// process is stopped first, until no new one appears, and only then
+/// killed.
 fn kill_processes_in(namespace: &str) {
-    let Ok(pids) = ip(&["netns", "pids", namespace]) else {
-        return;
+    let list = || -> Vec<i32> {
+        ip(&["netns", "pids", namespace])
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
     };
-    for pid in pids
-        .split_whitespace()
-        .filter_map(|p| p.parse::<i32>().ok())
-    {
-        // SAFETY: kill has no memory effects.
+    let mut stopped: std::collections::HashSet<i32> = std::collections::HashSet::new();
+    loop {
+        let fresh: Vec<i32> = list()
+            .into_iter()
+            .filter(|p| !stopped.contains(p))
+            .collect();
+        if fresh.is_empty() {
+            break;
+        }
+        for pid in fresh {
+            // SAFETY: kill has no memory effects.
+            unsafe {
+                libc::kill(pid, libc::SIGSTOP);
+            }
+            stopped.insert(pid);
+        }
+    }
+    for pid in stopped {
+        // SAFETY: as above; SIGKILL ends a stopped process too.
         unsafe {
             libc::kill(pid, libc::SIGKILL);
         }

@@ -7,6 +7,8 @@ use mexec_server::config::{Flags, Settings};
 use tokio::net::TcpListener;
 
 fn main() {
+    // The same binary is the daemon's group keeper when started as one.
+    mexec_server::executor::group_keeper::serve_if_keeper();
     if let Err(err) = real_main() {
         eprintln!("mexecd: {err:#}");
         std::process::exit(2);

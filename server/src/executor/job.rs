@@ -106,6 +106,7 @@ pub async fn run(
         }
     };
     let pid = started.pid;
+    let kept = ctx.groups.as_ref().map(|keeper| keeper.keep(pid));
     let _ = out
         .send(Ok(response(run_response::Msg::Accepted(Accepted {
             node: ctx.name.clone(),
@@ -200,6 +201,7 @@ pub async fn run(
     // Whatever the leader left running in its group goes with it: a node
     // must not collect stray processes from finished jobs.
     process::signal_group(pid, libc::SIGKILL);
+    drop(kept);
     reader.abort();
     if let Some(writer) = stdin_writer {
         writer.abort();

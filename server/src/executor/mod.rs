@@ -15,6 +15,7 @@
 
 mod admission;
 mod error;
+pub mod group_keeper;
 mod job;
 mod limits;
 mod load;
@@ -70,6 +71,8 @@ pub struct NodeContext {
     pub start_timeout: Duration,
     /// Open streams per peer address.
     pub streams: Arc<PeerStreams>,
+    /// Kills the jobs' process groups if the daemon dies without doing it.
+    pub groups: Option<Arc<group_keeper::GroupKeeper>>,
 }
 
 impl NodeContext {
@@ -112,6 +115,13 @@ pub async fn run(
         memory: memory::MemoryWatch::start(),
         start_timeout: settings.start_timeout,
         streams: PeerStreams::new(settings.max_streams_per_peer),
+        groups: match group_keeper::GroupKeeper::start() {
+            Ok(keeper) => Some(keeper),
+            Err(err) => {
+                tracing::warn!(%err, "no group keeper: jobs may outlive a crash of this daemon");
+                None
+            }
+        },
     });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
