@@ -2,13 +2,15 @@
 # The test suite, on a bare Debian machine: installs what the tests need
 # beyond the Rust toolchain, gcc, make and python3 (m4 for GMP's configure;
 # cmake, ninja-build and ccache for the build-tool tests; util-linux's
-# unshare; iproute2's ip for the multi-host tests in network namespaces),
+# unshare; iproute2's ip for the multi-host tests in network namespaces;
+# wine and MinGW-w64 for the Windows client and the Windows-tool tests),
+# builds the Windows client (mexec.exe, which the Wine test runs),
 # then runs every test against real processes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for tool in make gcc unshare ip m4 cmake ninja ccache; do
+for tool in make gcc unshare ip m4 cmake ninja ccache wine x86_64-w64-mingw32-gcc; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -22,11 +24,20 @@ if [ ${#missing[@]} -gt 0 ]; then
             unshare) pkgs+=(util-linux) ;;
             ip) pkgs+=(iproute2) ;;
             ninja) pkgs+=(ninja-build) ;;
+            wine) pkgs+=(wine wine64) ;;
+            x86_64-w64-mingw32-gcc) pkgs+=(gcc-mingw-w64-x86-64) ;;
             *) pkgs+=("$tool") ;;
         esac
     done
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}"
 fi
+
+# The Windows client, for the Wine test (client/tests/windows_client.rs).
+windows=x86_64-pc-windows-gnu
+if ! rustup target list --installed | grep -qx "$windows"; then
+    rustup target add "$windows"
+fi
+cargo build -p mexec-client --bin mexec --target "$windows"
 
 cargo test --workspace "$@"

@@ -1,7 +1,7 @@
 //! How `mexec` was started, and the command that follows.
 //!
-//! - `mexec [OPTIONS] [--] CMD ARGS`: our options first (only long ones and
-//!   `-n`, none of which a compiler uses as its first argument).
+//! - `mexec [OPTIONS] [--] CMD ARGS`: our options first (only long ones,
+//!   `-n` and `-e`, none of which a compiler uses as its first argument).
 //! - `mexec CMD ARGS`: the first argument is a program.
 //! - `CC=mexec`: make runs `mexec -c foo.c ...`; an option or a source file
 //!   first means "the compiler", which is `$MEXEC_CC` or `cc`.
@@ -100,7 +100,7 @@ fn is_our_option(arg: &OsStr) -> bool {
     };
     // `--version`, `-V` and `-v` are left to the compiler: build systems
     // probe `$CC --version`, and with CC=mexec that must reach the compiler.
-    if matches!(arg, "--" | "-n" | "-h" | "--help") {
+    if matches!(arg, "--" | "-n" | "-e" | "-h" | "--help") {
         return true;
     }
     let Some(long) = arg.strip_prefix("--") else {
@@ -127,6 +127,10 @@ const OUR_LONG_OPTIONS: &[&str] = &[
     "explain",
     "placement",
     "joblog",
+    "map",
+    "env",
+    "forward-env",
+    "cluster-os",
     "status",
     "json",
     "mexec-version",
@@ -190,6 +194,12 @@ mod tests {
         let inv = parse(argv(&["/usr/bin/mexec", "-n", "cat", "-v"])).unwrap();
         assert!(inv.flags.no_stdin);
         assert_eq!(inv.args, argv(&["cat", "-v"]));
+
+        let inv = parse(argv(&["mexec", "-e", "CFLAGS", "--map", "S:\\=/s", "make"])).unwrap();
+        assert_eq!(inv.form, Form::Options);
+        assert_eq!(inv.flags.env, ["CFLAGS"]);
+        assert_eq!(inv.flags.map, ["S:\\=/s"]);
+        assert_eq!(inv.args, argv(&["make"]));
 
         let inv = parse(argv(&["mexec", "--nodes=a:1", "gcc", "-c", "x.c"])).unwrap();
         assert_eq!(inv.flags.nodes.as_deref(), Some("a:1"));
@@ -259,6 +269,8 @@ mod tests {
             ("MEXEC_PLACEMENT", "random"),
             ("MEXEC_JOBLOG", "/tmp/j"),
             ("MEXEC_GATEKEEPER", "g:1"),
+            ("MEXEC_FORWARD_ENV", "on"),
+            ("MEXEC_CLUSTER_OS", "freebsd"),
         ]
         .into();
         let by_hand = Flags::from_env(|k| env.get(k).map(OsString::from)).unwrap();
@@ -267,6 +279,8 @@ mod tests {
         assert_eq!(by_hand.timeout, Some(30));
         assert_eq!(by_hand.placement, Some(crate::placement::Policy::Random));
         assert_eq!(by_hand.gatekeeper.as_deref(), Some("g:1"));
+        assert!(by_hand.forward_env);
+        assert_eq!(by_hand.cluster_os.as_deref(), Some("freebsd"));
         assert!(Flags::from_env(|k| (k == "MEXEC_TIMEOUT").then(|| "soon".into())).is_err());
     }
 

@@ -8,16 +8,21 @@
 //! - `settings`: flags, `MEXEC_*` variables and the TOML config file.
 //! - `masquerade`: finding the real compiler behind a symlink named `gcc`.
 //! - `job`: the job spec built from this process's cwd, environment, umask.
+//! - `path_map`: `--map LOCAL=REMOTE`, this machine's paths to the executors'.
+//! - `remote_view`: the job as the executors see it (mapped paths, and the
+//!   environment a client on another operating system sends).
 //! - `placement`: choosing a node, with load shared between client processes.
 //! - `remote`: running the job on one node and relaying everything.
 //! - `gatekeeper`: leases, the cached member list, the cluster status.
 //! - `output`: writing (or holding back, for retries) the job's output.
+//! - `console_text`: output for a Windows console, which takes only UTF-8.
 //! - `driver`: the retry loop: next node, back-off, local fallback.
 //! - `local`: running the command here when no node can.
 //! - `status`: `mexec --status`.
 //! - `joblog`: one JSON line per job for scripts and summaries.
 //! - `os`: the operating-system specific parts (signals, umask, processes).
 
+pub mod console_text;
 pub mod driver;
 pub mod gatekeeper;
 pub mod invocation;
@@ -27,8 +32,10 @@ pub mod local;
 pub mod masquerade;
 pub mod os;
 pub mod output;
+pub mod path_map;
 pub mod placement;
 pub mod remote;
+pub mod remote_view;
 pub mod settings;
 pub mod status;
 

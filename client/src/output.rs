@@ -5,6 +5,9 @@
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
+use crate::console_text::ConsoleText;
+use crate::os;
+
 /// Which of our streams a chunk belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
@@ -25,6 +28,9 @@ pub struct Output {
     written_any: bool,
     stdout: tokio::io::Stdout,
     stderr: tokio::io::Stderr,
+    /// Conversions for streams that are a Windows console (else None).
+    stdout_console: Option<ConsoleText>,
+    stderr_console: Option<ConsoleText>,
 }
 
 impl Output {
@@ -37,6 +43,8 @@ impl Output {
             written_any: false,
             stdout: tokio::io::stdout(),
             stderr: tokio::io::stderr(),
+            stdout_console: os::stdout_is_text_console().then(ConsoleText::default),
+            stderr_console: os::stderr_is_text_console().then(ConsoleText::default),
         }
     }
 
@@ -67,6 +75,12 @@ impl Output {
     /// Writes what is held and flushes; the job is over.
     pub async fn finish(&mut self) -> std::io::Result<()> {
         self.release().await?;
+        if let Some(rest) = self.stdout_console.as_mut().map(ConsoleText::finish) {
+            self.stdout.write_all(&rest).await?;
+        }
+        if let Some(rest) = self.stderr_console.as_mut().map(ConsoleText::finish) {
+            self.stderr.write_all(&rest).await?;
+        }
         self.stdout.flush().await?;
         self.stderr.flush().await
     }
@@ -86,11 +100,17 @@ impl Output {
         // produced them when both go to one terminal or file.
         match stream {
             Stream::Stdout => {
-                self.stdout.write_all(chunk).await?;
+                match &mut self.stdout_console {
+                    Some(console) => self.stdout.write_all(&console.convert(chunk)).await?,
+                    None => self.stdout.write_all(chunk).await?,
+                }
                 self.stdout.flush().await
             }
             Stream::Stderr => {
-                self.stderr.write_all(chunk).await?;
+                match &mut self.stderr_console {
+                    Some(console) => self.stderr.write_all(&console.convert(chunk)).await?,
+                    None => self.stderr.write_all(chunk).await?,
+                }
                 self.stderr.flush().await
             }
         }

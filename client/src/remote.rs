@@ -159,7 +159,7 @@ pub async fn run_on(
     };
     let mut responses = match opened {
         Ok(response) => response.into_inner(),
-        Err(status) => return Outcome::NotStarted(classify(&status)),
+        Err(status) => return unconfirmed(&status, node),
     };
 
     let mut started_on: Option<String> = None;
@@ -197,7 +197,7 @@ pub async fn run_on(
                 },
                 Ok(None) => break ended_early(&started_on, node, "the node closed the job's stream without an exit status".into()),
                 Err(status) => match &started_on {
-                    None => break Outcome::NotStarted(classify(&status)),
+                    None => break unconfirmed(&status, node),
                     Some(_) => break ended_early(&started_on, node, status_cause(&status)),
                 },
             },
@@ -230,6 +230,31 @@ pub async fn run_on(
             stdin_consumed: stdin_read.load(Ordering::Acquire),
         },
         other => other,
+    }
+}
+
+/// The stream failed after the job was sent and before the node said it
+/// started it. An answer the node chose to give (busy, draining, cwd
+/// missing, not allowed) means it did not; a broken connection leaves it
+/// unknown, because the node may have started the job and died before its
+/// `Accepted` arrived. Unknown counts as lost, so a job that is not safe
+/// to repeat is never run twice.
+fn unconfirmed(status: &tonic::Status, node: &NodeAddr) -> Outcome {
+    let answered = match status.code() {
+        Code::Unavailable => status.message().contains("draining"),
+        Code::Unknown | Code::Cancelled | Code::Internal | Code::DeadlineExceeded => false,
+        _ => true,
+    };
+    if answered {
+        return Outcome::NotStarted(classify(status));
+    }
+    Outcome::Lost {
+        node: node.authority(),
+        reason: format!(
+            "{} (before the node confirmed the start, so the job may have run)",
+            status_cause(status)
+        ),
+        stdin_consumed: false,
     }
 }
 

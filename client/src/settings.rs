@@ -10,6 +10,8 @@ use mexec_common::config_file::{self, ConfigFileError};
 use mexec_common::nodes::{parse_node_list, NodeAddr, NodeParseError};
 use mexec_common::tls::{Tls, TlsError, TlsPaths};
 use mexec_common::token::{Token, TokenError};
+
+use crate::path_map::{PathMap, Rule, RuleError};
 use serde::Deserialize;
 
 /// Flags of `mexec`; each also reads a `MEXEC_*` variable where it makes sense.
@@ -71,6 +73,24 @@ pub struct Flags {
     /// Append one JSON line per job to this file.
     #[arg(long, env = "MEXEC_JOBLOG")]
     pub joblog: Option<PathBuf>,
+    /// Map a path prefix of this machine to the executors' name of the same
+    /// tree: LOCAL=REMOTE, for example 'S:\src=/export/src' (repeatable;
+    /// also MEXEC_MAP, rules separated by ';').
+    #[arg(long = "map", value_name = "LOCAL=REMOTE")]
+    pub map: Vec<String>,
+    /// Send this variable (from here, or with this value) to the job
+    /// (repeatable; also MEXEC_ENV, names separated by ',').
+    #[arg(short = 'e', long = "env", value_name = "NAME[=VALUE]")]
+    pub env: Vec<String>,
+    /// Send this machine's whole environment even to executors on another
+    /// operating system.
+    #[arg(long, env = "MEXEC_FORWARD_ENV")]
+    pub forward_env: bool,
+    /// The executors' operating system, as Rust names it [default: linux].
+    /// A client on another system sends only the variables it is told to,
+    /// and needs a --map rule for its working directory.
+    #[arg(long, env = "MEXEC_CLUSTER_OS", value_name = "OS")]
+    pub cluster_os: Option<String>,
     /// Show the nodes and their load, then exit.
     #[arg(long)]
     pub status: bool,
@@ -132,6 +152,8 @@ impl Flags {
             verbose: flag("MEXEC_EXPLAIN"),
             placement,
             joblog: path("MEXEC_JOBLOG"),
+            forward_env: flag("MEXEC_FORWARD_ENV"),
+            cluster_os: text("MEXEC_CLUSTER_OS"),
             ..Flags::default()
         })
     }
@@ -165,6 +187,17 @@ pub struct FileConfig {
     pub timeout_secs: Option<u64>,
     /// Say where each job goes and why it moves. Default: false.
     pub explain: Option<bool>,
+    /// Path mapping rules, "LOCAL=REMOTE", added after those of `--map`
+    /// and MEXEC_MAP. Default: none.
+    pub map: Option<Vec<String>>,
+    /// Variables sent to the job, "NAME" or "NAME=VALUE", added after those
+    /// of `-e` and MEXEC_ENV. Default: none.
+    pub env: Option<Vec<String>>,
+    /// Send the whole environment even to executors on another operating
+    /// system. Default: false.
+    pub forward_env: Option<bool>,
+    /// The executors' operating system. Default: "linux".
+    pub cluster_os: Option<String>,
 }
 
 /// Everything the client needs, resolved.
@@ -187,6 +220,31 @@ pub struct Settings {
     pub placement: crate::placement::Policy,
     /// The compiler for `CC=mexec`, split on white space.
     pub cc: Vec<OsString>,
+    /// Local path prefixes and the executors' names for them.
+    pub map: PathMap,
+    /// Variables the job gets by name: `NAME` (our value) or `NAME=VALUE`.
+    pub named_env: Vec<OsString>,
+    /// Send the whole environment even to another operating system.
+    pub forward_env: bool,
+    /// The executors' operating system (Rust's names: "linux", ...;
+    /// empty means `DEFAULT_CLUSTER_OS`).
+    pub cluster_os: String,
+}
+
+/// The executors' operating system unless told otherwise.
+pub const DEFAULT_CLUSTER_OS: &str = "linux";
+
+impl Settings {
+    /// Whether this client runs on another operating system than the
+    /// executors: then its environment is not sent whole and its working
+    /// directory must be mapped.
+    pub fn foreign_client(&self) -> bool {
+        let cluster_os = match self.cluster_os.as_str() {
+            "" => DEFAULT_CLUSTER_OS,
+            named => named,
+        };
+        !cluster_os.eq_ignore_ascii_case(std::env::consts::OS)
+    }
 }
 
 /// Why the settings could not be used.
@@ -202,6 +260,8 @@ pub enum SettingsError {
     Token(#[from] TokenError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("--map / MEXEC_MAP / map: {0}")]
+    Map(#[from] RuleError),
 }
 
 impl Settings {
@@ -257,8 +317,45 @@ impl Settings {
             joblog: flags.joblog.clone(),
             placement: flags.placement.unwrap_or_default(),
             cc: cc.split_whitespace().map(OsString::from).collect(),
+            map: path_map(flags, file.map.unwrap_or_default())?,
+            named_env: named_env(flags, file.env.unwrap_or_default()),
+            forward_env: flags.forward_env || file.forward_env.unwrap_or(false),
+            cluster_os: flags
+                .cluster_os
+                .clone()
+                .or(file.cluster_os)
+                .unwrap_or_else(|| DEFAULT_CLUSTER_OS.to_owned()),
         })
     }
+}
+
+/// The rules of `--map`, then MEXEC_MAP (';'-separated: Windows paths
+/// have colons), then the config file. For equal prefixes the first wins.
+fn path_map(flags: &Flags, from_file: Vec<String>) -> Result<PathMap, RuleError> {
+    let from_env = std::env::var("MEXEC_MAP").unwrap_or_default();
+    let rules = flags
+        .map
+        .iter()
+        .map(String::as_str)
+        .chain(from_env.split(';').map(str::trim).filter(|r| !r.is_empty()))
+        .chain(from_file.iter().map(String::as_str))
+        .map(str::parse::<Rule>)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(PathMap::new(rules))
+}
+
+/// The variables of `-e`, then MEXEC_ENV (names, ','-separated), then the
+/// config file; a later `NAME=VALUE` overrides an earlier one.
+fn named_env(flags: &Flags, from_file: Vec<String>) -> Vec<OsString> {
+    let from_env = std::env::var("MEXEC_ENV").unwrap_or_default();
+    flags
+        .env
+        .iter()
+        .map(String::as_str)
+        .chain(from_env.split(',').map(str::trim).filter(|n| !n.is_empty()))
+        .chain(from_file.iter().map(String::as_str))
+        .map(OsString::from)
+        .collect()
 }
 
 fn default_config_path() -> Option<PathBuf> {

@@ -156,4 +156,10 @@ fn the_example_client_config_under_deploy_parses() {
         mexec_common::config_file::load(&path).expect("deploy/mexec.toml parses");
     assert_eq!(config.nodes.map(|n| n.len()), Some(3));
     assert_eq!(config.cc.as_deref(), Some("gcc"));
+    let rules = config.map.expect("the example has map rules");
+    assert_eq!(rules.len(), 2);
+    for rule in rules {
+        rule.parse::<mexec_client::path_map::Rule>()
+            .unwrap_or_else(|e| panic!("{rule}: {e}"));
+    }
 }

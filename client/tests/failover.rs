@@ -162,12 +162,16 @@ fn a_repeatable_job_whose_node_dies_is_rerun_elsewhere_with_one_output() {
         .spawn()
         .unwrap();
     let attempts = dir.path().join("attempts");
-    assert!(wait_until(Duration::from_secs(20), || attempts.exists()));
-    let first: u32 = std::fs::read_to_string(&attempts)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    // The file exists from the shell's open, before the pid is written:
+    // wait for a whole line.
+    let first_pid = || {
+        std::fs::read_to_string(&attempts)
+            .ok()
+            .filter(|text| text.ends_with('\n'))
+            .and_then(|text| text.trim().parse::<u32>().ok())
+    };
+    assert!(wait_until(Duration::from_secs(20), || first_pid().is_some()));
+    let first = first_pid().unwrap();
     // The executor is the job's parent: kill that node hard.
     let parent = parent_pid(first).expect("job's parent");
     let victim = farm
@@ -294,4 +298,62 @@ fn nodes_can_come_from_the_config_file() {
         stderr.starts_with("mexec: config file") && stderr.contains("nodez"),
         "{stderr}"
     );
+}
+
+/// A node that takes a job and dies before saying it started it: accepts
+/// the connection, reads the request, and closes without an answer.
+fn node_that_dies_with_the_request() -> String {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut buf = [0u8; 4096];
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            // The HTTP/2 preface, settings, headers and the job itself.
+            let mut got = 0;
+            while got < 200 {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got += n,
+                }
+            }
+            drop(stream);
+        }
+    });
+    address
+}
+
+#[test]
+fn a_job_whose_start_is_unconfirmed_is_not_run_twice_unless_repeatable() {
+    let farm = Farm::start(1, 2);
+    let dir = job_dir();
+    let silent = node_that_dies_with_the_request();
+    // Not repeatable: it may have started, so it is neither rerun on
+    // another node nor run here.
+    let output = farm
+        .mexec(dir.path(), &["sh", "-c", "echo ran"])
+        .env("MEXEC_NODES", &silent)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(255), "{stderr}");
+    assert_eq!(output.stdout, b"", "{stderr}");
+    assert!(stderr.contains("may have run"), "{stderr}");
+
+    // Repeatable: run again on a node that works.
+    let output = farm
+        .mexec(dir.path(), &["--retry", "sh", "-c", "echo ran"])
+        .env("MEXEC_NODES", format!("{silent},{}", farm.nodes()))
+        .env("MEXEC_PLACEMENT", "round-robin")
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.stdout,
+        b"ran\n",
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success());
 }

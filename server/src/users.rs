@@ -1,6 +1,7 @@
 //! The account jobs run as.
 
 use std::ffi::{CStr, CString};
+use std::os::unix::ffi::OsStrExt;
 
 /// A local account, as jobs need it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,6 +12,8 @@ pub struct Account {
     pub uid: u32,
     /// Primary group id.
     pub gid: u32,
+    /// Home directory, for jobs that start from the node's environment.
+    pub home: std::path::PathBuf,
 }
 
 /// Why an account could not be used.
@@ -49,10 +52,14 @@ pub fn lookup(name: &str) -> Result<Account, AccountError> {
     let name = unsafe { CStr::from_ptr(pwd.pw_name) }
         .to_string_lossy()
         .into_owned();
+    // SAFETY: as pw_name, pw_dir is a NUL-terminated string in buf.
+    let home = unsafe { CStr::from_ptr(pwd.pw_dir) };
+    let home = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(home.to_bytes()));
     Ok(Account {
         name,
         uid: pwd.pw_uid,
         gid: pwd.pw_gid,
+        home,
     })
 }
 

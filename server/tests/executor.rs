@@ -33,6 +33,7 @@ fn spec(argv: &[&str], cwd: &Path) -> JobSpec {
         build_id: "test-build".into(),
         timeout_ms: 0,
         forward_stdin: false,
+        ..JobSpec::default()
     }
 }
 

@@ -9,6 +9,7 @@
 //! - job directories and file ownership for the job account.
 //! - `c_project`: a vendored C source tree from the cargo registry.
 //! - `wait_until`: polling with a deadline instead of sleeps.
+//! - `wine`: Wine prefixes and MinGW builds for the Windows programs' tests.
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -20,6 +21,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub mod netns;
+pub mod wine;
 
 /// The job account when tests run as root (executors refuse to run jobs as
 /// root, as they should).
@@ -53,6 +55,13 @@ pub fn bin(name: &str) -> PathBuf {
         assert!(status.success(), "cargo build --bin {name} failed");
     }
     path
+}
+
+/// Says that a test skips and why, on stderr directly: libtest captures
+/// `eprintln!` of passing tests, and a skip must not look like a pass.
+pub fn skip(reason: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {reason}");
 }
 
 /// Whether this process runs as root.

@@ -65,10 +65,10 @@ fn real_main() -> i32 {
         say!("no command given; usage: mexec [OPTIONS] [--] COMMAND [ARGS...] (see mexec --help)");
         return EXIT_MEXEC_FAILURE;
     }
-    let mut job = match Job::here(argv, env) {
+    let mut job = match Job::here(argv, env, &settings) {
         Ok(job) => job,
         Err(err) => {
-            say!("cannot read the current directory: {err}");
+            say!("{err}");
             return EXIT_MEXEC_FAILURE;
         }
     };

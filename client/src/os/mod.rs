@@ -1,7 +1,12 @@
-//! Operating-system specific parts, one module per family, so ports to
-//! Windows and other Unixes replace these and nothing else.
+//! Operating-system specific parts, one module per family, so ports
+//! replace these and nothing else. Both export the same names.
 
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
 pub use unix::*;
+
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+pub use windows::*;

@@ -38,9 +38,20 @@ pub fn stdin_is_terminal() -> bool {
     std::io::stdin().is_terminal()
 }
 
-/// The process group we run in: make and all its children share it, so it
-/// tells one build from another on the same host.
-pub fn process_group() -> u32 {
+/// Whether stdout is a console that takes only text (never on Unix: a
+/// terminal takes any bytes).
+pub fn stdout_is_text_console() -> bool {
+    false
+}
+
+/// Whether stderr is a console that takes only text (never on Unix).
+pub fn stderr_is_text_console() -> bool {
+    false
+}
+
+/// What tells one build from another on this host: the process group we
+/// run in, which make and all its children share.
+pub fn build_scope() -> u32 {
     // SAFETY: getpgrp has no preconditions.
     unsafe { libc::getpgrp() as u32 }
 }

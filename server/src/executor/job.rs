@@ -460,7 +460,13 @@ fn spawn_failure(
     // A PATH search that met an unreadable directory reports EACCES even
     // when the program is nowhere; a shell calls that "not found", so do we.
     let missing = err.kind() == std::io::ErrorKind::NotFound
-        || !process::program_exists(&spec.argv[0], job_path(spec), cwd);
+        || !process::program_exists(
+            &spec.argv[0],
+            super::environment::job_path(spec)
+                .as_ref()
+                .map(|p| p.as_bytes()),
+            cwd,
+        );
     let (code, error) = if missing {
         (127, format!("command not found: {argv0}"))
     } else if err.kind() == std::io::ErrorKind::PermissionDenied {
@@ -473,13 +479,6 @@ fn spawn_failure(
         error,
         ..Exit::default()
     })
-}
-
-fn job_path(spec: &JobSpec) -> Option<&[u8]> {
-    spec.env
-        .iter()
-        .find(|v| v.name.as_ref() == b"PATH")
-        .map(|v| v.value.as_ref())
 }
 
 fn exit_message(
@@ -540,6 +539,7 @@ fn log_job(ctx: &NodeContext, spec: &JobSpec, argv0: &str, started_at: Instant, 
         job_id = %spec.job_id,
         user = %spec.user,
         client_host = %spec.client_host,
+        client_os = %spec.client_os,
         build_id = %spec.build_id,
         argv0,
         node = %ctx.name,

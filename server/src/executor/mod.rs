@@ -3,6 +3,7 @@
 //! Layout:
 //! - `service`: the tonic handlers.
 //! - `job`: one job from admission to exit status.
+//! - `environment`: the variables a job starts with.
 //! - `process`: spawning, signalling and reaping a job's process group.
 //! - `admission`: slots, the bounded queue and draining.
 //! - `limits`: request size limits and the resources a job may use.
@@ -14,6 +15,7 @@
 //! - `error`: refusals and their gRPC statuses.
 
 mod admission;
+mod environment;
 mod error;
 pub mod group_keeper;
 mod job;

@@ -57,11 +57,7 @@ pub fn spawn(
     command
         .args(spec.argv[1..].iter().map(|a| OsStr::from_bytes(a)))
         .env_clear()
-        .envs(
-            spec.env
-                .iter()
-                .map(|v| (OsStr::from_bytes(&v.name), OsStr::from_bytes(&v.value))),
-        )
+        .envs(super::environment::for_job(spec, run_as))
         .current_dir(OsStr::from_bytes(&spec.cwd))
         // The job leads its own group, so signals and kills reach everything
         // it starts, and nothing of the daemon's.
