@@ -248,11 +248,12 @@ fn unconfirmed(status: &tonic::Status, node: &NodeAddr) -> Outcome {
     if answered {
         return Outcome::NotStarted(classify(status));
     }
+    let cause = status_cause(status);
     Outcome::Lost {
         node: node.authority(),
         reason: format!(
-            "{} (before the node confirmed the start, so the job may have run)",
-            status_cause(status)
+            "{cause}{} (before the node confirmed the start, so the job may have run)",
+            tls_hint(&cause)
         ),
         stdin_consumed: false,
     }
