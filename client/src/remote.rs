@@ -3,10 +3,11 @@
 //! the driver may do next, so the outcome keeps the two apart.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use mexec_common::nodes::NodeAddr;
+use mexec_common::tls::Tls;
 use mexec_common::token::Token;
 use mexec_proto::v1::executor_client::ExecutorClient;
 use mexec_proto::v1::gatekeeper_client::GatekeeperClient;
@@ -16,7 +17,7 @@ use mexec_proto::v1::{
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request};
 
 use crate::job::Job;
@@ -67,9 +68,19 @@ pub enum Outcome {
     Abandoned { signal: i32 },
 }
 
+/// The TLS set-up every channel of this process uses, once configured.
+/// Channels are opened in many places (placement, leases, status, runs);
+/// like the cluster's CA, the identity is one per process.
+static TLS: OnceLock<Tls> = OnceLock::new();
+
+/// Makes every later channel use mutual TLS with `tls` (the first call wins).
+pub fn use_tls(tls: Tls) {
+    let _ = TLS.set(tls);
+}
+
 /// Opens a channel to `node`.
 pub async fn connect(node: &NodeAddr) -> Result<Channel, String> {
-    let endpoint = Endpoint::from_shared(node.uri())
+    let endpoint = mexec_common::tls::endpoint(&node.authority(), TLS.get())
         .map_err(|e| format!("bad address: {e}"))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
@@ -78,7 +89,11 @@ pub async fn connect(node: &NodeAddr) -> Result<Channel, String> {
         .keep_alive_while_idle(true);
     match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
         Ok(Ok(channel)) => Ok(channel),
-        Ok(Err(err)) => Err(transport_cause(&err)),
+        Ok(Err(err)) => {
+            let mut cause = transport_cause(&err);
+            cause.push_str(tls_hint(&cause));
+            Err(cause)
+        }
         Err(_) => Err(format!("no answer within {CONNECT_TIMEOUT:?}")),
     }
 }
@@ -233,11 +248,12 @@ fn unconfirmed(status: &tonic::Status, node: &NodeAddr) -> Outcome {
     if answered {
         return Outcome::NotStarted(classify(status));
     }
+    let cause = status_cause(status);
     Outcome::Lost {
         node: node.authority(),
         reason: format!(
-            "{} (before the node confirmed the start, so the job may have run)",
-            status_cause(status)
+            "{cause}{} (before the node confirmed the start, so the job may have run)",
+            tls_hint(&cause)
         ),
         stdin_consumed: false,
     }
@@ -294,7 +310,8 @@ async fn forward_stdin(requests: mpsc::Sender<RunRequest>, read_any: Arc<AtomicB
 
 /// Sorts a refusal into busy, unreachable or refused.
 pub fn classify(status: &tonic::Status) -> NotStarted {
-    let cause = status_cause(status);
+    let mut cause = status_cause(status);
+    cause.push_str(tls_hint(&cause));
     match status.code() {
         Code::ResourceExhausted => NotStarted::Busy(cause),
         Code::Unavailable if !status.message().contains("draining") => {
@@ -305,10 +322,51 @@ pub fn classify(status: &tonic::Status) -> NotStarted {
 }
 
 fn status_cause(status: &tonic::Status) -> String {
-    if status.message().is_empty() {
+    use std::error::Error;
+    let mut cause = if status.message().is_empty() {
         format!("{:?}", status.code())
     } else {
         status.message().to_owned()
+    };
+    // "transport error" alone says nothing; the innermost source does
+    // ("received fatal alert: UnknownCA").
+    let mut source: Option<&dyn Error> = status.source();
+    let mut innermost = None;
+    while let Some(inner) = source {
+        innermost = Some(inner.to_string());
+        source = inner.source();
+    }
+    if let Some(inner) = innermost.filter(|inner| !cause.contains(inner.as_str())) {
+        cause = format!("{cause}: {inner}");
+    }
+    cause
+}
+
+/// A hint to add when a failure reads like the two ends disagree about
+/// TLS (one side without it, a certificate the other does not accept).
+fn tls_hint(cause: &str) -> &'static str {
+    const SURE: &str = " (mutual TLS: the node and this client need certificates from the same \
+                        cluster CA, valid now; see --tls-ca, --tls-cert, --tls-key)";
+    const MAYBE: &str = " (the node dropped the connection: if it uses mutual TLS, this client \
+                         needs a certificate from the same cluster CA, valid now; see --tls-ca, \
+                         --tls-cert, --tls-key)";
+    let cause = cause.to_ascii_lowercase();
+    let tls_words = [
+        "certificate",
+        "alert",
+        "h2 protocol error",
+        "tls",
+        "handshake",
+    ];
+    // With TLS 1.3 the server may reject our certificate after we think
+    // the handshake is done: we then only see the connection drop.
+    let dropped = ["broken pipe", "connection reset", "connection closed"];
+    if tls_words.iter().any(|word| cause.contains(word)) {
+        SURE
+    } else if dropped.iter().any(|word| cause.contains(word)) {
+        MAYBE
+    } else {
+        ""
     }
 }
 

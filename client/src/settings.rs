@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use mexec_common::config_file::{self, ConfigFileError};
 use mexec_common::nodes::{parse_node_list, NodeAddr, NodeParseError};
+use mexec_common::tls::{Tls, TlsError, TlsPaths};
 use mexec_common::token::{Token, TokenError};
 
 use crate::path_map::{PathMap, Rule, RuleError};
@@ -34,6 +35,15 @@ pub struct Flags {
     /// File holding the cluster's shared token.
     #[arg(long, env = "MEXEC_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// The cluster CA certificate (PEM), for mutual TLS.
+    #[arg(long, env = "MEXEC_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Your user certificate (PEM), from `mexec-cert user`.
+    #[arg(long, env = "MEXEC_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Your private key (PEM).
+    #[arg(long, env = "MEXEC_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// Gatekeeper to ask for placement (host:port).
     #[arg(long, env = "MEXEC_GATEKEEPER")]
     pub gatekeeper: Option<String>,
@@ -130,6 +140,9 @@ impl Flags {
             config: path("MEXEC_CONFIG"),
             nodes: text("MEXEC_NODES"),
             token_file: path("MEXEC_TOKEN_FILE"),
+            tls_ca: path("MEXEC_TLS_CA"),
+            tls_cert: path("MEXEC_TLS_CERT"),
+            tls_key: path("MEXEC_TLS_KEY"),
             gatekeeper: text("MEXEC_GATEKEEPER"),
             relay: flag("MEXEC_RELAY"),
             no_local: flag("MEXEC_NO_LOCAL"),
@@ -154,6 +167,12 @@ pub struct FileConfig {
     pub nodes: Option<Vec<NodeAddr>>,
     /// File holding the cluster's shared token. Default: none.
     pub token_file: Option<PathBuf>,
+    /// Cluster CA certificate for mutual TLS. Default: none (no TLS).
+    pub tls_ca: Option<PathBuf>,
+    /// Your user certificate. Default: none.
+    pub tls_cert: Option<PathBuf>,
+    /// Your private key. Default: none.
+    pub tls_key: Option<PathBuf>,
     /// Gatekeeper, "host:port". Default: none (place over `nodes`).
     pub gatekeeper: Option<NodeAddr>,
     /// Send whole jobs through the gatekeeper. Default: false.
@@ -188,6 +207,9 @@ pub struct Settings {
     pub gatekeeper: Option<NodeAddr>,
     pub relay: bool,
     pub token: Option<Token>,
+    /// Mutual TLS, when configured (also installed for every channel, see
+    /// `remote::use_tls`).
+    pub tls: Option<Tls>,
     pub no_local: bool,
     pub retry: bool,
     pub forward_stdin: bool,
@@ -236,6 +258,8 @@ pub enum SettingsError {
     Gatekeeper(NodeParseError),
     #[error(transparent)]
     Token(#[from] TokenError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("--map / MEXEC_MAP / map: {0}")]
     Map(#[from] RuleError),
 }
@@ -256,6 +280,20 @@ impl Settings {
             .or(file.token_file)
             .map(|path| Token::from_file(&path))
             .transpose()?;
+        let tls = TlsPaths {
+            ca: flags.tls_ca.clone(),
+            cert: flags.tls_cert.clone(),
+            key: flags.tls_key.clone(),
+        }
+        .or(TlsPaths {
+            ca: file.tls_ca,
+            cert: file.tls_cert,
+            key: file.tls_key,
+        })
+        .load()?;
+        if let Some(tls) = &tls {
+            crate::remote::use_tls(tls.clone());
+        }
         let cc = std::env::var_os("MEXEC_CC")
             .map(|cc| cc.to_string_lossy().into_owned())
             .or(file.cc)
@@ -270,6 +308,7 @@ impl Settings {
             gatekeeper,
             relay: flags.relay || file.relay.unwrap_or(false),
             token,
+            tls,
             no_local: flags.no_local || file.no_local.unwrap_or(false),
             retry: flags.retry || file.retry.unwrap_or(false),
             forward_stdin: !flags.no_stdin,

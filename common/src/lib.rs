@@ -4,6 +4,8 @@
 //! Layout:
 //! - `nodes`: the `host:port[/slots],...` node list of `MEXEC_NODES`.
 //! - `token`: the shared-secret token: reading it, sending it, checking it.
+//! - `tls`: mutual TLS: loading certificates, server and client configs,
+//!   the peer's identity.
 //! - `config_file`: reading a TOML config file with clear errors.
 //! - `host`: this machine's name.
 //! - `telemetry`: one `init_tracing()` for every binary.
@@ -12,6 +14,7 @@ pub mod config_file;
 pub mod host;
 pub mod nodes;
 pub mod telemetry;
+pub mod tls;
 pub mod token;
 
 /// The version every binary and load report carries.

@@ -24,6 +24,15 @@ pub struct Cli {
     /// File holding the cluster's shared token.
     #[arg(long, env = "MEXEC_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// The cluster CA certificate, for mutual TLS.
+    #[arg(long, env = "MEXEC_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Your user certificate.
+    #[arg(long, env = "MEXEC_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Your private key.
+    #[arg(long, env = "MEXEC_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// Print the cluster's capacity (for `ninja -j$(mpmake --print-jobs)`) and exit.
     #[arg(long)]
     pub print_jobs: bool,
@@ -54,6 +63,9 @@ impl Cli {
             nodes: self.nodes.clone(),
             gatekeeper: self.gatekeeper.clone(),
             token_file: self.token_file.clone(),
+            tls_ca: self.tls_ca.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
             config: std::env::var_os("MEXEC_CONFIG").map(PathBuf::from),
             ..mexec_client::settings::Flags::default()
         }

@@ -9,9 +9,11 @@ use std::time::Duration;
 use clap::Parser;
 use mexec_common::config_file::{self, ConfigFileError};
 use mexec_common::telemetry::LogFormat;
+use mexec_common::tls::{Tls, TlsError, TlsPaths};
 use mexec_common::token::{Token, TokenError};
 use serde::Deserialize;
 
+use crate::executor::JobLimits;
 use crate::users::{self, Account, AccountError};
 
 /// The port an executor listens on when none is given.
@@ -63,6 +65,46 @@ pub struct Flags {
     /// listen address, or the address the gatekeeper sees us from].
     #[arg(long, env = "MEXEC_ADVERTISE")]
     pub advertise: Option<String>,
+    /// The cluster CA certificate (PEM); with --tls-cert and --tls-key,
+    /// turns on mutual TLS.
+    #[arg(long, env = "MEXEC_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM), from `mexec-cert node`.
+    #[arg(long, env = "MEXEC_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, env = "MEXEC_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Users whose jobs this node runs, comma-separated [default: all].
+    #[arg(long, env = "MEXEC_ALLOWED_USERS", value_delimiter = ',')]
+    pub allowed_users: Vec<String>,
+    /// Programs this node runs, by name or path, comma-separated [default: all].
+    #[arg(long, env = "MEXEC_ALLOWED_PROGRAMS", value_delimiter = ',')]
+    pub allowed_programs: Vec<String>,
+    /// Wall-clock seconds a job may run; 0 is no limit [default: 86400].
+    #[arg(long, env = "MEXEC_MAX_WALL_SECS")]
+    pub max_wall_secs: Option<u64>,
+    /// CPU seconds each process of a job may use; 0 is no limit [default: 0].
+    #[arg(long, env = "MEXEC_MAX_CPU_SECS")]
+    pub max_cpu_secs: Option<u64>,
+    /// Resident memory of a job, MiB; 0 is no limit [default: 3/4 of RAM].
+    #[arg(long, env = "MEXEC_MAX_MEMORY_MIB")]
+    pub max_memory_mib: Option<u64>,
+    /// Address space of each process of a job, MiB; 0 is no limit [default: 0].
+    #[arg(long, env = "MEXEC_MAX_ADDRESS_SPACE_MIB")]
+    pub max_address_space_mib: Option<u64>,
+    /// stdout and stderr bytes of a job, MiB; 0 is no limit [default: 1024].
+    #[arg(long, env = "MEXEC_MAX_OUTPUT_MIB")]
+    pub max_output_mib: Option<u64>,
+    /// Open files of each process of a job; 0 is no limit [default: 4096].
+    #[arg(long, env = "MEXEC_MAX_OPEN_FILES")]
+    pub max_open_files: Option<u64>,
+    /// Seconds a client has to send the job after opening a stream [default: 10].
+    #[arg(long, env = "MEXEC_START_TIMEOUT_SECS")]
+    pub start_timeout_secs: Option<u64>,
+    /// Streams one peer address may hold open at once [default: 1024].
+    #[arg(long, env = "MEXEC_MAX_STREAMS_PER_PEER")]
+    pub max_streams_per_peer: Option<usize>,
 }
 
 /// The TOML config file of `mexecd`. Every field is optional.
@@ -92,6 +134,35 @@ pub struct FileConfig {
     /// "host:port" clients use to reach this node. Default: the listen
     /// address, or the address the gatekeeper sees us from.
     pub advertise: Option<String>,
+    /// Cluster CA certificate for mutual TLS. Default: none (no TLS).
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate. Default: none.
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key. Default: none.
+    pub tls_key: Option<PathBuf>,
+    /// Users whose jobs this node runs. Default: all.
+    pub allowed_users: Option<Vec<String>>,
+    /// Programs this node runs, by name ("gcc") or path ("/usr/bin/gcc").
+    /// Default: all.
+    pub allowed_programs: Option<Vec<String>>,
+    /// Wall-clock seconds a job may run; 0 is no limit. Default: 86400.
+    pub max_wall_secs: Option<u64>,
+    /// CPU seconds each process of a job may use; 0 is no limit. Default: 0.
+    pub max_cpu_secs: Option<u64>,
+    /// Resident memory of a job in MiB; 0 is no limit. Default: 3/4 of RAM.
+    pub max_memory_mib: Option<u64>,
+    /// Address space of each process in MiB; 0 is no limit. Default: 0.
+    pub max_address_space_mib: Option<u64>,
+    /// stdout plus stderr of a job in MiB; 0 is no limit. Default: 1024.
+    pub max_output_mib: Option<u64>,
+    /// Open files of each process; 0 is no limit. Default: 4096.
+    pub max_open_files: Option<u64>,
+    /// stdin bytes per second read from a client; 0 is no limit. Default: 64 MiB.
+    pub max_stdin_bytes_per_sec: Option<u64>,
+    /// Seconds a client has to send the job after opening a stream. Default: 10.
+    pub start_timeout_secs: Option<u64>,
+    /// Streams one peer address may hold open at once. Default: 1024.
+    pub max_streams_per_peer: Option<usize>,
 }
 
 /// Everything an executor needs, checked and resolved.
@@ -117,6 +188,18 @@ pub struct Settings {
     pub gatekeeper: Option<String>,
     /// The address advertised to clients through the gatekeeper.
     pub advertise: Option<String>,
+    /// Mutual TLS, when configured.
+    pub tls: Option<Tls>,
+    /// Users whose jobs run here; `None` admits all.
+    pub allowed_users: Option<Vec<String>>,
+    /// Programs that may run here; empty admits all.
+    pub allowed_programs: Vec<String>,
+    /// What one job may use.
+    pub limits: JobLimits,
+    /// How long a client has to send the job after opening a stream.
+    pub start_timeout: Duration,
+    /// Streams one peer address may hold open.
+    pub max_streams_per_peer: usize,
 }
 
 /// Why the settings were refused.
@@ -128,6 +211,8 @@ pub enum SettingsError {
     Token(#[from] TokenError),
     #[error(transparent)]
     Account(#[from] AccountError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("--slots must be at least 1")]
     NoSlots,
     #[error(
@@ -152,6 +237,7 @@ impl Settings {
     /// Merges flags, the config file and defaults, then checks safety rules.
     pub fn resolve(flags: Flags) -> Result<Settings, SettingsError> {
         let file: FileConfig = config_file::load_or_default(flags.config.as_deref(), None)?;
+        let limits = job_limits(&flags, &file);
         let listen = flags
             .listen
             .or(file.listen)
@@ -170,8 +256,19 @@ impl Settings {
             .or(file.token_file)
             .map(|path| Token::from_file(&path))
             .transpose()?;
+        let tls = TlsPaths {
+            ca: flags.tls_ca,
+            cert: flags.tls_cert,
+            key: flags.tls_key,
+        }
+        .or(TlsPaths {
+            ca: file.tls_ca,
+            cert: file.tls_cert,
+            key: file.tls_key,
+        })
+        .load()?;
         let insecure = flags.insecure || file.insecure.unwrap_or(false);
-        if mexec_common::token::open_door(listen, token.as_ref()) && !insecure {
+        if open_door(listen, token.as_ref(), tls.as_ref()) && !insecure {
             return Err(SettingsError::OpenDoor(listen));
         }
         let run_as = match (flags.user.or(file.user), users::running_as_root()) {
@@ -192,13 +289,102 @@ impl Settings {
             log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
             gatekeeper: flags.gatekeeper.or(file.gatekeeper),
             advertise: flags.advertise.or(file.advertise),
+            allowed_users: non_empty(flags.allowed_users).or(file.allowed_users),
+            allowed_programs: non_empty(flags.allowed_programs)
+                .or(file.allowed_programs)
+                .unwrap_or_default(),
+            limits,
+            start_timeout: Duration::from_secs(
+                flags
+                    .start_timeout_secs
+                    .or(file.start_timeout_secs)
+                    .unwrap_or(10)
+                    .max(1),
+            ),
+            max_streams_per_peer: flags
+                .max_streams_per_peer
+                .or(file.max_streams_per_peer)
+                .unwrap_or(crate::streams::DEFAULT_MAX_STREAMS_PER_PEER)
+                .max(1),
+            tls,
         })
     }
 
     /// Whether the daemon listens beyond loopback without authentication.
     pub fn is_insecure(&self) -> bool {
-        mexec_common::token::open_door(self.listen, self.token.as_ref())
+        open_door(self.listen, self.token.as_ref(), self.tls.as_ref())
     }
+
+    /// How clients are authenticated, for the start-up log.
+    pub fn auth_mode(&self) -> &'static str {
+        match (&self.tls, &self.token) {
+            (Some(_), Some(_)) => "mutual TLS and token",
+            (Some(_), None) => "mutual TLS",
+            (None, Some(_)) => "token",
+            (None, None) => "none",
+        }
+    }
+}
+
+/// Whether a daemon would serve anyone who reaches it.
+pub fn open_door(listen: SocketAddr, token: Option<&Token>, tls: Option<&Tls>) -> bool {
+    tls.is_none() && mexec_common::token::open_door(listen, token)
+}
+
+/// The job limits: a flag over the file over the default; 0 turns one off.
+fn job_limits(flags: &Flags, file: &FileConfig) -> JobLimits {
+    let defaults = JobLimits::default();
+    let pick = |flag: Option<u64>, key: Option<u64>, default: Option<u64>| match flag.or(key) {
+        Some(0) => None,
+        Some(value) => Some(value),
+        None => default,
+    };
+    let mib = |v: u64| v << 20;
+    let secs = |d: Duration| d.as_secs();
+    JobLimits {
+        wall: pick(
+            flags.max_wall_secs,
+            file.max_wall_secs,
+            defaults.wall.map(secs),
+        )
+        .map(Duration::from_secs),
+        cpu: pick(
+            flags.max_cpu_secs,
+            file.max_cpu_secs,
+            defaults.cpu.map(secs),
+        )
+        .map(Duration::from_secs),
+        memory_bytes: pick(
+            flags.max_memory_mib.map(mib),
+            file.max_memory_mib.map(mib),
+            defaults.memory_bytes,
+        ),
+        address_space_bytes: pick(
+            flags.max_address_space_mib.map(mib),
+            file.max_address_space_mib.map(mib),
+            defaults.address_space_bytes,
+        ),
+        output_bytes: pick(
+            flags.max_output_mib.map(mib),
+            file.max_output_mib.map(mib),
+            defaults.output_bytes,
+        ),
+        open_files: pick(
+            flags.max_open_files,
+            file.max_open_files,
+            defaults.open_files,
+        ),
+        stdin_bytes_per_sec: pick(
+            None,
+            file.max_stdin_bytes_per_sec,
+            defaults.stdin_bytes_per_sec,
+        ),
+    }
+}
+
+fn non_empty(list: Vec<String>) -> Option<Vec<String>> {
+    let list: Vec<String> = list.into_iter().filter(|s| !s.is_empty()).collect();
+    (!list.is_empty()).then_some(list)
 }
 
 fn cpu_count() -> u32 {
@@ -257,6 +443,48 @@ mod tests {
         f.config = Some(path);
         let err = Settings::resolve(f).unwrap_err().to_string();
         assert!(err.contains("slotz"), "{err}");
+    }
+
+    #[test]
+    fn tls_opens_the_door_and_needs_all_three_files() {
+        use crate::certs::{self, Kind, Validity};
+        let dir = tempfile::tempdir().unwrap();
+        let ca = certs::new_ca("ca", Validity::days(1)).unwrap();
+        let (ca_pem, _) = ca.write(dir.path(), "ca").unwrap();
+        let node = certs::issue(&ca, Kind::Node, "n1", &[], Validity::days(1)).unwrap();
+        let (cert, key) = node.write(dir.path(), "n1").unwrap();
+        let mut f = flags();
+        f.listen = Some("0.0.0.0:7460".parse().unwrap());
+        f.tls_ca = Some(ca_pem.clone());
+        f.tls_cert = Some(cert);
+        f.tls_key = Some(key);
+        let s = Settings::resolve(f).unwrap();
+        assert!(!s.is_insecure());
+        assert_eq!(s.auth_mode(), "mutual TLS");
+
+        let mut f = flags();
+        f.tls_ca = Some(ca_pem);
+        let err = Settings::resolve(f).unwrap_err().to_string();
+        assert!(err.contains("missing: --tls-cert, --tls-key"), "{err}");
+    }
+
+    #[test]
+    fn limits_take_flags_over_the_file_and_zero_turns_one_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mexecd.toml");
+        std::fs::write(
+            &path,
+            "max_wall_secs = 60\nmax_output_mib = 0\nmax_cpu_secs = 5\n",
+        )
+        .unwrap();
+        let mut f = flags();
+        f.config = Some(path);
+        f.max_cpu_secs = Some(7);
+        let limits = Settings::resolve(f).unwrap().limits;
+        assert_eq!(limits.wall, Some(Duration::from_secs(60)));
+        assert_eq!(limits.cpu, Some(Duration::from_secs(7)));
+        assert_eq!(limits.output_bytes, None);
+        assert_eq!(limits.open_files, Some(4096), "the default");
     }
 
     #[test]

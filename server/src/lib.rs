@@ -7,13 +7,18 @@
 //!   run jobs as root).
 //! - `executor`: the `Executor` gRPC service and everything a job needs.
 //! - `gatekeeper`: membership, fair queueing, leases and relayed runs.
-//! - `auth`: the token check in front of every RPC.
+//! - `auth`: who may call (token, certificate, allow list) and for whom a
+//!   job runs.
+//! - `certs`: issuing the cluster CA, node and user certificates.
+//! - `streams`: the cap on streams one peer may hold open.
 //! - `users`: looking up the account jobs run as.
 //! - `shutdown`: the signals that stop a daemon.
 
 pub mod auth;
+pub mod certs;
 pub mod config;
 pub mod executor;
 pub mod gatekeeper;
 pub mod shutdown;
+pub mod streams;
 pub mod users;

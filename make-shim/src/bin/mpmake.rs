@@ -105,6 +105,15 @@ fn real_main() -> i32 {
     if let Some(token) = &cli.token_file {
         make.env("MEXEC_TOKEN_FILE", token);
     }
+    for (var, path) in [
+        ("MEXEC_TLS_CA", &cli.tls_ca),
+        ("MEXEC_TLS_CERT", &cli.tls_cert),
+        ("MEXEC_TLS_KEY", &cli.tls_key),
+    ] {
+        if let Some(path) = path {
+            make.env(var, path);
+        }
+    }
     if let Some(pool) = &pool {
         pool.client().configure_make(&mut make);
     }

@@ -30,7 +30,13 @@ async fn real_main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let bound = listener.local_addr()?;
     println!("mexec-gatekeeper listening on {bound}");
-    tracing::info!(listen = %bound, max_queued = settings.limits.max_queued, "gatekeeper started");
+    tracing::info!(
+        listen = %bound,
+        max_queued = settings.limits.max_queued,
+        tls = settings.tls.is_some(),
+        token = settings.token.is_some(),
+        "gatekeeper started"
+    );
     mexec_server::gatekeeper::run(listener, settings, mexec_server::shutdown::signal()).await?;
     Ok(())
 }

@@ -41,7 +41,10 @@ async fn real_main() -> anyhow::Result<()> {
         slots = settings.slots,
         max_queued = settings.max_queued,
         run_as = settings.run_as.as_ref().map(|a| a.name.as_str()).unwrap_or("(self)"),
-        auth = if settings.token.is_some() { "token" } else { "none" },
+        auth = settings.auth_mode(),
+        allowed_users = settings.allowed_users.as_ref().map(|u| u.join(",")).unwrap_or_else(|| "(all)".into()),
+        allowed_programs = if settings.allowed_programs.is_empty() { "(all)".to_owned() } else { settings.allowed_programs.join(",") },
+        limits = ?settings.limits,
         "executor started"
     );
     mexec_server::executor::run(listener, settings, mexec_server::shutdown::signal()).await?;

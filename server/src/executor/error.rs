@@ -26,6 +26,19 @@ pub enum JobError {
     Draining,
     #[error("is full ({running} jobs running, {queued} queued)")]
     Full { running: u32, queued: u32 },
+    #[error("no job arrived within {0:?} of opening the stream")]
+    StartTimeout(std::time::Duration),
+    #[error("the job is too large: {0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    UserDenied(#[from] crate::auth::UserDenied),
+    #[error(
+        "program `{program}` is not allowed by this node's command policy \
+         (allowed_programs: {policy})"
+    )]
+    ProgramDenied { program: String, policy: String },
+    #[error("has too many open streams from {peer} ({limit}); try again later")]
+    TooManyStreams { peer: String, limit: usize },
 }
 
 impl From<Refusal> for JobError {
@@ -40,9 +53,13 @@ impl From<Refusal> for JobError {
 impl JobError {
     fn code(&self) -> Code {
         match self {
-            JobError::NoStart | JobError::EmptyArgv | JobError::RelativeCwd(_) => {
-                Code::InvalidArgument
-            }
+            JobError::NoStart
+            | JobError::EmptyArgv
+            | JobError::RelativeCwd(_)
+            | JobError::TooLarge(_) => Code::InvalidArgument,
+            JobError::StartTimeout(_) => Code::DeadlineExceeded,
+            JobError::UserDenied(_) | JobError::ProgramDenied { .. } => Code::PermissionDenied,
+            JobError::TooManyStreams { .. } => Code::ResourceExhausted,
             JobError::NoRequest => Code::Cancelled,
             JobError::CwdMissing(_) | JobError::CwdDenied { .. } => Code::FailedPrecondition,
             JobError::Draining => Code::Unavailable,
@@ -53,7 +70,9 @@ impl JobError {
     /// The status a client sees, naming `node`.
     pub fn into_status(self, node: &str) -> Status {
         let message = match self {
-            JobError::Draining | JobError::Full { .. } => format!("node {node} {self}"),
+            JobError::Draining | JobError::Full { .. } | JobError::TooManyStreams { .. } => {
+                format!("node {node} {self}")
+            }
             _ => format!("node {node}: {self}"),
         };
         Status::new(self.code(), message)

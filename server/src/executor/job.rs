@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,8 @@ use tonic::{Status, Streaming};
 
 use super::admission::{SlotGuard, Ticket};
 use super::error::JobError;
+use super::limits::{self, Exceeded, Rlimits};
+use super::pace::Pace;
 use super::process::{self, Reaped};
 use super::NodeContext;
 
@@ -44,6 +46,7 @@ pub fn validate(spec: &JobSpec) -> Result<(), JobError> {
     if spec.argv.is_empty() || spec.argv[0].is_empty() {
         return Err(JobError::EmptyArgv);
     }
+    limits::check_request(spec)?;
     let cwd = Path::new(std::ffi::OsStr::from_bytes(&spec.cwd));
     let shown = String::from_utf8_lossy(&spec.cwd).into_owned();
     if !cwd.is_absolute() {
@@ -58,6 +61,7 @@ pub fn validate(spec: &JobSpec) -> Result<(), JobError> {
 enum Control {
     Signal(i32),
     ClientGone,
+    OutputLimit(u64),
 }
 
 /// Why the executor killed the job, if it did.
@@ -66,12 +70,14 @@ enum Kill {
     ClientGone,
     Timeout(Duration),
     Shutdown,
+    Limit(Exceeded),
 }
 
 /// Runs an admitted job to its end, reporting on `out`.
 pub async fn run(
     ctx: Arc<NodeContext>,
     spec: JobSpec,
+    program: Option<PathBuf>,
     ticket: Ticket,
     inbound: Streaming<RunRequest>,
     out: Outbound,
@@ -81,7 +87,8 @@ pub async fn run(
     };
     let started_at = Instant::now();
     let argv0 = String::from_utf8_lossy(&spec.argv[0]).into_owned();
-    let started = match process::spawn(&spec, ctx.run_as.as_ref()) {
+    let rlimits = Rlimits::for_job(&ctx.limits);
+    let started = match process::spawn(&spec, program.as_deref(), ctx.run_as.as_ref(), rlimits) {
         Ok(started) => started,
         Err(err) => {
             match spawn_failure(&ctx, &spec, &argv0, &err) {
@@ -108,28 +115,49 @@ pub async fn run(
         .await;
 
     let (exited_tx, exited) = watch::channel(false);
+    let (control_tx, mut control) = mpsc::unbounded_channel();
+    let output_budget = OutputBudget::new(ctx.limits.output_bytes, control_tx.clone());
     let pumps = [
         tokio::spawn(pump(
             started.stdout,
             out.clone(),
             run_response::Msg::Stdout,
             exited.clone(),
+            output_budget.clone(),
         )),
         tokio::spawn(pump(
             started.stderr,
             out.clone(),
             run_response::Msg::Stderr,
             exited,
+            output_budget.clone(),
         )),
     ];
     let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
     let stdin_writer = started
         .stdin
         .map(|stdin| tokio::spawn(write_stdin(stdin, stdin_rx)));
-    let (control_tx, mut control) = mpsc::unbounded_channel();
-    let reader = tokio::spawn(read_inbound(inbound, stdin_tx, control_tx));
+    let reader = tokio::spawn(read_inbound(
+        inbound,
+        stdin_tx,
+        control_tx,
+        ctx.limits.stdin_bytes_per_sec,
+    ));
+    let mut memory = ctx
+        .limits
+        .memory_bytes
+        .map(|limit| ctx.memory.watch(pid, limit));
 
-    let timeout = (spec.timeout_ms > 0).then(|| Duration::from_millis(spec.timeout_ms));
+    // The client's timeout may only shorten the node's wall-clock limit.
+    let asked = (spec.timeout_ms > 0).then(|| Duration::from_millis(spec.timeout_ms));
+    let (timeout, on_timeout) = match (asked, ctx.limits.wall) {
+        (Some(asked), Some(wall)) if wall < asked => {
+            (Some(wall), Kill::Limit(Exceeded::Wall(wall)))
+        }
+        (Some(asked), _) => (Some(asked), Kill::Timeout(asked)),
+        (None, Some(wall)) => (Some(wall), Kill::Limit(Exceeded::Wall(wall))),
+        (None, None) => (None, Kill::Timeout(Duration::ZERO)),
+    };
     let deadline = tokio::time::sleep(timeout.unwrap_or(Duration::MAX / 4));
     tokio::pin!(deadline);
     let reaper = process::reap(pid);
@@ -145,16 +173,31 @@ pub async fn run(
                 }
                 Control::Signal(_) => {}
                 Control::ClientGone => kill(pid, &mut killed, Kill::ClientGone),
+                Control::OutputLimit(limit) => {
+                    kill(pid, &mut killed, Kill::Limit(Exceeded::Output(limit)))
+                }
             },
             _ = out.closed(), if killed.is_none() => kill(pid, &mut killed, Kill::ClientGone),
             _ = &mut deadline, if killed.is_none() && timeout.is_some() => {
-                kill(pid, &mut killed, Kill::Timeout(timeout.unwrap_or_default()))
+                kill(pid, &mut killed, on_timeout)
             }
+            over = async { (&mut memory.as_mut().expect("guarded").over).await },
+                if killed.is_none() && memory.is_some() => match over {
+                Ok(limit) => kill(pid, &mut killed, Kill::Limit(Exceeded::Memory(limit))),
+                // The watcher is gone: nothing more will come from it.
+                Err(_) => memory = None,
+            },
             _ = abort.wait_for(|abort| *abort), if killed.is_none() => {
                 kill(pid, &mut killed, Kill::Shutdown)
             }
         }
     };
+    // The job may die of the closed pipe before the kill: still the limit.
+    if killed.is_none() {
+        killed = output_budget
+            .exceeded()
+            .map(|limit| Kill::Limit(Exceeded::Output(limit)));
+    }
     // Whatever the leader left running in its group goes with it: a node
     // must not collect stray processes from finished jobs.
     process::signal_group(pid, libc::SIGKILL);
@@ -169,8 +212,9 @@ pub async fn run(
     for pump in pumps {
         let _ = pump.await;
     }
+    drop(memory);
     drop(slot);
-    let exit = exit_message(reaped, started_at, killed);
+    let exit = exit_message(reaped, started_at, killed, &ctx.limits);
     log_job(&ctx, &spec, &argv0, started_at, &exit);
     if killed == Some(Kill::Shutdown) {
         // Not the command's outcome: a status error lets the client rerun
@@ -215,11 +259,52 @@ fn kill(pid: u32, killed: &mut Option<Kill>, why: Kill) {
     killed.get_or_insert(why);
 }
 
+/// The output a job may still write, shared by its stdout and stderr.
+#[derive(Clone)]
+struct OutputBudget {
+    limit: Option<u64>,
+    used: Arc<std::sync::atomic::AtomicU64>,
+    over: mpsc::UnboundedSender<Control>,
+}
+
+impl OutputBudget {
+    fn new(limit: Option<u64>, over: mpsc::UnboundedSender<Control>) -> Self {
+        OutputBudget {
+            limit,
+            used: Arc::default(),
+            over,
+        }
+    }
+
+    /// The limit, once the job has gone over it.
+    fn exceeded(&self) -> Option<u64> {
+        let limit = self.limit?;
+        (self.used.load(std::sync::atomic::Ordering::Relaxed) > limit).then_some(limit)
+    }
+
+    /// Counts `bytes`; false once the job is over its limit (the job is
+    /// then killed and the rest of its output dropped).
+    fn take(&self, bytes: usize) -> bool {
+        let Some(limit) = self.limit else {
+            return true;
+        };
+        let before = self
+            .used
+            .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+        let within = before + bytes as u64 <= limit;
+        if !within && before <= limit {
+            let _ = self.over.send(Control::OutputLimit(limit));
+        }
+        within
+    }
+}
+
 async fn pump(
     mut pipe: pipe::Receiver,
     out: Outbound,
     wrap: fn(Bytes) -> run_response::Msg,
     mut exited: watch::Receiver<bool>,
+    budget: OutputBudget,
 ) {
     let mut buf = BytesMut::with_capacity(CHUNK);
     loop {
@@ -241,6 +326,9 @@ async fn pump(
             Ok(0) => return,
             Ok(_) => {
                 let chunk = buf.split().freeze();
+                if !budget.take(chunk.len()) {
+                    return;
+                }
                 // A full queue waits here, which stops reading the pipe,
                 // which stops the job at its next write: back-pressure.
                 if out.send(Ok(response(wrap(chunk)))).await.is_err() {
@@ -269,7 +357,9 @@ async fn read_inbound(
     mut inbound: Streaming<RunRequest>,
     stdin: mpsc::Sender<Bytes>,
     control: mpsc::UnboundedSender<Control>,
+    rate: Option<u64>,
 ) {
+    let mut pace = rate.map(Pace::new);
     let mut stdin = Some(stdin);
     let mut pending: VecDeque<Bytes> = VecDeque::new();
     let mut pending_bytes = 0usize;
@@ -309,6 +399,13 @@ async fn read_inbound(
             }
             message = inbound.message(), if client_open && pending_bytes < STDIN_BUFFER => message,
         };
+        if let (Some(pace), Ok(Some(message))) = (pace.as_mut(), &message) {
+            let stdin_bytes = match &message.msg {
+                Some(run_request::Msg::Stdin(chunk)) => chunk.len(),
+                _ => 0,
+            };
+            pace.wait(stdin_bytes).await;
+        }
         match message {
             Ok(Some(RunRequest { msg: Some(msg) })) => match msg {
                 run_request::Msg::Stdin(chunk) => {
@@ -388,6 +485,7 @@ fn exit_message(
     reaped: std::io::Result<Reaped>,
     started_at: Instant,
     killed: Option<Kill>,
+    limits: &limits::JobLimits,
 ) -> Exit {
     let wall_us = started_at.elapsed().as_micros() as u64;
     let reaped = match reaped {
@@ -401,10 +499,21 @@ fn exit_message(
             }
         }
     };
-    let error = match killed {
-        Some(Kill::Timeout(limit)) => format!("killed after its timeout of {limit:?}"),
-        Some(Kill::Shutdown) => "killed: the node shut down before the job finished".to_owned(),
-        Some(Kill::ClientGone) | None => String::new(),
+    // The kernel enforces the CPU limit; the signal says it did.
+    let killed = match (killed, reaped.status) {
+        (None, Err(signal)) => {
+            limits::hit_cpu_limit(limits, signal, reaped.user + reaped.system).map(Kill::Limit)
+        }
+        (killed, _) => killed,
+    };
+    let (error, limit) = match killed {
+        Some(Kill::Timeout(limit)) => (format!("killed after its timeout of {limit:?}"), ""),
+        Some(Kill::Shutdown) => (
+            "killed: the node shut down before the job finished".to_owned(),
+            "",
+        ),
+        Some(Kill::Limit(exceeded)) => (exceeded.message(), exceeded.name()),
+        Some(Kill::ClientGone) | None => (String::new(), ""),
     };
     Exit {
         status: Some(match reaped.status {
@@ -416,6 +525,7 @@ fn exit_message(
         system_us: reaped.system.as_micros() as u64,
         max_rss_kib: reaped.max_rss_kib,
         error,
+        limit: limit.to_owned(),
     }
 }
 

@@ -6,12 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use mexec_common::tls::Tls;
 use mexec_common::token::Token;
 use mexec_proto::v1::gatekeeper_client::GatekeeperClient;
 use mexec_proto::v1::{join_request, JoinRequest, Register};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 
 use super::NodeContext;
 
@@ -30,6 +30,8 @@ pub struct JoinConfig {
     /// Our listening port.
     pub port: u16,
     pub token: Option<Token>,
+    /// Our node certificate, when the cluster uses mutual TLS.
+    pub tls: Option<Tls>,
 }
 
 /// Keeps this node a member until the task is aborted.
@@ -49,7 +51,7 @@ pub async fn stay_joined(ctx: Arc<NodeContext>, config: JoinConfig) {
 
 /// One membership stream, until it breaks. `Ok` means it was established.
 async fn join_once(ctx: &NodeContext, config: &JoinConfig) -> Result<(), String> {
-    let channel = Endpoint::from_shared(format!("http://{}", config.gatekeeper))
+    let channel = mexec_common::tls::endpoint(&config.gatekeeper, config.tls.as_ref())
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)

@@ -6,6 +6,10 @@
 //! - `environment`: the variables a job starts with.
 //! - `process`: spawning, signalling and reaping a job's process group.
 //! - `admission`: slots, the bounded queue and draining.
+//! - `limits`: request size limits and the resources a job may use.
+//! - `memory`: the node's watcher of each job's resident memory.
+//! - `pace`: the rate at which a client's stdin and messages are read.
+//! - `policy`: the programs this node is allowed to run.
 //! - `load`: the load report.
 //! - `membership`: joining a gatekeeper and streaming our load to it.
 //! - `error`: refusals and their gRPC statuses.
@@ -15,8 +19,12 @@ mod environment;
 mod error;
 pub mod group_keeper;
 mod job;
+mod limits;
 mod load;
 mod membership;
+mod memory;
+mod pace;
+mod policy;
 mod process;
 mod service;
 
@@ -28,13 +36,18 @@ use mexec_proto::v1::executor_server::ExecutorServer;
 use mexec_proto::v1::LoadReport;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 
 pub use admission::{Admission, Counts};
 pub use error::JobError;
+pub use job::validate;
+pub use limits::{check_request, JobLimits, MAX_MESSAGE_BYTES};
+pub use policy::CommandPolicy;
 
-use crate::auth::TokenCheck;
+use crate::auth::Access;
 use crate::config::Settings;
+use crate::streams::PeerStreams;
 use crate::users::Account;
 
 /// What every job of this node shares.
@@ -48,6 +61,18 @@ pub struct NodeContext {
     pub run_as: Option<Account>,
     /// Flips to true when the grace period after SIGTERM is over.
     pub abort_all: watch::Receiver<bool>,
+    /// Who may run jobs here, and as which user.
+    pub access: Access,
+    /// The programs allowed here; `None` allows all.
+    pub policy: Option<policy::CommandPolicy>,
+    /// What one job may use.
+    pub limits: JobLimits,
+    /// Watches each job's memory against `limits.memory_bytes`.
+    pub memory: Arc<memory::MemoryWatch>,
+    /// How long a client has to send the job after opening a stream.
+    pub start_timeout: Duration,
+    /// Open streams per peer address.
+    pub streams: Arc<PeerStreams>,
     /// Kills the jobs' process groups if the daemon dies without doing it.
     pub groups: Option<Arc<group_keeper::GroupKeeper>>,
 }
@@ -82,6 +107,16 @@ pub async fn run(
         admission: admission.clone(),
         run_as: settings.run_as.clone(),
         abort_all: abort_rx,
+        access: Access::new(
+            settings.token.clone(),
+            settings.tls.is_some(),
+            settings.allowed_users.clone(),
+        ),
+        policy: policy::CommandPolicy::new(&settings.allowed_programs),
+        limits: settings.limits,
+        memory: memory::MemoryWatch::start(),
+        start_timeout: settings.start_timeout,
+        streams: PeerStreams::new(settings.max_streams_per_peer),
         groups: match group_keeper::GroupKeeper::start() {
             Ok(keeper) => Some(keeper),
             Err(err) => {
@@ -96,10 +131,11 @@ pub async fn run(
         .set_serving::<ExecutorServer<service::ExecutorService>>()
         .await;
 
-    let check = TokenCheck::new(settings.token.clone());
-    let executor = ExecutorServer::with_interceptor(
-        service::ExecutorService::new(ctx.clone()),
-        move |request| check.check(request),
+    let access = ctx.access.clone();
+    let executor = InterceptedService::new(
+        ExecutorServer::new(service::ExecutorService::new(ctx.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        move |request| access.check(request),
     );
 
     let membership = settings.gatekeeper.clone().map(|gatekeeper| {
@@ -119,6 +155,7 @@ pub async fn run(
             }),
             port: listener.local_addr().map(|a| a.port()).unwrap_or(0),
             token: settings.token.clone(),
+            tls: settings.tls.clone(),
         };
         tokio::spawn(membership::stay_joined(ctx.clone(), config))
     });
@@ -142,9 +179,14 @@ pub async fn run(
         let _ = drained_tx.send(());
     };
 
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &settings.tls {
+        builder = builder.tls_config(tls.server_config())?;
+    }
+    let server = builder
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(crate::streams::MAX_STREAMS_PER_CONNECTION))
         .add_service(health_service)
         .add_service(executor)
         .serve_with_incoming_shutdown(incoming(listener), drain_then_stop);

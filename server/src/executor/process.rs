@@ -14,6 +14,7 @@ use std::time::Duration;
 use mexec_proto::v1::JobSpec;
 use tokio::net::unix::pipe;
 
+use super::limits::Rlimits;
 use crate::users::Account;
 
 /// A started job process; its pid is also its process group id.
@@ -36,10 +37,23 @@ pub struct Reaped {
     pub max_rss_kib: u64,
 }
 
-/// Starts `spec` in a new process group.
-pub fn spawn(spec: &JobSpec, run_as: Option<&Account>) -> io::Result<Started> {
-    let program = OsStr::from_bytes(&spec.argv[0]);
-    let mut command = Command::new(program);
+/// Starts `spec` in a new process group, from `program` when the command
+/// policy resolved it (so what runs is what was checked), with `rlimits`.
+pub fn spawn(
+    spec: &JobSpec,
+    program: Option<&Path>,
+    run_as: Option<&Account>,
+    rlimits: Rlimits,
+) -> io::Result<Started> {
+    let argv0 = OsStr::from_bytes(&spec.argv[0]);
+    let mut command = match program {
+        Some(path) => {
+            let mut command = Command::new(path);
+            command.arg0(argv0);
+            command
+        }
+        None => Command::new(argv0),
+    };
     command
         .args(spec.argv[1..].iter().map(|a| OsStr::from_bytes(a)))
         .env_clear()
@@ -59,10 +73,12 @@ pub fn spawn(spec: &JobSpec, run_as: Option<&Account>) -> io::Result<Started> {
         command.uid(account.uid).gid(account.gid);
     }
     let umask = (spec.umask & 0o777) as libc::mode_t;
-    // SAFETY: umask and prctl are async-signal-safe and touch no memory.
+    // SAFETY: umask, prctl and setrlimit are async-signal-safe and touch no
+    // memory of the parent's.
     unsafe {
         command.pre_exec(move || {
             libc::umask(umask);
+            rlimits.apply()?;
             // If the daemon dies hard (SIGKILL, OOM), the job's leader dies
             // with it rather than run on unwatched (its children are not
             // covered). PDEATHSIG fires when the spawning *thread* ends;

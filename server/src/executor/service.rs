@@ -16,9 +16,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::error::JobError;
 use super::{job, NodeContext};
-
-/// How long a client may take to send the job after opening the stream.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::auth::Caller;
+use crate::streams::StreamPlace;
 
 /// The service object tonic calls.
 #[derive(Debug, Clone)]
@@ -29,6 +28,18 @@ pub struct ExecutorService {
 impl ExecutorService {
     pub fn new(ctx: Arc<NodeContext>) -> Self {
         ExecutorService { ctx }
+    }
+
+    /// A place for one more stream from `peer`, or the refusal.
+    #[allow(clippy::result_large_err)] // tonic's Status
+    fn enter(&self, peer: Option<std::net::SocketAddr>) -> Result<StreamPlace, Status> {
+        self.ctx.streams.enter(peer).map_err(|too_many| {
+            JobError::TooManyStreams {
+                peer: too_many.peer,
+                limit: too_many.limit,
+            }
+            .into_status(&self.ctx.name)
+        })
     }
 }
 
@@ -43,7 +54,9 @@ impl Executor for ExecutorService {
         &self,
         request: Request<Streaming<RunRequest>>,
     ) -> Result<Response<Self::RunStream>, Status> {
-        let stream = start_job(self.ctx.clone(), request.into_inner())
+        let caller = request.extensions().get::<Caller>().cloned();
+        let place = self.enter(request.remote_addr())?;
+        let stream = start_job(self.ctx.clone(), caller, place, request.into_inner())
             .await
             .map_err(|err| err.into_status(&self.ctx.name))?;
         Ok(Response::new(Box::pin(stream)))
@@ -57,12 +70,13 @@ impl Executor for ExecutorService {
         &self,
         request: Request<WatchLoadRequest>,
     ) -> Result<Response<Self::WatchLoadStream>, Status> {
+        let place = self.enter(request.remote_addr())?;
         let interval = match request.into_inner().interval_ms {
             0 => Duration::from_secs(1),
             ms => Duration::from_millis(u64::from(ms).max(50)),
         };
         let (tx, rx) = mpsc::channel(1);
-        tokio::spawn(watch_load(self.ctx.clone(), interval, tx));
+        tokio::spawn(watch_load(self.ctx.clone(), interval, tx, place));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -71,20 +85,32 @@ impl Executor for ExecutorService {
 /// task that runs it. Refusals come back before any output.
 async fn start_job(
     ctx: Arc<NodeContext>,
+    caller: Option<Caller>,
+    place: StreamPlace,
     mut inbound: Streaming<RunRequest>,
 ) -> Result<ReceiverStream<Result<RunResponse, Status>>, JobError> {
-    let first = tokio::time::timeout(START_TIMEOUT, inbound.message())
+    // A stream that never sends its job must not hold a place for ever.
+    let first = tokio::time::timeout(ctx.start_timeout, inbound.message())
         .await
-        .map_err(|_| JobError::NoRequest)?
+        .map_err(|_| JobError::StartTimeout(ctx.start_timeout))?
         .map_err(|_| JobError::NoRequest)?
         .ok_or(JobError::NoRequest)?;
-    let Some(run_request::Msg::Start(spec)) = first.msg else {
+    let Some(run_request::Msg::Start(mut spec)) = first.msg else {
         return Err(JobError::NoStart);
     };
+    // The certificate, not the client's claim, says whose job this is.
+    spec.user = ctx.access.job_user(caller.as_ref(), &spec.user)?;
     job::validate(&spec)?;
+    let program = match &ctx.policy {
+        Some(policy) => Some(policy.check(&spec)?),
+        None => None,
+    };
     let ticket = ctx.admission.admit()?;
     let (tx, rx) = mpsc::channel(job::OUTPUT_QUEUE);
-    tokio::spawn(job::run(ctx, spec, ticket, inbound, tx));
+    tokio::spawn(async move {
+        job::run(ctx, spec, program, ticket, inbound, tx).await;
+        drop(place);
+    });
     Ok(ReceiverStream::new(rx))
 }
 
@@ -92,6 +118,7 @@ async fn watch_load(
     ctx: Arc<NodeContext>,
     interval: Duration,
     tx: mpsc::Sender<Result<LoadReport, Status>>,
+    _place: StreamPlace,
 ) {
     let mut changes = ctx.admission.subscribe();
     loop {

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use mexec_common::config_file::{self, ConfigFileError};
 use mexec_common::telemetry::LogFormat;
+use mexec_common::tls::{Tls, TlsError, TlsPaths};
 use mexec_common::token::{Token, TokenError};
 use serde::Deserialize;
 
@@ -51,6 +52,22 @@ pub struct Flags {
     /// Log format: text or json [default: text].
     #[arg(long, env = "MEXEC_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// The cluster CA certificate (PEM); with --tls-cert and --tls-key,
+    /// turns on mutual TLS.
+    #[arg(long, env = "MEXEC_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// The gatekeeper's node certificate (PEM), from `mexec-cert node`.
+    #[arg(long, env = "MEXEC_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The gatekeeper's private key (PEM).
+    #[arg(long, env = "MEXEC_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Users who may submit, comma-separated [default: all].
+    #[arg(long, env = "MEXEC_ALLOWED_USERS", value_delimiter = ',')]
+    pub allowed_users: Vec<String>,
+    /// Seconds a caller has to send a stream's first message [default: 10].
+    #[arg(long, env = "MEXEC_START_TIMEOUT_SECS")]
+    pub start_timeout_secs: Option<u64>,
 }
 
 fn parse_user_limit(text: &str) -> Result<(String, u32), String> {
@@ -83,6 +100,16 @@ pub struct FileConfig {
     pub usage_half_life_secs: Option<f64>,
     /// "text" or "json". Default: "text".
     pub log_format: Option<LogFormat>,
+    /// Cluster CA certificate for mutual TLS. Default: none (no TLS).
+    pub tls_ca: Option<PathBuf>,
+    /// The gatekeeper's certificate. Default: none.
+    pub tls_cert: Option<PathBuf>,
+    /// The gatekeeper's private key. Default: none.
+    pub tls_key: Option<PathBuf>,
+    /// Users who may submit. Default: all.
+    pub allowed_users: Option<Vec<String>>,
+    /// Seconds a caller has to send a stream's first message. Default: 10.
+    pub start_timeout_secs: Option<u64>,
 }
 
 /// Everything a gatekeeper needs, checked.
@@ -92,6 +119,12 @@ pub struct Settings {
     pub token: Option<Token>,
     pub limits: Limits,
     pub log_format: LogFormat,
+    /// Mutual TLS, when configured.
+    pub tls: Option<Tls>,
+    /// Users who may submit; `None` admits all.
+    pub allowed_users: Option<Vec<String>>,
+    /// How long a caller has to send a stream's first message.
+    pub start_timeout: std::time::Duration,
 }
 
 /// Why the settings were refused.
@@ -101,6 +134,8 @@ pub enum SettingsError {
     ConfigFile(#[from] ConfigFileError),
     #[error(transparent)]
     Token(#[from] TokenError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error(
         "refusing to listen on {0} without authentication: anyone who can reach it could submit \
          jobs to the cluster. Give --token-file FILE, listen on 127.0.0.1, or pass --insecure"
@@ -111,7 +146,7 @@ pub enum SettingsError {
 impl Settings {
     /// Whether the gatekeeper listens beyond loopback without authentication.
     pub fn is_insecure(&self) -> bool {
-        mexec_common::token::open_door(self.listen, self.token.as_ref())
+        crate::config::open_door(self.listen, self.token.as_ref(), self.tls.as_ref())
     }
 
     /// Merges flags, the config file and defaults, then checks safety rules.
@@ -126,8 +161,19 @@ impl Settings {
             .or(file.token_file)
             .map(|path| Token::from_file(&path))
             .transpose()?;
+        let tls = TlsPaths {
+            ca: flags.tls_ca,
+            cert: flags.tls_cert,
+            key: flags.tls_key,
+        }
+        .or(TlsPaths {
+            ca: file.tls_ca,
+            cert: file.tls_cert,
+            key: file.tls_key,
+        })
+        .load()?;
         let insecure = flags.insecure || file.insecure.unwrap_or(false);
-        if mexec_common::token::open_door(listen, token.as_ref()) && !insecure {
+        if crate::config::open_door(listen, token.as_ref(), tls.as_ref()) && !insecure {
             return Err(SettingsError::OpenDoor(listen));
         }
         let mut user_limits = file.user_limits.unwrap_or_default();
@@ -151,6 +197,17 @@ impl Settings {
                 ),
             },
             log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
+            tls,
+            start_timeout: std::time::Duration::from_secs(
+                flags
+                    .start_timeout_secs
+                    .or(file.start_timeout_secs)
+                    .unwrap_or(10)
+                    .max(1),
+            ),
+            allowed_users: Some(flags.allowed_users)
+                .filter(|users| !users.is_empty())
+                .or(file.allowed_users),
         })
     }
 }

@@ -17,12 +17,15 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mexec_common::tls::Tls;
 use mexec_common::token::Token;
 use mexec_proto::v1::gatekeeper_server::GatekeeperServer;
 use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 
-use crate::auth::TokenCheck;
+use crate::auth::Access;
+use crate::streams::PeerStreams;
 use cluster::Cluster;
 pub use config::Settings;
 
@@ -32,6 +35,14 @@ pub struct Shared {
     pub cluster: Mutex<Cluster>,
     /// The cluster token, sent to executors when relaying.
     pub token: Option<Token>,
+    /// Our node certificate, presented to executors when relaying.
+    pub tls: Option<Tls>,
+    /// Who may call, and as which user.
+    pub access: Access,
+    /// Open streams per peer address.
+    pub streams: Arc<PeerStreams>,
+    /// How long a caller has to send a stream's first message.
+    pub start_timeout: Duration,
 }
 
 impl Shared {
@@ -47,6 +58,9 @@ impl Shared {
 /// back to the pool and its queued request is dropped.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Streams one peer address may hold open: a build host runs one lease or
+/// relayed stream per job, so this is generous.
+const MAX_STREAMS_PER_PEER: usize = 4096;
 /// How long open streams may delay a stopping gatekeeper.
 const LINGER_AFTER_STOP: Duration = Duration::from_secs(2);
 
@@ -59,6 +73,14 @@ pub async fn run(
     let shared = Arc::new(Shared {
         cluster: Mutex::new(Cluster::new(settings.limits.clone())),
         token: settings.token.clone(),
+        tls: settings.tls.clone(),
+        access: Access::new(
+            settings.token.clone(),
+            settings.tls.is_some(),
+            settings.allowed_users.clone(),
+        ),
+        streams: PeerStreams::new(MAX_STREAMS_PER_PEER),
+        start_timeout: settings.start_timeout,
     });
     let reaper = tokio::spawn(expire_silent_nodes(shared.clone()));
 
@@ -66,10 +88,11 @@ pub async fn run(
     health_reporter
         .set_serving::<GatekeeperServer<service::GatekeeperService>>()
         .await;
-    let check = TokenCheck::new(settings.token.clone());
-    let gatekeeper = GatekeeperServer::with_interceptor(
-        service::GatekeeperService::new(shared),
-        move |request| check.check(request),
+    let access = shared.access.clone();
+    let gatekeeper = InterceptedService::new(
+        GatekeeperServer::new(service::GatekeeperService::new(shared))
+            .max_decoding_message_size(crate::executor::MAX_MESSAGE_BYTES),
+        move |request| access.check(request),
     );
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
@@ -79,9 +102,14 @@ pub async fn run(
         shutdown.await;
         let _ = stopping_tx.send(());
     };
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &settings.tls {
+        builder = builder.tls_config(tls.server_config())?;
+    }
+    let server = builder
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(crate::streams::MAX_STREAMS_PER_CONNECTION))
         .add_service(health_service)
         .add_service(gatekeeper)
         .serve_with_incoming_shutdown(incoming, shutdown);

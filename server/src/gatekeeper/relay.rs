@@ -12,12 +12,13 @@ use mexec_proto::v1::executor_client::ExecutorClient;
 use mexec_proto::v1::{run_request, run_response, JobSpec, RunRequest, RunResponse};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 use tonic::{Code, Status, Streaming};
 
 use super::cluster::{Grant, Wanted};
-use super::service::{queue_full, wait_for_grant};
+use super::service::{first_message, job_user, queue_full, wait_for_grant};
 use super::Shared;
+use crate::auth::Caller;
+use crate::streams::StreamPlace;
 
 type Outbound = mpsc::Sender<Result<RunResponse, Status>>;
 
@@ -29,13 +30,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// call's status.
 pub async fn start(
     shared: Arc<Shared>,
+    caller: Option<Caller>,
+    place: StreamPlace,
     mut inbound: Streaming<RunRequest>,
 ) -> Result<ReceiverStream<Result<RunResponse, Status>>, Status> {
-    let first = inbound
-        .message()
-        .await?
-        .ok_or_else(|| Status::cancelled("the client closed the stream before sending the job"))?;
-    let Some(run_request::Msg::Start(spec)) = first.msg else {
+    let first = first_message(&shared, &mut inbound).await?;
+    let Some(run_request::Msg::Start(mut spec)) = first.msg else {
         return Err(Status::invalid_argument(
             "the first message of a Run stream must be the job (`start`)",
         ));
@@ -43,6 +43,10 @@ pub async fn start(
     if spec.argv.is_empty() {
         return Err(Status::invalid_argument("the job has an empty argv"));
     }
+    crate::executor::check_request(&spec)
+        .map_err(|err| Status::invalid_argument(format!("gatekeeper: {err}")))?;
+    // The executor trusts the user we name, so it must be the proven one.
+    spec.user = job_user(&shared, caller.as_ref(), &spec.user)?;
     let wanted = Wanted {
         user: spec.user.clone(),
         build_id: spec.build_id.clone(),
@@ -55,7 +59,10 @@ pub async fn start(
         .with(|c| c.enqueue(wanted.clone()))
         .map_err(queue_full)?;
     let (tx, rx) = mpsc::channel(8);
-    tokio::spawn(relay(shared, spec, wanted, id, grant, inbound, tx));
+    tokio::spawn(async move {
+        relay(shared, spec, wanted, id, grant, inbound, tx).await;
+        drop(place);
+    });
     Ok(ReceiverStream::new(rx))
 }
 
@@ -118,7 +125,13 @@ async fn run_on_node(
     inbound: &mut Streaming<RunRequest>,
     out: &Outbound,
 ) -> Attempt {
-    let endpoint = match Endpoint::from_shared(format!("http://{}", lease.reach.gatekeeper)) {
+    // The address is often the one the node's stream came from, which its
+    // certificate need not list; its name it always does.
+    let endpoint = match mexec_common::tls::endpoint_for(
+        &lease.reach.gatekeeper,
+        shared.tls.as_ref(),
+        Some(&lease.node),
+    ) {
         Ok(endpoint) => endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)

@@ -18,6 +18,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::cluster::{Grant, QueueFull, Reach, Wanted, HEARTBEAT};
 use super::{relay, Shared};
+use crate::auth::Caller;
+use crate::streams::StreamPlace;
+use mexec_common::tls::Peer;
 
 /// The service object tonic calls.
 #[derive(Debug, Clone)]
@@ -28,6 +31,60 @@ pub struct GatekeeperService {
 impl GatekeeperService {
     pub fn new(shared: Arc<Shared>) -> Self {
         GatekeeperService { shared }
+    }
+
+    #[allow(clippy::result_large_err)] // tonic's Status
+    fn enter(&self, peer: Option<SocketAddr>) -> Result<StreamPlace, Status> {
+        self.shared.streams.enter(peer).map_err(|too_many| {
+            Status::resource_exhausted(format!(
+                "gatekeeper: too many open streams from {} ({}); try again later",
+                too_many.peer, too_many.limit
+            ))
+        })
+    }
+
+    #[allow(clippy::result_large_err)] // tonic's Status
+    fn job_user(&self, caller: Option<&Caller>, claimed: &str) -> Result<String, Status> {
+        job_user(&self.shared, caller, claimed)
+    }
+
+    /// With certificates, only a node may join, and only under its own name.
+    #[allow(clippy::result_large_err)] // tonic's Status
+    fn check_node(&self, caller: Option<&Caller>, name: &str) -> Result<(), Status> {
+        if !self.shared.access.requires_certificates() {
+            return Ok(());
+        }
+        match caller {
+            Some(Caller::Verified(Peer::Node(cert_name))) if cert_name == name => Ok(()),
+            Some(Caller::Verified(Peer::Node(cert_name))) => Err(Status::permission_denied(
+                format!("gatekeeper: node certificate `{cert_name}` cannot register as `{name}`"),
+            )),
+            _ => Err(Status::permission_denied(
+                "gatekeeper: only a node certificate (mexec-cert node) may join the cluster",
+            )),
+        }
+    }
+}
+
+/// The user a job is for, checked against the allow list.
+#[allow(clippy::result_large_err)] // tonic's Status
+pub fn job_user(shared: &Shared, caller: Option<&Caller>, claimed: &str) -> Result<String, Status> {
+    shared
+        .access
+        .job_user(caller, claimed)
+        .map_err(|denied| Status::permission_denied(format!("gatekeeper: {denied}")))
+}
+
+/// The first message of a stream, which must come within the start timeout.
+pub async fn first_message<T>(shared: &Shared, inbound: &mut Streaming<T>) -> Result<T, Status> {
+    match tokio::time::timeout(shared.start_timeout, inbound.message()).await {
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "gatekeeper: nothing arrived within {:?} of opening the stream",
+            shared.start_timeout
+        ))),
+        Ok(message) => message?.ok_or_else(|| {
+            Status::cancelled("the client closed the stream before its first message")
+        }),
     }
 }
 
@@ -90,8 +147,10 @@ impl Gatekeeper for GatekeeperService {
         request: Request<Streaming<JoinRequest>>,
     ) -> Result<Response<Self::JoinStream>, Status> {
         let peer = request.remote_addr();
+        let caller = request.extensions().get::<Caller>().cloned();
+        let place = self.enter(peer)?;
         let mut inbound = request.into_inner();
-        let first = inbound.message().await?.unwrap_or_default();
+        let first = first_message(&self.shared, &mut inbound).await?;
         let Some(join_request::Msg::Register(register)) = first.msg else {
             return Err(Status::invalid_argument(
                 "the first message of a Join stream must be `register`",
@@ -100,6 +159,7 @@ impl Gatekeeper for GatekeeperService {
         if register.node.is_empty() {
             return Err(Status::invalid_argument("register: the node name is empty"));
         }
+        self.check_node(caller.as_ref(), &register.node)?;
         let reach = reach(&register.address, register.port, peer)?;
         let (tx, rx) = mpsc::channel(1);
         let _ = tx
@@ -107,13 +167,11 @@ impl Gatekeeper for GatekeeperService {
                 heartbeat_ms: HEARTBEAT.as_millis() as u32,
             }))
             .await;
-        tokio::spawn(membership(
-            self.shared.clone(),
-            register.node,
-            reach,
-            inbound,
-            tx,
-        ));
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            membership(shared, register.node, reach, inbound, tx).await;
+            drop(place);
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -121,26 +179,27 @@ impl Gatekeeper for GatekeeperService {
         &self,
         request: Request<Streaming<AcquireRequest>>,
     ) -> Result<Response<Self::AcquireStream>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
+        let place = self.enter(request.remote_addr())?;
         let mut inbound = request.into_inner();
-        let first = inbound.message().await?.unwrap_or_default();
-        let Some(acquire_request::Msg::Request(lease_request)) = first.msg else {
+        let first = first_message(&self.shared, &mut inbound).await?;
+        let Some(acquire_request::Msg::Request(mut lease_request)) = first.msg else {
             return Err(Status::invalid_argument(
                 "the first message of an Acquire stream must be `request`",
             ));
         };
+        // Fair shares and per-user limits go by the certificate's user.
+        lease_request.user = self.job_user(caller.as_ref(), &lease_request.user)?;
         let (id, grant) = self
             .shared
             .with(|c| c.enqueue(wanted(&lease_request, false)))
             .map_err(queue_full)?;
         let (tx, rx) = mpsc::channel(2);
-        tokio::spawn(hold_lease(
-            self.shared.clone(),
-            id,
-            grant,
-            lease_request.want_nodes,
-            inbound,
-            tx,
-        ));
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            hold_lease(shared, id, grant, lease_request.want_nodes, inbound, tx).await;
+            drop(place);
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -148,7 +207,9 @@ impl Gatekeeper for GatekeeperService {
         &self,
         request: Request<Streaming<RunRequest>>,
     ) -> Result<Response<Self::RunStream>, Status> {
-        let stream = relay::start(self.shared.clone(), request.into_inner()).await?;
+        let caller = request.extensions().get::<Caller>().cloned();
+        let place = self.enter(request.remote_addr())?;
+        let stream = relay::start(self.shared.clone(), caller, place, request.into_inner()).await?;
         Ok(Response::new(Box::pin(stream)))
     }
 
