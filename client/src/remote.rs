@@ -249,6 +249,12 @@ fn unconfirmed(status: &tonic::Status, node: &NodeAddr) -> Outcome {
         return Outcome::NotStarted(classify(status));
     }
     let cause = status_cause(status);
+    // A TLS alert (our certificate refused after a TLS 1.3 handshake that
+    // looked done to us) comes before any request reaches the node.
+    if tls_refusal(&cause) {
+        let hint = tls_hint(&cause);
+        return Outcome::NotStarted(NotStarted::Refused(format!("{cause}{hint}")));
+    }
     Outcome::Lost {
         node: node.authority(),
         reason: format!(
@@ -340,6 +346,15 @@ fn status_cause(status: &tonic::Status) -> String {
         cause = format!("{cause}: {inner}");
     }
     cause
+}
+
+/// Whether a failure names TLS itself (an alert, a certificate), not only
+/// a dropped connection.
+fn tls_refusal(cause: &str) -> bool {
+    let cause = cause.to_ascii_lowercase();
+    ["certificate", "alert", "tls", "handshake"]
+        .iter()
+        .any(|word| cause.contains(word))
 }
 
 /// A hint to add when a failure reads like the two ends disagree about
