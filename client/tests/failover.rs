@@ -150,18 +150,21 @@ fn a_working_directory_missing_on_the_node_is_named() {
     assert_eq!(output.stdout, b"fallback\n");
 }
 
-#[test]
-fn a_repeatable_job_whose_node_dies_is_rerun_elsewhere_with_one_output() {
-    let farm = Farm::start(2, 2);
-    let dir = job_dir();
-    let script = "echo attempt; echo $$ >> attempts; sleep 3; echo done";
+/// Starts `mexec --retry sh -c SCRIPT` on `farm`; SCRIPT appends its pid
+/// to `attempts` first. Returns the client and the executor running the
+/// first attempt (the job's parent).
+fn start_retry_job<'f>(
+    farm: &'f Farm,
+    dir: &std::path::Path,
+    script: &str,
+) -> (std::process::Child, &'f Executor) {
     let child = farm
-        .mexec(dir.path(), &["--retry", "sh", "-c", script])
+        .mexec(dir, &["--retry", "sh", "-c", script])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let attempts = dir.path().join("attempts");
+    let attempts = dir.join("attempts");
     // The file exists from the shell's open, before the pid is written:
     // wait for a whole line.
     let first_pid = || {
@@ -171,14 +174,22 @@ fn a_repeatable_job_whose_node_dies_is_rerun_elsewhere_with_one_output() {
             .and_then(|text| text.trim().parse::<u32>().ok())
     };
     assert!(wait_until(Duration::from_secs(20), || first_pid().is_some()));
-    let first = first_pid().unwrap();
-    // The executor is the job's parent: kill that node hard.
-    let parent = parent_pid(first).expect("job's parent");
-    let victim = farm
+    let parent = parent_pid(first_pid().unwrap()).expect("job's parent");
+    let node = farm
         .executors
         .iter()
         .find(|e| e.pid() == parent)
         .expect("the job runs under one of the executors");
+    (child, node)
+}
+
+#[test]
+fn a_repeatable_job_whose_node_dies_is_rerun_elsewhere_with_one_output() {
+    let farm = Farm::start(2, 2);
+    let dir = job_dir();
+    let script = "echo attempt; echo $$ >> attempts; sleep 3; echo done";
+    // The executor is the job's parent: kill that node hard.
+    let (child, victim) = start_retry_job(&farm, dir.path(), script);
     victim.signal(libc::SIGKILL);
     let output = child.wait_with_output().unwrap();
     assert!(
@@ -188,7 +199,7 @@ fn a_repeatable_job_whose_node_dies_is_rerun_elsewhere_with_one_output() {
     );
     // The first attempt's output was held back and dropped.
     assert_eq!(output.stdout, b"attempt\ndone\n");
-    let runs = std::fs::read_to_string(&attempts).unwrap();
+    let runs = std::fs::read_to_string(dir.path().join("attempts")).unwrap();
     assert_eq!(runs.lines().count(), 2, "{runs}");
 }
 
@@ -199,27 +210,7 @@ fn a_frozen_node_is_given_up_within_the_keepalive_bound() {
     let farm = Farm::start(2, 2);
     let dir = job_dir();
     let script = "echo $$ >> attempts; sleep 2; echo done";
-    let child = farm
-        .mexec(dir.path(), &["--retry", "sh", "-c", script])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let attempts = dir.path().join("attempts");
-    assert!(wait_until(Duration::from_secs(20), || {
-        std::fs::read_to_string(&attempts).is_ok_and(|s| s.ends_with('\n'))
-    }));
-    let first: u32 = std::fs::read_to_string(&attempts)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let parent = parent_pid(first).expect("job's parent");
-    let frozen = farm
-        .executors
-        .iter()
-        .find(|e| e.pid() == parent)
-        .expect("the job runs under one of the executors");
+    let (child, frozen) = start_retry_job(&farm, dir.path(), script);
     frozen.signal(libc::SIGSTOP);
     let stopped_at = std::time::Instant::now();
     let output = child.wait_with_output().unwrap();
@@ -252,10 +243,9 @@ fn a_job_that_is_not_repeatable_fails_when_its_node_dies() {
     let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(255));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("node n1 was lost while running sh"),
-        "{stderr}"
-    );
+    // Named n1, or by its address when the node died before its
+    // confirmation of the start arrived (the job may have run either way).
+    assert!(stderr.contains("was lost while running sh"), "{stderr}");
     assert!(stderr.contains("--retry"), "{stderr}");
 }
 
