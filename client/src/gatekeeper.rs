@@ -109,19 +109,7 @@ pub async fn acquire(
 /// restarting while we waited in its queue) counts as unreachable, so the
 /// job is placed without it instead of failing.
 fn sort(status: &tonic::Status) -> NoLease {
-    use tonic::Code;
-    let deliberate = matches!(
-        status.code(),
-        Code::InvalidArgument
-            | Code::PermissionDenied
-            | Code::Unauthenticated
-            | Code::FailedPrecondition
-            | Code::ResourceExhausted
-            | Code::OutOfRange
-            | Code::Unimplemented
-            | Code::Unavailable
-    );
-    if !deliberate {
+    if !remote::answered(status) {
         return NoLease::Unreachable(format!("the gatekeeper went away: {}", status.message()));
     }
     match remote::classify(status) {

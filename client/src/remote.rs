@@ -233,6 +233,17 @@ pub async fn run_on(
     }
 }
 
+/// Whether `status` is an answer the peer chose to give (busy, draining,
+/// refused, not allowed) rather than a connection that broke (the peer
+/// killed, restarting, unreachable mid-stream).
+pub fn answered(status: &tonic::Status) -> bool {
+    match status.code() {
+        Code::Unavailable => status.message().contains("draining"),
+        Code::Unknown | Code::Cancelled | Code::Internal | Code::DeadlineExceeded => false,
+        _ => true,
+    }
+}
+
 /// The stream failed after the job was sent and before the node said it
 /// started it. An answer the node chose to give (busy, draining, cwd
 /// missing, not allowed) means it did not; a broken connection leaves it
@@ -240,12 +251,7 @@ pub async fn run_on(
 /// `Accepted` arrived. Unknown counts as lost, so a job that is not safe
 /// to repeat is never run twice.
 fn unconfirmed(status: &tonic::Status, node: &NodeAddr) -> Outcome {
-    let answered = match status.code() {
-        Code::Unavailable => status.message().contains("draining"),
-        Code::Unknown | Code::Cancelled | Code::Internal | Code::DeadlineExceeded => false,
-        _ => true,
-    };
-    if answered {
+    if answered(status) {
         return Outcome::NotStarted(classify(status));
     }
     let cause = status_cause(status);
@@ -365,20 +371,14 @@ fn tls_hint(cause: &str) -> &'static str {
     const MAYBE: &str = " (the node dropped the connection: if it uses mutual TLS, this client \
                          needs a certificate from the same cluster CA, valid now; see --tls-ca, \
                          --tls-cert, --tls-key)";
-    let cause = cause.to_ascii_lowercase();
-    let tls_words = [
-        "certificate",
-        "alert",
-        "h2 protocol error",
-        "tls",
-        "handshake",
-    ];
     // With TLS 1.3 the server may reject our certificate after we think
-    // the handshake is done: we then only see the connection drop.
+    // the handshake is done: we then only see an HTTP/2 error or the
+    // connection drop.
+    let lower = cause.to_ascii_lowercase();
     let dropped = ["broken pipe", "connection reset", "connection closed"];
-    if tls_words.iter().any(|word| cause.contains(word)) {
+    if tls_refusal(cause) || lower.contains("h2 protocol error") {
         SURE
-    } else if dropped.iter().any(|word| cause.contains(word)) {
+    } else if dropped.iter().any(|word| lower.contains(word)) {
         MAYBE
     } else {
         ""
