@@ -1,16 +1,14 @@
-//! This machine's name, for node names, job ids and build ids.
+//! This machine: its name (for node names, job ids and build ids) and how
+//! many CPUs it offers.
 
 /// The host name, or "localhost" where it cannot be read.
 #[cfg(unix)]
 pub fn name() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its full length.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "localhost".to_owned();
-    }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 /// The host name, or "localhost" where it cannot be read.
@@ -21,10 +19,17 @@ pub fn name() -> String {
         .unwrap_or_else(|_| "localhost".to_owned())
 }
 
+/// The CPUs this process may use (its affinity mask and cgroup quota
+/// included), at least 1.
+pub fn cpu_count() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_host_has_a_name() {
+    fn the_host_has_a_name_and_a_cpu() {
         assert!(!super::name().is_empty());
+        assert!(super::cpu_count() >= 1);
     }
 }

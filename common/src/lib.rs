@@ -7,12 +7,20 @@
 //! - `tls`: mutual TLS: loading certificates, server and client configs,
 //!   the peer's identity.
 //! - `config_file`: reading a TOML config file with clear errors.
-//! - `host`: this machine's name.
+//! - `host`: this machine's name and CPU count.
+//! - `clock`: milliseconds since the epoch, as state files and reports use.
+//! - `connector`: the one way every binary opens a channel (TLS, token,
+//!   timeouts).
+//! - `refusal`: the kinds of refusal a daemon sends, carried in a status's
+//!   metadata so clients never read English.
 //! - `telemetry`: one `init_tracing()` for every binary.
 
+pub mod clock;
 pub mod config_file;
+pub mod connector;
 pub mod host;
 pub mod nodes;
+pub mod refusal;
 pub mod telemetry;
 pub mod tls;
 pub mod token;
