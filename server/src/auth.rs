@@ -11,6 +11,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use mexec_common::refusal::Refusal;
 use mexec_common::tls::{peer_from_der, Peer};
 use mexec_common::token::Token;
 use tonic::{Request, Status};
@@ -53,7 +54,7 @@ impl Access {
     pub fn check(&self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if let Some(token) = &self.token {
             if !token.admits(request.metadata()) {
-                return Err(Status::unauthenticated(
+                return Err(Refusal::Unauthenticated.status(
                     "missing or wrong token: give the cluster's token with --token-file or MEXEC_TOKEN_FILE",
                 ));
             }
@@ -63,13 +64,13 @@ impl Access {
                 .peer_certs()
                 .and_then(|chain| chain.first().and_then(|leaf| peer_from_der(leaf)))
                 .ok_or_else(|| {
-                    Status::unauthenticated(
+                    Refusal::Unauthenticated.status(
                         "the client certificate names no one (no common name); issue it with mexec-cert",
                     )
                 })?;
             if let Peer::User(name) = &peer {
                 self.allow(name)
-                    .map_err(|denied| Status::permission_denied(denied.to_string()))?;
+                    .map_err(|denied| Refusal::Denied.status(denied.to_string()))?;
             }
             Caller::Verified(peer)
         } else {

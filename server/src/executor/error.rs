@@ -1,9 +1,10 @@
 //! Why a job was refused before it started, and how that reads as a gRPC
 //! status. Every message names the node, because the client runs many.
 
-use tonic::{Code, Status};
+use mexec_common::refusal::Refusal;
+use tonic::Status;
 
-use super::admission::Refusal;
+use super::admission::Refusal as AdmissionRefusal;
 
 /// A job refused before its process exists.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -41,30 +42,33 @@ pub enum JobError {
     TooManyStreams { peer: String, limit: usize },
 }
 
-impl From<Refusal> for JobError {
-    fn from(refusal: Refusal) -> Self {
+impl From<AdmissionRefusal> for JobError {
+    fn from(refusal: AdmissionRefusal) -> Self {
         match refusal {
-            Refusal::Draining => JobError::Draining,
-            Refusal::Full { running, queued } => JobError::Full { running, queued },
+            AdmissionRefusal::Draining => JobError::Draining,
+            AdmissionRefusal::Full { running, queued } => JobError::Full { running, queued },
         }
     }
 }
 
 impl JobError {
-    fn code(&self) -> Code {
-        match self {
+    /// The kind of refusal clients act on; `None` for a stream the client
+    /// itself abandoned, which nobody reads.
+    fn refusal(&self) -> Option<Refusal> {
+        Some(match self {
             JobError::NoStart
             | JobError::EmptyArgv
             | JobError::RelativeCwd(_)
-            | JobError::TooLarge(_) => Code::InvalidArgument,
-            JobError::StartTimeout(_) => Code::DeadlineExceeded,
-            JobError::UserDenied(_) | JobError::ProgramDenied { .. } => Code::PermissionDenied,
-            JobError::TooManyStreams { .. } => Code::ResourceExhausted,
-            JobError::NoRequest => Code::Cancelled,
-            JobError::CwdMissing(_) | JobError::CwdDenied { .. } => Code::FailedPrecondition,
-            JobError::Draining => Code::Unavailable,
-            JobError::Full { .. } => Code::ResourceExhausted,
-        }
+            | JobError::TooLarge(_) => Refusal::Malformed,
+            JobError::StartTimeout(_) => Refusal::StartTimeout,
+            JobError::UserDenied(_) | JobError::ProgramDenied { .. } => Refusal::Denied,
+            JobError::TooManyStreams { .. } => Refusal::Limit,
+            JobError::NoRequest => return None,
+            JobError::CwdMissing(_) => Refusal::CwdMissing,
+            JobError::CwdDenied { .. } => Refusal::CwdDenied,
+            JobError::Draining => Refusal::Draining,
+            JobError::Full { .. } => Refusal::Busy,
+        })
     }
 
     /// The status a client sees, naming `node`.
@@ -75,7 +79,10 @@ impl JobError {
             }
             _ => format!("node {node}: {self}"),
         };
-        Status::new(self.code(), message)
+        match self.refusal() {
+            Some(refusal) => refusal.status(message),
+            None => Status::cancelled(message),
+        }
     }
 }
 
@@ -84,20 +91,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn statuses_name_the_node_and_carry_the_right_code() {
+    fn statuses_name_the_node_and_carry_the_right_code_and_kind() {
+        use tonic::Code;
         let s = JobError::CwdMissing("/src/x".into()).into_status("n2");
         assert_eq!(s.code(), Code::FailedPrecondition);
         assert!(s.message().starts_with("node n2: working directory /src/x"));
-        let s = JobError::from(Refusal::Full {
+        let s = JobError::from(AdmissionRefusal::Full {
             running: 4,
             queued: 4,
         })
         .into_status("n1");
         assert_eq!(s.code(), Code::ResourceExhausted);
         assert_eq!(s.message(), "node n1 is full (4 jobs running, 4 queued)");
-        assert_eq!(
-            JobError::Draining.into_status("n").code(),
-            Code::Unavailable
-        );
+        assert_eq!(Refusal::of(&s), Some(Refusal::Busy));
+        let s = JobError::Draining.into_status("n");
+        assert_eq!(s.code(), Code::Unavailable);
+        assert_eq!(Refusal::of(&s), Some(Refusal::Draining));
     }
 }

@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mexec_common::refusal::Refusal;
 use mexec_proto::v1::executor_client::ExecutorClient;
 use mexec_proto::v1::{run_request, run_response, JobSpec, RunRequest, RunResponse};
 use tokio::sync::{mpsc, oneshot};
@@ -36,15 +37,14 @@ pub async fn start(
 ) -> Result<ReceiverStream<Result<RunResponse, Status>>, Status> {
     let first = first_message(&shared, &mut inbound).await?;
     let Some(run_request::Msg::Start(mut spec)) = first.msg else {
-        return Err(Status::invalid_argument(
-            "the first message of a Run stream must be the job (`start`)",
-        ));
+        return Err(Refusal::Malformed
+            .status("the first message of a Run stream must be the job (`start`)"));
     };
     if spec.argv.is_empty() {
-        return Err(Status::invalid_argument("the job has an empty argv"));
+        return Err(Refusal::Malformed.status("the job has an empty argv"));
     }
     crate::executor::check_request(&spec)
-        .map_err(|err| Status::invalid_argument(format!("gatekeeper: {err}")))?;
+        .map_err(|err| Refusal::Malformed.status(format!("gatekeeper: {err}")))?;
     // The executor trusts the user we name, so it must be the proven one.
     spec.user = job_user(&shared, caller.as_ref(), &spec.user)?;
     let wanted = Wanted {

@@ -20,6 +20,7 @@ use super::cluster::{Grant, QueueFull, Reach, Wanted, HEARTBEAT};
 use super::{relay, Shared};
 use crate::auth::Caller;
 use crate::streams::StreamPlace;
+use mexec_common::refusal::Refusal;
 use mexec_common::tls::Peer;
 
 /// The service object tonic calls.
@@ -36,7 +37,7 @@ impl GatekeeperService {
     #[allow(clippy::result_large_err)] // tonic's Status
     fn enter(&self, peer: Option<SocketAddr>) -> Result<StreamPlace, Status> {
         self.shared.streams.enter(peer).map_err(|too_many| {
-            Status::resource_exhausted(format!(
+            Refusal::Limit.status(format!(
                 "gatekeeper: too many open streams from {} ({}); try again later",
                 too_many.peer, too_many.limit
             ))
@@ -56,10 +57,10 @@ impl GatekeeperService {
         }
         match caller {
             Some(Caller::Verified(Peer::Node(cert_name))) if cert_name == name => Ok(()),
-            Some(Caller::Verified(Peer::Node(cert_name))) => Err(Status::permission_denied(
-                format!("gatekeeper: node certificate `{cert_name}` cannot register as `{name}`"),
-            )),
-            _ => Err(Status::permission_denied(
+            Some(Caller::Verified(Peer::Node(cert_name))) => Err(Refusal::Denied.status(format!(
+                "gatekeeper: node certificate `{cert_name}` cannot register as `{name}`"
+            ))),
+            _ => Err(Refusal::Denied.status(
                 "gatekeeper: only a node certificate (mexec-cert node) may join the cluster",
             )),
         }
@@ -72,13 +73,13 @@ pub fn job_user(shared: &Shared, caller: Option<&Caller>, claimed: &str) -> Resu
     shared
         .access
         .job_user(caller, claimed)
-        .map_err(|denied| Status::permission_denied(format!("gatekeeper: {denied}")))
+        .map_err(|denied| Refusal::Denied.status(format!("gatekeeper: {denied}")))
 }
 
 /// The first message of a stream, which must come within the start timeout.
 pub async fn first_message<T>(shared: &Shared, inbound: &mut Streaming<T>) -> Result<T, Status> {
     match tokio::time::timeout(shared.start_timeout, inbound.message()).await {
-        Err(_) => Err(Status::deadline_exceeded(format!(
+        Err(_) => Err(Refusal::StartTimeout.status(format!(
             "gatekeeper: nothing arrived within {:?} of opening the stream",
             shared.start_timeout
         ))),
@@ -92,7 +93,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 
 /// The status a client gets when the queue is full.
 pub fn queue_full(full: QueueFull) -> Status {
-    Status::resource_exhausted(format!(
+    Refusal::Busy.status(format!(
         "the gatekeeper's queue is full ({} requests waiting); try again later or raise --max-queued",
         full.queued
     ))
@@ -152,12 +153,12 @@ impl Gatekeeper for GatekeeperService {
         let mut inbound = request.into_inner();
         let first = first_message(&self.shared, &mut inbound).await?;
         let Some(join_request::Msg::Register(register)) = first.msg else {
-            return Err(Status::invalid_argument(
-                "the first message of a Join stream must be `register`",
-            ));
+            return Err(
+                Refusal::Malformed.status("the first message of a Join stream must be `register`")
+            );
         };
         if register.node.is_empty() {
-            return Err(Status::invalid_argument("register: the node name is empty"));
+            return Err(Refusal::Malformed.status("register: the node name is empty"));
         }
         self.check_node(caller.as_ref(), &register.node)?;
         let reach = reach(&register.address, register.port, peer)?;
@@ -184,9 +185,8 @@ impl Gatekeeper for GatekeeperService {
         let mut inbound = request.into_inner();
         let first = first_message(&self.shared, &mut inbound).await?;
         let Some(acquire_request::Msg::Request(mut lease_request)) = first.msg else {
-            return Err(Status::invalid_argument(
-                "the first message of an Acquire stream must be `request`",
-            ));
+            return Err(Refusal::Malformed
+                .status("the first message of an Acquire stream must be `request`"));
         };
         // Fair shares and per-user limits go by the certificate's user.
         lease_request.user = self.job_user(caller.as_ref(), &lease_request.user)?;
@@ -246,9 +246,9 @@ fn reach(advertised: &str, port: u32, peer: Option<SocketAddr>) -> Result<Reach,
             gatekeeper: seen.unwrap_or_else(|| advertised.to_owned()),
         }),
         (true, Some(seen)) => Ok(Reach::same(&seen)),
-        (true, None) => Err(Status::invalid_argument(
-            "register: no address given and none can be derived",
-        )),
+        (true, None) => {
+            Err(Refusal::Malformed.status("register: no address given and none can be derived"))
+        }
     }
 }
 
