@@ -106,6 +106,13 @@ impl Access {
     }
 }
 
+/// As an interceptor, `Access` stands in front of a whole service.
+impl tonic::service::Interceptor for Access {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        self.check(request)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,9 +15,10 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::error::JobError;
+use super::valid_job::ValidJob;
 use super::{job, NodeContext};
 use crate::auth::Caller;
-use crate::streams::StreamPlace;
+use crate::daemon::StreamPlace;
 
 /// The service object tonic calls.
 #[derive(Debug, Clone)]
@@ -100,15 +101,11 @@ async fn start_job(
     };
     // The certificate, not the client's claim, says whose job this is.
     spec.user = ctx.access.job_user(caller.as_ref(), &spec.user)?;
-    job::validate(&spec)?;
-    let program = match &ctx.policy {
-        Some(policy) => Some(policy.check(&spec)?),
-        None => None,
-    };
+    let valid = ValidJob::new(spec, ctx.policy.as_ref())?;
     let ticket = ctx.admission.admit()?;
     let (tx, rx) = mpsc::channel(job::OUTPUT_QUEUE);
     tokio::spawn(async move {
-        job::run(ctx, spec, program, ticket, inbound, tx).await;
+        job::run(ctx, valid, ticket, inbound, tx).await;
         drop(place);
     });
     Ok(ReceiverStream::new(rx))
