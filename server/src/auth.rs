@@ -25,6 +25,13 @@ pub enum Caller {
     Unverified,
 }
 
+impl Caller {
+    /// The caller `Access::check` recorded on `request`.
+    pub fn of<T>(request: &Request<T>) -> Option<Caller> {
+        request.extensions().get::<Caller>().cloned()
+    }
+}
+
 /// A user refused by the allow list.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("user `{0}` is not allowed here (not in allowed_users)")]

@@ -104,16 +104,15 @@ async fn start_gatekeeper() -> Running {
     Running::start(|listener, stop| gatekeeper::run(listener, settings, stop.wait())).await
 }
 
-fn spec(argv: &[&str], cwd: &std::path::Path) -> JobSpec {
+/// A shell script as a job in `cwd`, with the system's PATH.
+fn script(script: &str, cwd: &std::path::Path) -> JobSpec {
+    let bytes = |text: &str| Bytes::copy_from_slice(text.as_bytes());
     JobSpec {
-        argv: argv
-            .iter()
-            .map(|a| Bytes::copy_from_slice(a.as_bytes()))
-            .collect(),
-        cwd: Bytes::copy_from_slice(cwd.as_os_str().as_encoded_bytes()),
+        argv: ["sh", "-c", script].map(bytes).to_vec(),
+        cwd: bytes(cwd.to_str().expect("a UTF-8 temporary directory")),
         env: vec![EnvVar {
-            name: Bytes::from_static(b"PATH"),
-            value: Bytes::from_static(b"/usr/local/bin:/usr/bin:/bin"),
+            name: bytes("PATH"),
+            value: bytes("/usr/bin:/bin"),
         }],
         umask: 0o022,
         job_id: "embedded-job".into(),
@@ -125,7 +124,7 @@ fn spec(argv: &[&str], cwd: &std::path::Path) -> JobSpec {
 /// Runs a job that writes to both streams and exits 3; checks all of it.
 async fn run_a_job(channel: Channel, node: &str) {
     let dir = mexec_testkit::job_dir();
-    let job = spec(&["sh", "-c", "echo out; echo err >&2; exit 3"], dir.path());
+    let job = script("echo out; echo err >&2; exit 3", dir.path());
     let (tx, rx) = mpsc::channel(4);
     tx.send(RunRequest {
         msg: Some(run_request::Msg::Start(job)),

@@ -13,11 +13,17 @@
 //! - `stream_limits`: the cap on streams one peer may hold open.
 //! - `shutdown`: the signals that stop a daemon.
 
+use std::pin::Pin;
+
+use tokio_stream::Stream;
+
 mod options;
 mod serve;
 pub mod shutdown;
 mod stream_limits;
 
+#[cfg(test)]
+pub use options::assert_flags;
 pub use options::{
     non_empty, open_door, BindError, DaemonFile, DaemonFlags, DaemonSettings, DaemonSettingsError,
     NoOtherKeys, Role,
@@ -26,3 +32,6 @@ pub use serve::serve;
 pub use stream_limits::{
     PeerStreams, StreamPlace, TooMany, DEFAULT_MAX_STREAMS_PER_PEER, MAX_STREAMS_PER_CONNECTION,
 };
+
+/// A streaming answer, as the daemons' handlers return them.
+pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, tonic::Status>> + Send + 'static>>;

@@ -4,10 +4,11 @@
 //! variable over the file over the default) and applies the safety rule:
 //! no listening beyond loopback without authentication unless `insecure`.
 //!
-//! `--listen` is the one shared flag whose variable and default differ by
-//! role (`MEXEC_LISTEN` and 7460 for `mexecd`, `MEXEC_GATEKEEPER_LISTEN`
-//! and 7461 for the gatekeeper), so each role attaches its own with
-//! clap's `mut_arg`.
+//! `--config` and `--listen` are shared flags whose variables differ by
+//! role (`MEXECD_CONFIG` and `MEXEC_LISTEN` for `mexecd`,
+//! `MEXEC_GATEKEEPER_CONFIG` and `MEXEC_GATEKEEPER_LISTEN` for the
+//! gatekeeper), so each role's `Role` attaches its own with clap's
+//! `mut_arg` (see `Role::config_flag`, `Role::listen_flag`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -22,11 +23,15 @@ use tokio::net::TcpListener;
 
 use crate::auth::Access;
 
-/// Command-line flags both daemons take; each but `--listen` and
-/// `--insecure` also reads a `MEXEC_*` variable.
+/// Command-line flags both daemons take; each but `--insecure` also reads
+/// a variable.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct DaemonFlags {
-    /// Address and port to listen on.
+    /// TOML config file (its variable and help come from the role).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address and port to listen on (its variable and default come from
+    /// the role).
     #[arg(long)]
     pub listen: Option<SocketAddr>,
     /// File holding the cluster's shared token; requests must carry it.
@@ -103,11 +108,33 @@ impl<'de> Deserialize<'de> for NoOtherKeys {
 /// What differs between the daemons in the shared options.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Role {
+    /// The variable that names the config file.
+    pub config_env: &'static str,
+    /// The example config file under `deploy/`.
+    pub config_example: &'static str,
+    /// The variable that gives the listen address.
+    pub listen_env: &'static str,
     /// The port listened on when none is given (always on 127.0.0.1).
     pub default_port: u16,
     /// What anyone who reaches an unauthenticated daemon could do, to
     /// finish "anyone who can reach it could ...".
     pub exposes: &'static str,
+}
+
+impl Role {
+    /// `--config` as this role takes it (for `#[command(mut_arg(...))]`).
+    pub fn config_flag(self, arg: clap::Arg) -> clap::Arg {
+        arg.env(self.config_env)
+            .help(format!("TOML config file (see {})", self.config_example))
+    }
+
+    /// `--listen` as this role takes it (for `#[command(mut_arg(...))]`).
+    pub fn listen_flag(self, arg: clap::Arg) -> clap::Arg {
+        arg.env(self.listen_env).help(format!(
+            "Address and port to listen on [default: 127.0.0.1:{}]",
+            self.default_port
+        ))
+    }
 }
 
 /// The shared options, checked and resolved.
@@ -256,14 +283,71 @@ pub fn non_empty(list: Vec<String>) -> Option<Vec<String>> {
     (!list.is_empty()).then_some(list)
 }
 
+/// Holds a daemon's flags to `expected`, one "flag VARIABLE" (or "flag"
+/// for one without a variable) each, as the README's tables list them.
+#[cfg(test)]
+pub fn assert_flags(command: clap::Command, expected: &[&str]) {
+    let mut found: Vec<String> = command
+        .get_arguments()
+        .filter_map(|arg| {
+            let long = arg.get_long()?;
+            Some(match arg.get_env() {
+                Some(env) => format!("{long} {}", env.to_string_lossy()),
+                None => long.to_owned(),
+            })
+        })
+        .filter(|flag| flag != "help" && flag != "version")
+        .collect();
+    found.sort();
+    let mut expected: Vec<&str> = expected.to_vec();
+    expected.sort();
+    assert_eq!(found, expected);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const ROLE: Role = Role {
+        config_env: "TEST_CONFIG",
+        config_example: "deploy/test.toml",
+        listen_env: "TEST_LISTEN",
         default_port: 7000,
         exposes: "do anything",
     };
+
+    #[test]
+    fn a_role_names_its_own_config_and_listen_variables() {
+        #[derive(Debug, clap::Parser)]
+        #[command(
+            mut_arg("config", |arg| ROLE.config_flag(arg)),
+            mut_arg("listen", |arg| ROLE.listen_flag(arg)),
+        )]
+        struct Flags {
+            #[command(flatten)]
+            daemon: DaemonFlags,
+        }
+        assert_flags(
+            <Flags as clap::CommandFactory>::command(),
+            &[
+                "config TEST_CONFIG",
+                "listen TEST_LISTEN",
+                "token-file MEXEC_TOKEN_FILE",
+                "insecure",
+                "tls-ca MEXEC_TLS_CA",
+                "tls-cert MEXEC_TLS_CERT",
+                "tls-key MEXEC_TLS_KEY",
+                "allowed-users MEXEC_ALLOWED_USERS",
+                "log-format MEXEC_LOG_FORMAT",
+                "start-timeout-secs MEXEC_START_TIMEOUT_SECS",
+            ],
+        );
+        let parsed = <Flags as clap::Parser>::parse_from(["t", "--listen", "127.0.0.1:5"]);
+        assert_eq!(
+            parsed.daemon.listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 5)))
+        );
+    }
 
     #[derive(Debug, Deserialize)]
     struct File {

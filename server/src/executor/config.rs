@@ -4,7 +4,6 @@
 //! adds the executor's own and its safety rule (jobs never run as root),
 //! so a daemon that would be an open door never starts.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -21,8 +20,11 @@ use crate::daemon::{
 /// The port an executor listens on when none is given.
 pub const DEFAULT_PORT: u16 = 7460;
 
-/// The executor among the daemons.
+/// What sets `mexecd` apart among the daemons.
 const ROLE: Role = Role {
+    config_env: "MEXECD_CONFIG",
+    config_example: "deploy/mexecd.toml",
+    listen_env: "MEXEC_LISTEN",
     default_port: DEFAULT_PORT,
     exposes: "run commands on this node",
 };
@@ -33,14 +35,10 @@ const ROLE: Role = Role {
     name = "mexecd",
     version,
     about = "mexec executor daemon: runs jobs sent by mexec clients",
-    mut_arg("listen", |arg| arg
-        .env("MEXEC_LISTEN")
-        .help("Address and port to listen on [default: 127.0.0.1:7460]")),
+    mut_arg("config", |arg| ROLE.config_flag(arg)),
+    mut_arg("listen", |arg| ROLE.listen_flag(arg)),
 )]
 pub struct Flags {
-    /// TOML config file (see deploy/mexecd.toml).
-    #[arg(long, env = "MEXECD_CONFIG")]
-    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub daemon: DaemonFlags,
     /// Jobs that may run at once [default: the number of CPUs].
@@ -197,7 +195,7 @@ pub enum SettingsError {
 impl Settings {
     /// Merges flags, the config file and defaults, then checks safety rules.
     pub fn resolve(flags: Flags) -> Result<Settings, SettingsError> {
-        let file: FileConfig = config_file::load_or_default(flags.config.as_deref(), None)?;
+        let file: FileConfig = config_file::load_or_default(flags.daemon.config.as_deref(), None)?;
         let limits = job_limits(&flags.limits, &file);
         let daemon = DaemonSettings::resolve(flags.daemon, file.daemon, ROLE)?;
         let slots = flags
@@ -307,6 +305,17 @@ mod tests {
         }
     }
 
+    /// Flags that read a config file holding `text`; the file lives as
+    /// long as the returned directory.
+    fn flags_with_file(text: &str) -> (Flags, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mexecd.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut f = flags();
+        f.daemon.config = Some(path);
+        (f, dir)
+    }
+
     #[test]
     fn defaults_are_loopback_and_one_slot_per_cpu() {
         let s = Settings::resolve(flags()).unwrap();
@@ -332,23 +341,14 @@ mod tests {
 
     #[test]
     fn flags_override_the_file_and_unknown_keys_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("mexecd.toml");
-        std::fs::write(
-            &path,
-            "slots = 3\nname = \"from-file\"\nlisten = \"127.0.0.1:1\"\n",
-        )
-        .unwrap();
-        let mut f = flags();
-        f.config = Some(path.clone());
+        let (mut f, _dir) =
+            flags_with_file("slots = 3\nname = \"from-file\"\nlisten = \"127.0.0.1:1\"\n");
         f.name = Some("from-flag".into());
         let s = Settings::resolve(f).unwrap();
         assert_eq!((s.slots, s.name.as_str()), (3, "from-flag"));
         assert_eq!(s.daemon.listen.port(), 1, "a shared key from the file");
 
-        std::fs::write(&path, "slotz = 3\n").unwrap();
-        let mut f = flags();
-        f.config = Some(path);
+        let (f, _dir) = flags_with_file("slotz = 3\n");
         let err = Settings::resolve(f).unwrap_err().to_string();
         assert!(err.contains("slotz"), "{err}");
     }
@@ -378,15 +378,8 @@ mod tests {
 
     #[test]
     fn limits_take_flags_over_the_file_and_zero_turns_one_off() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("mexecd.toml");
-        std::fs::write(
-            &path,
-            "max_wall_secs = 60\nmax_output_mib = 0\nmax_cpu_secs = 5\n",
-        )
-        .unwrap();
-        let mut f = flags();
-        f.config = Some(path);
+        let (mut f, _dir) =
+            flags_with_file("max_wall_secs = 60\nmax_output_mib = 0\nmax_cpu_secs = 5\n");
         f.limits.max_cpu_secs = Some(7);
         let limits = Settings::resolve(f).unwrap().limits;
         assert_eq!(limits.wall, Some(Duration::from_secs(60)));
@@ -403,5 +396,54 @@ mod tests {
         } else {
             assert!(result.unwrap().run_as.is_none());
         }
+    }
+
+    /// The flags, variables and keys are an interface: scripts and unit
+    /// files name them. This holds them to the README's table.
+    #[test]
+    fn every_flag_variable_and_key_keeps_its_name() {
+        use clap::CommandFactory;
+        crate::daemon::assert_flags(
+            Flags::command(),
+            &[
+                "config MEXECD_CONFIG",
+                "listen MEXEC_LISTEN",
+                "slots MEXEC_SLOTS",
+                "max-queued MEXEC_MAX_QUEUED",
+                "name MEXEC_NAME",
+                "token-file MEXEC_TOKEN_FILE",
+                "insecure",
+                "user MEXEC_USER",
+                "grace-secs MEXEC_GRACE_SECS",
+                "log-format MEXEC_LOG_FORMAT",
+                "gatekeeper MEXEC_GATEKEEPER",
+                "advertise MEXEC_ADVERTISE",
+                "tls-ca MEXEC_TLS_CA",
+                "tls-cert MEXEC_TLS_CERT",
+                "tls-key MEXEC_TLS_KEY",
+                "allowed-users MEXEC_ALLOWED_USERS",
+                "allowed-programs MEXEC_ALLOWED_PROGRAMS",
+                "max-wall-secs MEXEC_MAX_WALL_SECS",
+                "max-cpu-secs MEXEC_MAX_CPU_SECS",
+                "max-memory-mib MEXEC_MAX_MEMORY_MIB",
+                "max-address-space-mib MEXEC_MAX_ADDRESS_SPACE_MIB",
+                "max-output-mib MEXEC_MAX_OUTPUT_MIB",
+                "max-open-files MEXEC_MAX_OPEN_FILES",
+                "start-timeout-secs MEXEC_START_TIMEOUT_SECS",
+                "max-streams-per-peer MEXEC_MAX_STREAMS_PER_PEER",
+            ],
+        );
+
+        let every_key = "listen = \"127.0.0.1:1\"\nslots = 1\nmax_queued = 1\nname = \"n\"\n\
+            token_file = \"/t\"\ninsecure = false\nuser = \"u\"\ngrace_secs = 1\n\
+            log_format = \"json\"\ngatekeeper = \"g:1\"\nadvertise = \"a:1\"\n\
+            tls_ca = \"/a\"\ntls_cert = \"/b\"\ntls_key = \"/c\"\nallowed_users = []\n\
+            allowed_programs = []\nmax_wall_secs = 1\nmax_cpu_secs = 1\nmax_memory_mib = 1\n\
+            max_address_space_mib = 1\nmax_output_mib = 1\nmax_open_files = 1\n\
+            max_stdin_bytes_per_sec = 1\nstart_timeout_secs = 1\nmax_streams_per_peer = 1\n";
+        let file: FileConfig =
+            config_file::parse(std::path::Path::new("mexecd.toml"), every_key).unwrap();
+        assert_eq!(file.daemon.token_file, Some("/t".into()));
+        assert_eq!(file.max_streams_per_peer, Some(1));
     }
 }

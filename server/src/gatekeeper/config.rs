@@ -4,7 +4,6 @@
 //! gatekeeper adds its queue and fair-share limits.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use clap::Parser;
 use mexec_common::config_file::{self, ConfigFileError};
@@ -18,8 +17,11 @@ use crate::daemon::{
 /// The port a gatekeeper listens on when none is given.
 pub const DEFAULT_PORT: u16 = 7461;
 
-/// The gatekeeper among the daemons.
+/// What sets `mexec-gatekeeper` apart among the daemons.
 const ROLE: Role = Role {
+    config_env: "MEXEC_GATEKEEPER_CONFIG",
+    config_example: "deploy/mexec-gatekeeper.toml",
+    listen_env: "MEXEC_GATEKEEPER_LISTEN",
     default_port: DEFAULT_PORT,
     exposes: "submit jobs to the cluster",
 };
@@ -30,14 +32,10 @@ const ROLE: Role = Role {
     name = "mexec-gatekeeper",
     version,
     about = "mexec gatekeeper: cluster membership, fair queueing, placement leases, relayed jobs",
-    mut_arg("listen", |arg| arg
-        .env("MEXEC_GATEKEEPER_LISTEN")
-        .help("Address and port to listen on [default: 127.0.0.1:7461]")),
+    mut_arg("config", |arg| ROLE.config_flag(arg)),
+    mut_arg("listen", |arg| ROLE.listen_flag(arg)),
 )]
 pub struct Flags {
-    /// TOML config file (see deploy/mexec-gatekeeper.toml).
-    #[arg(long, env = "MEXEC_GATEKEEPER_CONFIG")]
-    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub daemon: DaemonFlags,
     /// Requests that may wait for a slot before new ones are refused [default: 10000].
@@ -105,7 +103,7 @@ pub enum SettingsError {
 impl Settings {
     /// Merges flags, the config file and defaults, then checks safety rules.
     pub fn resolve(flags: Flags) -> Result<Settings, SettingsError> {
-        let file: FileConfig = config_file::load_or_default(flags.config.as_deref(), None)?;
+        let file: FileConfig = config_file::load_or_default(flags.daemon.config.as_deref(), None)?;
         let daemon = DaemonSettings::resolve(flags.daemon, file.daemon, ROLE)?;
         let mut user_limits = file.user_limits.unwrap_or_default();
         user_limits.extend(flags.user_limits);
@@ -162,5 +160,44 @@ mod tests {
             err.to_string().contains("could submit jobs to the cluster"),
             "{err}"
         );
+    }
+
+    /// The flags, variables and keys are an interface: scripts and unit
+    /// files name them. This holds them to the README's table.
+    #[test]
+    fn every_flag_variable_and_key_keeps_its_name() {
+        use clap::CommandFactory;
+        crate::daemon::assert_flags(
+            Flags::command(),
+            &[
+                "config MEXEC_GATEKEEPER_CONFIG",
+                "listen MEXEC_GATEKEEPER_LISTEN",
+                "token-file MEXEC_TOKEN_FILE",
+                "insecure",
+                "max-queued MEXEC_GATEKEEPER_MAX_QUEUED",
+                "default-user-limit",
+                "usage-half-life-secs",
+                "user-limit",
+                "log-format MEXEC_LOG_FORMAT",
+                "tls-ca MEXEC_TLS_CA",
+                "tls-cert MEXEC_TLS_CERT",
+                "tls-key MEXEC_TLS_KEY",
+                "allowed-users MEXEC_ALLOWED_USERS",
+                "start-timeout-secs MEXEC_START_TIMEOUT_SECS",
+            ],
+        );
+
+        let every_key = "listen = \"127.0.0.1:1\"\ntoken_file = \"/t\"\ninsecure = false\n\
+            max_queued = 1\ndefault_user_limit = 0\nuser_limits = { a = 1 }\n\
+            usage_half_life_secs = 2\nlog_format = \"text\"\ntls_ca = \"/a\"\n\
+            tls_cert = \"/b\"\ntls_key = \"/c\"\nallowed_users = [\"a\"]\n\
+            start_timeout_secs = 1\n";
+        let file: FileConfig =
+            config_file::parse(std::path::Path::new("gk.toml"), every_key).unwrap();
+        assert_eq!(file.usage_half_life_secs, Some(2.0));
+        assert_eq!(file.daemon.allowed_users, Some(vec!["a".to_owned()]));
+        let misspelt =
+            config_file::parse::<FileConfig>(std::path::Path::new("gk.toml"), "max_queue = 1\n");
+        assert!(misspelt.unwrap_err().to_string().contains("max_queue"));
     }
 }

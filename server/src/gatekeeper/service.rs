@@ -2,7 +2,6 @@
 //! runs and status, each a thin handler over `Cluster`.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use mexec_common::refusal::Refusal;
@@ -15,14 +14,13 @@ use mexec_proto::v1::{
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::cluster::{Grant, Reach, Wanted, HEARTBEAT};
 use super::relay;
 use super::shared::{queue_full, Shared};
 use crate::auth::Caller;
-use crate::daemon::StreamPlace;
+use crate::daemon::{ResponseStream, StreamPlace};
 
 /// The service object tonic calls.
 #[derive(Debug, Clone)]
@@ -63,8 +61,6 @@ impl GatekeeperService {
     }
 }
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
 /// Turns a lease request into the queue's terms.
 fn wanted(request: &LeaseRequest, relayed: bool) -> Wanted {
     Wanted {
@@ -79,16 +75,16 @@ fn wanted(request: &LeaseRequest, relayed: bool) -> Wanted {
 
 #[tonic::async_trait]
 impl Gatekeeper for GatekeeperService {
-    type JoinStream = BoxStream<JoinResponse>;
-    type AcquireStream = BoxStream<AcquireResponse>;
-    type RunStream = BoxStream<RunResponse>;
+    type JoinStream = ResponseStream<JoinResponse>;
+    type AcquireStream = ResponseStream<AcquireResponse>;
+    type RunStream = ResponseStream<RunResponse>;
 
     async fn join(
         &self,
         request: Request<Streaming<JoinRequest>>,
     ) -> Result<Response<Self::JoinStream>, Status> {
         let peer = request.remote_addr();
-        let caller = request.extensions().get::<Caller>().cloned();
+        let caller = Caller::of(&request);
         let place = self.enter(peer)?;
         let mut inbound = request.into_inner();
         let first = self.shared.first_message(&mut inbound).await?;
@@ -120,7 +116,7 @@ impl Gatekeeper for GatekeeperService {
         &self,
         request: Request<Streaming<AcquireRequest>>,
     ) -> Result<Response<Self::AcquireStream>, Status> {
-        let caller = request.extensions().get::<Caller>().cloned();
+        let caller = Caller::of(&request);
         let place = self.enter(request.remote_addr())?;
         let mut inbound = request.into_inner();
         let first = self.shared.first_message(&mut inbound).await?;
@@ -147,7 +143,7 @@ impl Gatekeeper for GatekeeperService {
         &self,
         request: Request<Streaming<RunRequest>>,
     ) -> Result<Response<Self::RunStream>, Status> {
-        let caller = request.extensions().get::<Caller>().cloned();
+        let caller = Caller::of(&request);
         let place = self.enter(request.remote_addr())?;
         let stream = relay::start(self.shared.clone(), caller, place, request.into_inner()).await?;
         Ok(Response::new(Box::pin(stream)))
