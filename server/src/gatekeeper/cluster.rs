@@ -645,6 +645,8 @@ mod tests {
         );
         let conn = c.new_conn();
         c.join("n", Reach::same("n:1"), conn, report(1));
+        // Six missed heartbeats, as the README promises executors.
+        assert_eq!(SILENCE_LIMIT, Duration::from_secs(3));
         let later = Instant::now() + SILENCE_LIMIT + Duration::from_millis(10);
         assert_eq!(c.expire_silent(later), vec!["n".to_owned()]);
     }
