@@ -16,6 +16,10 @@ use crate::executor::process::{self, Reaped};
 use crate::executor::valid_job::ValidJob;
 use crate::executor::NodeContext;
 
+/// The target of the per-job log lines, which log collectors filter on:
+/// the job's module, whichever file writes them.
+const LOG_TARGET: &str = "mexec_server::executor::job";
+
 /// Why the executor killed the job, if it did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kill {
@@ -67,7 +71,13 @@ pub async fn start_failed(
         }
         // Not the command's fault: the client should go elsewhere.
         Err(refusal) => {
-            tracing::warn!(job_id = %job.spec.job_id, node = %ctx.name, %refusal, "job refused");
+            tracing::warn!(
+                target: LOG_TARGET,
+                job_id = %job.spec.job_id,
+                node = %ctx.name,
+                %refusal,
+                "job refused"
+            );
             let _ = out.send(Err(refusal.into_status(&ctx.name))).await;
         }
     }
@@ -170,6 +180,7 @@ fn log_job(ctx: &NodeContext, job: &ValidJob, started_at: Instant, exit: &Exit) 
     };
     let spec = &job.spec;
     tracing::info!(
+        target: LOG_TARGET,
         job_id = %spec.job_id,
         user = %spec.user,
         client_host = %spec.client_host,
