@@ -9,7 +9,8 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use mexec_proto::v1::{run_request, AcquireRequest, JoinRequest, RunRequest};
-use mexec_server::executor::{check_request, validate, CommandPolicy};
+use mexec_server::executor::{validate, CommandPolicy};
+use mexec_server::request_limits::check_request;
 use prost::Message;
 
 fn policy() -> &'static CommandPolicy {

@@ -25,6 +25,13 @@ pub enum Caller {
     Unverified,
 }
 
+impl Caller {
+    /// The caller `Access::check` recorded on `request`.
+    pub fn of<T>(request: &Request<T>) -> Option<Caller> {
+        request.extensions().get::<Caller>().cloned()
+    }
+}
+
 /// A user refused by the allow list.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("user `{0}` is not allowed here (not in allowed_users)")]
@@ -103,6 +110,13 @@ impl Access {
             Some(allowed) if !allowed.contains(user) => Err(UserDenied(user.to_owned())),
             _ => Ok(()),
         }
+    }
+}
+
+/// As an interceptor, `Access` stands in front of a whole service.
+impl tonic::service::Interceptor for Access {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        self.check(request)
     }
 }
 

@@ -2,23 +2,20 @@
 //! already-bound listener; the binaries only parse flags and call `run`.
 //!
 //! Layout:
-//! - `config`: `mexecd` settings from flags, `MEXEC_*` variables and TOML,
-//!   and the safety checks on them (loopback unless authenticated, never
-//!   run jobs as root).
-//! - `executor`: the `Executor` gRPC service and everything a job needs.
-//! - `gatekeeper`: membership, fair queueing, leases and relayed runs.
+//! - `executor`: `mexecd`: its settings, the `Executor` gRPC service and
+//!   everything a job needs.
+//! - `gatekeeper`: `mexec-gatekeeper`: its settings, membership, fair
+//!   queueing, leases and relayed runs.
+//! - `daemon`: what both daemons share: the common options and their
+//!   safety rule, one `serve`, the per-peer stream cap, the stop signals.
+//! - `request_limits`: the sizes of a job request, checked by both roles.
 //! - `auth`: who may call (token, certificate, allow list) and for whom a
 //!   job runs.
 //! - `certs`: issuing the cluster CA, node and user certificates.
-//! - `streams`: the cap on streams one peer may hold open.
-//! - `users`: looking up the account jobs run as.
-//! - `shutdown`: the signals that stop a daemon.
 
 pub mod auth;
 pub mod certs;
-pub mod config;
+pub mod daemon;
 pub mod executor;
 pub mod gatekeeper;
-pub mod shutdown;
-pub mod streams;
-pub mod users;
+pub mod request_limits;

@@ -454,7 +454,7 @@ fn root_daemon_needs_a_job_account() {
 #[test]
 fn the_example_config_under_deploy_parses() {
     let path = mexec_testkit::workspace_root().join("deploy/mexecd.toml");
-    let config: mexec_server::config::FileConfig =
+    let config: mexec_server::executor::config::FileConfig =
         mexec_common::config_file::load(&path).expect("deploy/mexecd.toml parses");
     assert_eq!(config.slots, Some(8));
     assert_eq!(config.user.as_deref(), Some("mexec"));

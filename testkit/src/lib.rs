@@ -12,7 +12,6 @@
 //! - `wine`: Wine prefixes and MinGW builds for the Windows programs' tests.
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -66,22 +65,28 @@ pub fn skip(reason: &str) {
 
 /// Whether this process runs as root.
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 /// uid and gid of the job account.
 pub fn job_account() -> (u32, u32) {
+    use nix::unistd::{getgid, getuid, User};
     if !is_root() {
-        // SAFETY: getuid/getgid have no preconditions.
-        return unsafe { (libc::getuid(), libc::getgid()) };
+        return (getuid().as_raw(), getgid().as_raw());
     }
-    let name = CString::new(JOB_USER).unwrap();
-    // SAFETY: getpwnam returns a pointer into static storage or null; we
-    // copy the two numbers out at once, single-threaded use per call.
-    let pwd = unsafe { libc::getpwnam(name.as_ptr()) };
-    assert!(!pwd.is_null(), "user {JOB_USER} is missing");
-    unsafe { ((*pwd).pw_uid, (*pwd).pw_gid) }
+    let user = User::from_name(JOB_USER)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("user {JOB_USER} is missing"));
+    (user.uid.as_raw(), user.gid.as_raw())
+}
+
+/// Sends signal number `signal` to process `pid`.
+fn send_signal(pid: u32, signal: i32) {
+    use nix::sys::signal::{kill, Signal};
+    let signal = Signal::try_from(signal).expect("a signal number this system has");
+    // A process that is already gone is not an error here.
+    let _ = kill(nix::unistd::Pid::from_raw(pid as i32), signal);
 }
 
 /// Flags that make `mexecd` run jobs as the job account when we are root.
@@ -260,10 +265,7 @@ impl Executor {
 
     /// Sends a signal to the daemon.
     pub fn signal(&self, signal: i32) {
-        // SAFETY: kill has no memory effects.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, signal);
-        }
+        send_signal(self.child.id(), signal);
     }
 
     /// Waits up to `timeout` for the daemon to exit.

@@ -192,6 +192,8 @@ fn ip(args: &[&str]) -> Result<String, String> {
 /// process is stopped first, until no new one appears, and only then
 /// killed.
 fn kill_processes_in(namespace: &str) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
     let list = || -> Vec<i32> {
         ip(&["netns", "pids", namespace])
             .unwrap_or_default()
@@ -209,18 +211,13 @@ fn kill_processes_in(namespace: &str) {
             break;
         }
         for pid in fresh {
-            // SAFETY: kill has no memory effects.
-            unsafe {
-                libc::kill(pid, libc::SIGSTOP);
-            }
+            let _ = kill(Pid::from_raw(pid), Signal::SIGSTOP);
             stopped.insert(pid);
         }
     }
     for pid in stopped {
-        // SAFETY: as above; SIGKILL ends a stopped process too.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-        }
+        // SIGKILL ends a stopped process too.
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
 }
 

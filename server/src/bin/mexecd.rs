@@ -1,14 +1,12 @@
 //! `mexecd`: the executor daemon. Parses settings, binds, and serves until
 //! SIGTERM or SIGINT, then drains.
 
-use anyhow::Context;
 use clap::Parser;
-use mexec_server::config::{Flags, Settings};
-use tokio::net::TcpListener;
+use mexec_server::executor::{self, Flags, Settings, Watchers};
 
 fn main() {
     // The same binary is the daemon's group keeper when started as one.
-    mexec_server::executor::group_keeper::serve_if_keeper();
+    executor::group_keeper::serve_if_keeper();
     if let Err(err) = real_main() {
         eprintln!("mexecd: {err:#}");
         std::process::exit(2);
@@ -21,32 +19,33 @@ fn main() {
 #[tokio::main(flavor = "current_thread")]
 async fn real_main() -> anyhow::Result<()> {
     let settings = Settings::resolve(Flags::parse())?;
-    mexec_common::telemetry::init_tracing(settings.log_format, "info");
-    if settings.is_insecure() {
-        tracing::warn!(
-            listen = %settings.listen,
-            "INSECURE: listening beyond loopback without authentication; anyone who can reach \
-             this port can run commands on this node"
-        );
-    }
-    let listener = TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    mexec_common::telemetry::init_tracing(settings.daemon.log_format, "info");
+    let listener = settings.daemon.bind().await?;
     let bound = listener.local_addr()?;
     // Scripts and tests started with port 0 read the real address here.
     println!("mexecd {} listening on {bound}", settings.name);
+    let users = settings.daemon.allowed_users.as_ref();
+    let programs = &settings.allowed_programs;
     tracing::info!(
         node = %settings.name,
         listen = %bound,
         slots = settings.slots,
         max_queued = settings.max_queued,
         run_as = settings.run_as.as_ref().map(|a| a.name.as_str()).unwrap_or("(self)"),
-        auth = settings.auth_mode(),
-        allowed_users = settings.allowed_users.as_ref().map(|u| u.join(",")).unwrap_or_else(|| "(all)".into()),
-        allowed_programs = if settings.allowed_programs.is_empty() { "(all)".to_owned() } else { settings.allowed_programs.join(",") },
+        auth = settings.daemon.auth_mode(),
+        allowed_users = users.map(|u| u.join(",")).unwrap_or_else(|| "(all)".into()),
+        allowed_programs = if programs.is_empty() { "(all)".to_owned() } else { programs.join(",") },
         limits = ?settings.limits,
         "executor started"
     );
-    mexec_server::executor::run(listener, settings, mexec_server::shutdown::signal()).await?;
+    // This executable is the group keeper too (see `main`).
+    let watchers = Watchers::start(&std::env::current_exe()?);
+    executor::run(
+        listener,
+        settings,
+        watchers,
+        mexec_server::daemon::shutdown::signal(),
+    )
+    .await?;
     Ok(())
 }

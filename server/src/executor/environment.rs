@@ -8,7 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use mexec_proto::v1::JobSpec;
 
-use crate::users::Account;
+use super::account::Account;
 
 /// PATH for jobs that start from the node's environment: the system's
 /// programs, and nothing of the daemon's own start-up.

@@ -29,8 +29,8 @@ pub enum JobError {
     Full { running: u32, queued: u32 },
     #[error("no job arrived within {0:?} of opening the stream")]
     StartTimeout(std::time::Duration),
-    #[error("the job is too large: {0}")]
-    TooLarge(String),
+    #[error(transparent)]
+    TooLarge(#[from] crate::request_limits::TooLarge),
     #[error("{0}")]
     UserDenied(#[from] crate::auth::UserDenied),
     #[error(
@@ -84,6 +84,14 @@ impl JobError {
             None => Status::cancelled(message),
         }
     }
+}
+
+/// How a job the node killed on shutting down ends: not the command's
+/// outcome, and no refusal either (the job had started), so a status error
+/// lets the client rerun a repeatable job elsewhere instead of reporting
+/// SIGKILL.
+pub fn shut_down(node: &str) -> Status {
+    Status::unavailable(format!("node {node} shut down before the job finished"))
 }
 
 #[cfg(test)]

@@ -4,17 +4,24 @@
 //! `as` would run on, writing the object file while the client's retry on
 //! another node writes the same file.
 //!
-//! So the daemon starts a small keeper process (itself, re-executed) and
-//! tells it over a pipe which process groups are running jobs. When the
-//! pipe closes, the daemon is gone, and the keeper SIGKILLs every group it
-//! still holds, then exits. It costs one short pipe write per job start and
-//! end.
+//! So the daemon starts a small keeper process and tells it over a pipe
+//! which process groups are running jobs. When the pipe closes, the daemon
+//! is gone, and the keeper SIGKILLs every group it still holds, then exits.
+//! It costs one short pipe write per job start and end.
+//!
+//! The keeper is the `mexecd` binary started in keeper mode: `mexecd`
+//! re-executes itself (`GroupKeeper::start(current_exe)`), and a test that
+//! runs an executor inside its own process starts the built `mexecd`.
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
+
+use nix::sys::signal::{killpg, signal, SigHandler, Signal};
+use nix::unistd::Pid;
 
 /// Set in the keeper's environment: "you are the keeper".
 const KEEPER_ENV: &str = "MEXECD_GROUP_KEEPER";
@@ -35,9 +42,9 @@ pub struct KeptGroup {
 }
 
 impl GroupKeeper {
-    /// Starts the keeper process.
-    pub fn start() -> std::io::Result<Arc<GroupKeeper>> {
-        let mut keeper = Command::new(std::env::current_exe()?)
+    /// Starts `mexecd` (the binary at `program`) as the keeper process.
+    pub fn start(program: &Path) -> std::io::Result<Arc<GroupKeeper>> {
+        let mut keeper = Command::new(program)
             // What `ps` shows, so nobody takes it for a second daemon.
             .arg0("mexecd: group keeper")
             .env(KEEPER_ENV, "1")
@@ -87,11 +94,10 @@ pub fn serve_if_keeper() {
     }
     // A Ctrl-C in the daemon's terminal or a signal to its process group
     // must not take the keeper away before the daemon has drained.
-    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: setting a signal to SIG_IGN has no memory effects.
-        unsafe {
-            libc::signal(signal, libc::SIG_IGN);
-        }
+    for ignored in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: SIG_IGN installs no handler, so no code of ours runs in
+        // signal context.
+        let _ = unsafe { signal(ignored, SigHandler::SigIgn) };
     }
     let mut groups: HashSet<i32> = HashSet::new();
     for line in BufReader::new(std::io::stdin().lock()).lines() {
@@ -109,11 +115,8 @@ pub fn serve_if_keeper() {
     }
     // The daemon is gone: whatever it was running goes too.
     for pgid in groups {
-        // SAFETY: kill has no memory effects; a group that is already gone
-        // gives ESRCH, which is fine.
-        unsafe {
-            libc::kill(-pgid, libc::SIGKILL);
-        }
+        // A group that is already gone gives ESRCH, which is fine.
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
     }
     std::process::exit(0);
 }

@@ -1,24 +1,36 @@
 //! Membership: with `--gatekeeper`, the executor registers and then streams
-//! its load (on every admission change, and at least every heartbeat). A
-//! broken stream is retried with back-off, so executors re-register on their
-//! own after a gatekeeper restart; running jobs are not touched by any of it.
+//! its load (on every admission change, and at least every heartbeat, at
+//! the interval the gatekeeper asks for in its reply). A broken stream is
+//! retried with back-off, so executors re-register on their own after a
+//! gatekeeper restart; running jobs are not touched by any of it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use mexec_common::tls::Tls;
-use mexec_common::token::Token;
+use mexec_common::connector::{Connector, Timeouts};
 use mexec_proto::v1::gatekeeper_client::GatekeeperClient;
-use mexec_proto::v1::{join_request, JoinRequest, Register};
+use mexec_proto::v1::{join_request, JoinRequest, JoinResponse, Register};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::NodeContext;
 
-/// How often the load is sent when nothing changes.
-const HEARTBEAT: Duration = Duration::from_millis(500);
+/// How often the load is sent when nothing changes, until the gatekeeper
+/// says (and when it asks for nothing).
+const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(500);
+/// The heartbeats a gatekeeper may ask for: faster would spend the node's
+/// CPU on reports, slower would let a frozen node hold leases for long.
+const HEARTBEAT_RANGE: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(5));
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// A gatekeeper that vanished (its host cut off, the process frozen) is
+/// noticed within 6 s, and the executor reconnects.
+pub const TIMEOUTS: Timeouts = Timeouts {
+    connect: Duration::from_secs(2),
+    keepalive_interval: Duration::from_secs(2),
+    keepalive_timeout: Duration::from_secs(4),
+};
 
 /// Where and how to join.
 #[derive(Debug, Clone)]
@@ -29,9 +41,8 @@ pub struct JoinConfig {
     pub advertise: String,
     /// Our listening port.
     pub port: u16,
-    pub token: Option<Token>,
-    /// Our node certificate, when the cluster uses mutual TLS.
-    pub tls: Option<Tls>,
+    /// Our TLS set-up and token, with `TIMEOUTS`.
+    pub connector: Connector,
 }
 
 /// Keeps this node a member until the task is aborted.
@@ -51,14 +62,9 @@ pub async fn stay_joined(ctx: Arc<NodeContext>, config: JoinConfig) {
 
 /// One membership stream, until it breaks. `Ok` means it was established.
 async fn join_once(ctx: &NodeContext, config: &JoinConfig) -> Result<(), String> {
-    let channel = mexec_common::tls::endpoint(&config.gatekeeper, config.tls.as_ref())
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(2))
-        .keep_alive_timeout(Duration::from_secs(4))
-        .keep_alive_while_idle(true)
-        .connect()
+    let channel = config
+        .connector
+        .connect(&config.gatekeeper)
         .await
         .map_err(|e| e.to_string())?;
     let (tx, rx) = mpsc::channel(4);
@@ -71,23 +77,23 @@ async fn join_once(ctx: &NodeContext, config: &JoinConfig) -> Result<(), String>
     };
     let _ = tx.send(register).await;
     let _ = tx.send(load(ctx)).await;
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    if let Some(token) = &config.token {
-        token.attach(request.metadata_mut());
-    }
     let mut responses = GatekeeperClient::new(channel)
-        .join(request)
+        .join(ReceiverStream::new(rx))
         .await
         .map_err(|s| s.message().to_owned())?
         .into_inner();
     tracing::info!(gatekeeper = %config.gatekeeper, "joined the cluster");
+    let mut heartbeat = DEFAULT_HEARTBEAT;
     let mut changes = ctx.admission.subscribe();
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(HEARTBEAT) => {}
+            _ = tokio::time::sleep(heartbeat) => {}
             changed = changes.changed() => if changed.is_err() { return Ok(()) },
             message = responses.message() => match message {
-                Ok(Some(_)) => continue,
+                Ok(Some(reply)) => {
+                    heartbeat = asked_heartbeat(&reply);
+                    continue;
+                }
                 Ok(None) | Err(_) => {
                     tracing::warn!(gatekeeper = %config.gatekeeper, "membership stream ended");
                     return Ok(());
@@ -100,8 +106,30 @@ async fn join_once(ctx: &NodeContext, config: &JoinConfig) -> Result<(), String>
     }
 }
 
+/// The heartbeat a gatekeeper's reply asks for, within `HEARTBEAT_RANGE`.
+fn asked_heartbeat(reply: &JoinResponse) -> Duration {
+    match reply.heartbeat_ms {
+        0 => DEFAULT_HEARTBEAT,
+        ms => Duration::from_millis(u64::from(ms)).clamp(HEARTBEAT_RANGE.0, HEARTBEAT_RANGE.1),
+    }
+}
+
 fn load(ctx: &NodeContext) -> JoinRequest {
     JoinRequest {
         msg: Some(join_request::Msg::Load(ctx.load_report())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gatekeepers_heartbeat_is_used_within_bounds() {
+        let asked = |ms| asked_heartbeat(&JoinResponse { heartbeat_ms: ms });
+        assert_eq!(asked(0), DEFAULT_HEARTBEAT);
+        assert_eq!(asked(250), Duration::from_millis(250));
+        assert_eq!(asked(1), HEARTBEAT_RANGE.0);
+        assert_eq!(asked(u32::MAX), HEARTBEAT_RANGE.1);
     }
 }

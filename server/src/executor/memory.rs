@@ -11,11 +11,12 @@
 //! the sum; the address-space rlimit, when configured, still bounds it.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
+
+use super::procfs;
 
 /// How often memory is measured. A job growing faster than its limit per
 /// interval can overshoot by that much before it is killed.
@@ -107,12 +108,10 @@ async fn scan_forever(watcher: Arc<MemoryWatch>) {
 /// Resident bytes of each job, by its leader's pid (= its group id).
 fn job_rss(leaders: &[u32]) -> HashMap<u32, u64> {
     static CHILDREN_FILES: OnceLock<bool> = OnceLock::new();
-    let supported =
-        *CHILDREN_FILES.get_or_init(|| Path::new("/proc/thread-self/children").exists());
-    if !supported {
+    if !*CHILDREN_FILES.get_or_init(procfs::lists_children) {
         return group_rss(leaders);
     }
-    let page = page_size();
+    let page = procfs::page_size();
     leaders
         .iter()
         .map(|leader| (*leader, tree_pages(*leader) * page))
@@ -128,48 +127,18 @@ fn tree_pages(leader: u32) -> u64 {
         if !seen.insert(pid) {
             continue;
         }
-        total += resident_pages(pid).unwrap_or(0);
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            continue;
-        };
-        for task in tasks.flatten() {
-            if let Ok(children) = std::fs::read_to_string(task.path().join("children")) {
-                todo.extend(
-                    children
-                        .split_whitespace()
-                        .filter_map(|c| c.parse::<u32>().ok()),
-                );
-            }
-        }
+        total += procfs::resident_pages(pid).unwrap_or(0);
+        todo.extend(procfs::children(pid));
     }
     total
 }
 
-/// Resident pages of one process, from /proc/PID/statm (second field).
-fn resident_pages(pid: u32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    statm.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// Resident bytes of each of `groups`, summed over their processes.
 fn group_rss(groups: &[u32]) -> HashMap<u32, u64> {
-    let page = page_size();
+    let page = procfs::page_size();
     let mut usage: HashMap<u32, u64> = groups.iter().map(|g| (*g, 0)).collect();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return usage;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        if let Some((pgrp, rss_pages)) = parse_stat(&stat) {
+    for pid in procfs::pids() {
+        if let Some((pgrp, rss_pages)) = procfs::group_and_resident_pages(pid) {
             if let Some(total) = usage.get_mut(&pgrp) {
                 *total += rss_pages * page;
             }
@@ -178,38 +147,9 @@ fn group_rss(groups: &[u32]) -> HashMap<u32, u64> {
     usage
 }
 
-/// The process group and resident pages from a /proc/PID/stat line.
-fn parse_stat(stat: &str) -> Option<(u32, u64)> {
-    // The command name is in parentheses and may hold spaces; fields are
-    // counted after its closing parenthesis: state is 3, pgrp 5, rss 24.
-    let (_, rest) = stat.rsplit_once(')')?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let pgrp = fields.get(2)?.parse().ok()?;
-    let rss = fields.get(21)?.parse().ok()?;
-    Some((pgrp, rss))
-}
-
-fn page_size() -> u64 {
-    // SAFETY: sysconf has no memory effects.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if size > 0 {
-        size as u64
-    } else {
-        4096
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stat_lines_with_odd_names_parse() {
-        let line = "1234 (a b) c) S 1 1234 1234 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 5 1000000 321 18446744073709551615";
-        assert_eq!(parse_stat(line), Some((1234, 321)));
-        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
-        assert!(parse_stat(&own).is_some_and(|(_, rss)| rss > 0));
-    }
 
     #[test]
     fn a_tree_counts_its_children() {
@@ -232,7 +172,7 @@ mod tests {
         let with_child = tree_pages(std::process::id());
         child.kill().unwrap();
         child.wait().unwrap();
-        let grown = (with_child - own.min(with_child)) * page_size();
+        let grown = (with_child - own.min(with_child)) * procfs::page_size();
         assert!(grown >= 60 << 20, "grew by {grown} bytes");
     }
 }

@@ -8,14 +8,17 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use mexec_proto::v1::JobSpec;
+use nix::sys::signal::{killpg, Signal};
+use nix::sys::stat::Mode;
+use nix::unistd::Pid;
 use tokio::net::unix::pipe;
 
+use super::account::Account;
 use super::limits::Rlimits;
-use crate::users::Account;
+use super::valid_job::ValidJob;
 
 /// A started job process; its pid is also its process group id.
 #[derive(Debug)]
@@ -37,32 +40,66 @@ pub struct Reaped {
     pub max_rss_kib: u64,
 }
 
-/// Starts `spec` in a new process group, from `program` when the command
-/// policy resolved it (so what runs is what was checked), with `rlimits`.
-pub fn spawn(
-    spec: &JobSpec,
-    program: Option<&Path>,
-    run_as: Option<&Account>,
-    rlimits: Rlimits,
-) -> io::Result<Started> {
-    let argv0 = OsStr::from_bytes(&spec.argv[0]);
-    let mut command = match program {
+/// Starts `job` in a new process group, as `run_as` when given, with
+/// `rlimits`.
+pub fn spawn(job: &ValidJob, run_as: Option<&Account>, rlimits: Rlimits) -> io::Result<Started> {
+    let mut command = command(job, run_as);
+    let umask = Mode::from_bits_truncate((job.spec.umask & 0o777) as _);
+    // SAFETY: the closure runs between fork and exec, so it may only make
+    // async-signal-safe calls: umask, setrlimit and prctl are plain system
+    // calls, and their nix wrappers allocate nothing.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::stat::umask(umask);
+            rlimits.apply()?;
+            // If the daemon dies hard (SIGKILL, OOM), the job's leader dies
+            // with it rather than run on unwatched (its children are not
+            // covered). PDEATHSIG fires when the spawning *thread* ends;
+            // mexecd spawns from its single runtime thread, which lives as
+            // long as the daemon.
+            #[cfg(target_os = "linux")]
+            let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = command.spawn()?;
+    let pid = child.id();
+    match pipes(&mut child) {
+        // `child` is dropped without waiting: `reap` owns the exit status.
+        Ok((stdin, stdout, stderr)) => Ok(Started {
+            pid,
+            stdin,
+            stdout,
+            stderr,
+        }),
+        Err(err) => {
+            kill_group(pid);
+            let _ = child.wait();
+            Err(err)
+        }
+    }
+}
+
+/// The command for `job`: its argv, environment, cwd and account, in a
+/// process group of its own, with its standard streams piped.
+fn command(job: &ValidJob, run_as: Option<&Account>) -> Command {
+    let mut command = match &job.program {
         Some(path) => {
             let mut command = Command::new(path);
-            command.arg0(argv0);
+            command.arg0(&job.argv[0]);
             command
         }
-        None => Command::new(argv0),
+        None => Command::new(&job.argv[0]),
     };
     command
-        .args(spec.argv[1..].iter().map(|a| OsStr::from_bytes(a)))
+        .args(&job.argv[1..])
         .env_clear()
-        .envs(super::environment::for_job(spec, run_as))
-        .current_dir(OsStr::from_bytes(&spec.cwd))
+        .envs(super::environment::for_job(&job.spec, run_as))
+        .current_dir(&job.cwd)
         // The job leads its own group, so signals and kills reach everything
         // it starts, and nothing of the daemon's.
         .process_group(0)
-        .stdin(if spec.forward_stdin {
+        .stdin(if job.spec.forward_stdin {
             Stdio::piped()
         } else {
             Stdio::null()
@@ -72,53 +109,25 @@ pub fn spawn(
     if let Some(account) = run_as {
         command.uid(account.uid).gid(account.gid);
     }
-    let umask = (spec.umask & 0o777) as libc::mode_t;
-    // SAFETY: umask, prctl and setrlimit are async-signal-safe and touch no
-    // memory of the parent's.
-    unsafe {
-        command.pre_exec(move || {
-            libc::umask(umask);
-            rlimits.apply()?;
-            // If the daemon dies hard (SIGKILL, OOM), the job's leader dies
-            // with it rather than run on unwatched (its children are not
-            // covered). PDEATHSIG fires when the spawning *thread* ends;
-            // mexecd spawns from its single runtime thread, which lives as
-            // long as the daemon.
-            #[cfg(target_os = "linux")]
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let mut child = command.spawn()?;
-    let pid = child.id();
-    let pipes = (|| -> io::Result<_> {
-        let stdin = child
-            .stdin
-            .take()
-            .map(|s| pipe::Sender::from_owned_fd(OwnedFd::from(s)))
-            .transpose()?;
-        let stdout = pipe::Receiver::from_owned_fd(OwnedFd::from(
-            child.stdout.take().expect("stdout is piped"),
-        ))?;
-        let stderr = pipe::Receiver::from_owned_fd(OwnedFd::from(
-            child.stderr.take().expect("stderr is piped"),
-        ))?;
-        Ok((stdin, stdout, stderr))
-    })();
-    match pipes {
-        // `child` is dropped without waiting: `reap` owns the exit status.
-        Ok((stdin, stdout, stderr)) => Ok(Started {
-            pid,
-            stdin,
-            stdout,
-            stderr,
-        }),
-        Err(err) => {
-            signal_group(pid, libc::SIGKILL);
-            let _ = child.wait();
-            Err(err)
-        }
-    }
+    command
+}
+
+type Pipes = (Option<pipe::Sender>, pipe::Receiver, pipe::Receiver);
+
+/// The child's pipes, made asynchronous.
+fn pipes(child: &mut Child) -> io::Result<Pipes> {
+    let stdin = child
+        .stdin
+        .take()
+        .map(|s| pipe::Sender::from_owned_fd(OwnedFd::from(s)))
+        .transpose()?;
+    let stdout = pipe::Receiver::from_owned_fd(OwnedFd::from(
+        child.stdout.take().expect("stdout is piped"),
+    ))?;
+    let stderr = pipe::Receiver::from_owned_fd(OwnedFd::from(
+        child.stderr.take().expect("stderr is piped"),
+    ))?;
+    Ok((stdin, stdout, stderr))
 }
 
 /// Waits for `pid` to exit and collects its resource use. Runs on the
@@ -130,6 +139,7 @@ pub async fn reap(pid: u32) -> io::Result<Reaped> {
         .map_err(io::Error::other)?
 }
 
+/// `wait4` through libc: nix wraps `waitpid`, which gives no resource use.
 fn wait4(pid: u32) -> io::Result<Reaped> {
     let mut status: libc::c_int = 0;
     // SAFETY: rusage is plain data; zeroed is a valid value.
@@ -197,9 +207,17 @@ pub fn can_enter(dir: &Path, account: &Account) -> bool {
     })
 }
 
-/// Sends `signal` to the whole process group `pgid`. A group that is
-/// already gone is not an error.
+/// Kills the whole process group `pgid`. A group that is already gone is
+/// not an error.
+pub fn kill_group(pgid: u32) {
+    let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
+}
+
+/// Sends signal number `signal` (as a client asked) to the whole process
+/// group `pgid`. A group that is already gone is not an error.
 pub fn signal_group(pgid: u32, signal: i32) {
+    // Through libc: nix's `Signal` has no real-time signals, and a client
+    // may forward any signal number its system has.
     // SAFETY: kill has no memory effects; a negative pid names the group.
     unsafe {
         libc::kill(-(pgid as libc::pid_t), signal);

@@ -1,7 +1,6 @@
 //! The `Executor` gRPC service: thin handlers that unwrap the request, call
 //! the job and load code, and turn our errors into statuses in one place.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,13 +10,13 @@ use mexec_proto::v1::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::error::JobError;
+use super::valid_job::ValidJob;
 use super::{job, NodeContext};
 use crate::auth::Caller;
-use crate::streams::StreamPlace;
+use crate::daemon::{ResponseStream, StreamPlace};
 
 /// The service object tonic calls.
 #[derive(Debug, Clone)]
@@ -43,18 +42,16 @@ impl ExecutorService {
     }
 }
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
 #[tonic::async_trait]
 impl Executor for ExecutorService {
-    type RunStream = BoxStream<RunResponse>;
-    type WatchLoadStream = BoxStream<LoadReport>;
+    type RunStream = ResponseStream<RunResponse>;
+    type WatchLoadStream = ResponseStream<LoadReport>;
 
     async fn run(
         &self,
         request: Request<Streaming<RunRequest>>,
     ) -> Result<Response<Self::RunStream>, Status> {
-        let caller = request.extensions().get::<Caller>().cloned();
+        let caller = Caller::of(&request);
         let place = self.enter(request.remote_addr())?;
         let stream = start_job(self.ctx.clone(), caller, place, request.into_inner())
             .await
@@ -100,15 +97,11 @@ async fn start_job(
     };
     // The certificate, not the client's claim, says whose job this is.
     spec.user = ctx.access.job_user(caller.as_ref(), &spec.user)?;
-    job::validate(&spec)?;
-    let program = match &ctx.policy {
-        Some(policy) => Some(policy.check(&spec)?),
-        None => None,
-    };
+    let valid = ValidJob::new(spec, ctx.policy.as_ref())?;
     let ticket = ctx.admission.admit()?;
     let (tx, rx) = mpsc::channel(job::OUTPUT_QUEUE);
     tokio::spawn(async move {
-        job::run(ctx, spec, program, ticket, inbound, tx).await;
+        job::run(ctx, valid, ticket, inbound, tx).await;
         drop(place);
     });
     Ok(ReceiverStream::new(rx))

@@ -12,16 +12,19 @@
 //! share: the small build is not stuck behind the large builds' backlog.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use mexec_proto::v1::{LeasedJob, LoadReport, Member, NodeStatus, UserStatus};
 use tokio::sync::oneshot;
 
-/// A node that sends nothing for this long is dropped. Executors report at
-/// least every `HEARTBEAT`, so this allows several lost reports.
-pub const SILENCE_LIMIT: Duration = Duration::from_secs(3);
-/// How often executors report their load at the least.
+/// How often executors report their load at the least: the interval the
+/// gatekeeper asks for when a node joins.
 pub const HEARTBEAT: Duration = Duration::from_millis(500);
+/// Reports a node may miss (a lost packet, a busy moment) before it is
+/// taken for gone.
+const MISSED_REPORTS: u32 = 6;
+/// A node that sends nothing for this long is dropped.
+pub const SILENCE_LIMIT: Duration = HEARTBEAT.saturating_mul(MISSED_REPORTS);
 
 /// How fast past slot use is forgiven, unless configured.
 pub const USAGE_HALF_LIFE: Duration = Duration::from_secs(2);
@@ -353,7 +356,7 @@ impl Cluster {
                     Lease {
                         wanted: waiting.wanted,
                         node: node.name.clone(),
-                        since_unix_ms: unix_ms(),
+                        since_unix_ms: mexec_common::clock::now_ms(),
                         since: Instant::now(),
                     },
                 );
@@ -489,13 +492,6 @@ impl Cluster {
     pub fn max_queued(&self) -> u32 {
         self.limits.max_queued
     }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
 }
 
 #[cfg(test)]
@@ -649,6 +645,8 @@ mod tests {
         );
         let conn = c.new_conn();
         c.join("n", Reach::same("n:1"), conn, report(1));
+        // Six missed heartbeats, as the README promises executors.
+        assert_eq!(SILENCE_LIMIT, Duration::from_secs(3));
         let later = Instant::now() + SILENCE_LIMIT + Duration::from_millis(10);
         assert_eq!(c.expire_silent(later), vec!["n".to_owned()]);
     }

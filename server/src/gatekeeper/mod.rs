@@ -3,66 +3,44 @@
 //! clients inside the cluster and relays whole jobs for clients outside it.
 //!
 //! Layout:
+//! - `config`: `mexec-gatekeeper` settings.
 //! - `cluster`: members, leases and the fair queue (pure logic).
+//! - `shared`: what every handler shares, and the steps lease and relay
+//!   handlers have in common.
 //! - `service`: the tonic handlers for membership, leases and status.
 //! - `relay`: running a client's job on a node and relaying it both ways.
-//! - `config`: `mexec-gatekeeper` settings.
 
 pub mod cluster;
 pub mod config;
 mod relay;
 mod service;
+mod shared;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mexec_common::tls::Tls;
-use mexec_common::token::Token;
+use mexec_common::connector::{Connector, Timeouts};
 use mexec_proto::v1::gatekeeper_server::GatekeeperServer;
 use tokio::net::TcpListener;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
 
-use crate::auth::Access;
-use crate::streams::PeerStreams;
+use crate::daemon::{self, PeerStreams};
+use crate::request_limits::MAX_MESSAGE_BYTES;
 use cluster::Cluster;
-pub use config::Settings;
+pub use config::{Flags, Settings, SettingsError};
+use shared::Shared;
 
-/// What every handler shares.
-#[derive(Debug)]
-pub struct Shared {
-    pub cluster: Mutex<Cluster>,
-    /// The cluster token, sent to executors when relaying.
-    pub token: Option<Token>,
-    /// Our node certificate, presented to executors when relaying.
-    pub tls: Option<Tls>,
-    /// Who may call, and as which user.
-    pub access: Access,
-    /// Open streams per peer address.
-    pub streams: Arc<PeerStreams>,
-    /// How long a caller has to send a stream's first message.
-    pub start_timeout: Duration,
-}
-
-impl Shared {
-    /// Runs `f` on the cluster under its lock.
-    pub fn with<R>(&self, f: impl FnOnce(&mut Cluster) -> R) -> R {
-        let mut cluster = self.cluster.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut cluster)
-    }
-}
-
-/// Pings on every connection, so a client that vanished without closing
-/// its socket is noticed within interval + timeout, 10 s: its lease goes
-/// back to the pool and its queued request is dropped.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Streams one peer address may hold open: a build host runs one lease or
 /// relayed stream per job, so this is generous.
 const MAX_STREAMS_PER_PEER: usize = 4096;
-/// How long open streams may delay a stopping gatekeeper.
-const LINGER_AFTER_STOP: Duration = Duration::from_secs(2);
+/// Relaying to a node: a node that does not answer within 3 s is passed
+/// over; one that goes silent under a relayed job is given up after 15 s
+/// (the client's own keepalive with us notices sooner).
+const RELAY_TIMEOUTS: Timeouts = Timeouts {
+    connect: Duration::from_secs(3),
+    keepalive_interval: Duration::from_secs(5),
+    keepalive_timeout: Duration::from_secs(10),
+};
 
 /// Serves the gatekeeper on `listener` until `shutdown` resolves.
 pub async fn run(
@@ -70,63 +48,20 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    let daemon = &settings.daemon;
     let shared = Arc::new(Shared {
         cluster: Mutex::new(Cluster::new(settings.limits.clone())),
-        token: settings.token.clone(),
-        tls: settings.tls.clone(),
-        access: Access::new(
-            settings.token.clone(),
-            settings.tls.is_some(),
-            settings.allowed_users.clone(),
-        ),
+        nodes: Connector::new(daemon.tls.clone(), daemon.token.clone(), RELAY_TIMEOUTS),
+        access: daemon.access(),
         streams: PeerStreams::new(MAX_STREAMS_PER_PEER),
-        start_timeout: settings.start_timeout,
+        start_timeout: daemon.start_timeout,
     });
     let reaper = tokio::spawn(expire_silent_nodes(shared.clone()));
-
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<GatekeeperServer<service::GatekeeperService>>()
-        .await;
-    let access = shared.access.clone();
-    let gatekeeper = InterceptedService::new(
-        GatekeeperServer::new(service::GatekeeperService::new(shared))
-            .max_decoding_message_size(crate::executor::MAX_MESSAGE_BYTES),
-        move |request| access.check(request),
-    );
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(KEEPALIVE_INTERVAL));
-    let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
-    let shutdown = async move {
-        shutdown.await;
-        let _ = stopping_tx.send(());
-    };
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &settings.tls {
-        builder = builder.tls_config(tls.server_config())?;
-    }
-    let server = builder
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .max_concurrent_streams(Some(crate::streams::MAX_STREAMS_PER_CONNECTION))
-        .add_service(health_service)
-        .add_service(gatekeeper)
-        .serve_with_incoming_shutdown(incoming, shutdown);
-    // Lease and membership streams stay open for as long as their peers
-    // live; they must not hold a stopping gatekeeper up. Clients and
-    // executors find the next one on their own.
-    let linger = async {
-        if stopping.await.is_ok() {
-            tokio::time::sleep(LINGER_AFTER_STOP).await;
-        } else {
-            std::future::pending::<()>().await;
-        }
-    };
-    let result = tokio::select! {
-        result = server => result,
-        _ = linger => Ok(()),
-    };
+    let gatekeeper = GatekeeperServer::new(service::GatekeeperService::new(shared))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    // Nothing to drain: lease and membership streams end with their peers,
+    // who find the next gatekeeper on their own.
+    let result = daemon::serve(listener, daemon, gatekeeper, shutdown, async {}).await;
     reaper.abort();
     result
 }

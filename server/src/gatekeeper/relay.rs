@@ -6,8 +6,8 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
+use mexec_common::connector::ConnectError;
 use mexec_common::refusal::Refusal;
 use mexec_proto::v1::executor_client::ExecutorClient;
 use mexec_proto::v1::{run_request, run_response, JobSpec, RunRequest, RunResponse};
@@ -16,16 +16,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status, Streaming};
 
 use super::cluster::{Grant, Wanted};
-use super::service::{first_message, job_user, queue_full, wait_for_grant};
-use super::Shared;
+use super::shared::{queue_full, Shared};
 use crate::auth::Caller;
-use crate::streams::StreamPlace;
+use crate::daemon::StreamPlace;
+use crate::request_limits;
 
 type Outbound = mpsc::Sender<Result<RunResponse, Status>>;
 
 /// Nodes tried before a relayed job is given up as unplaceable.
 const MAX_ATTEMPTS: usize = 3;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Reads the job, queues it, and starts relaying; refusals come back as the
 /// call's status.
@@ -35,7 +34,7 @@ pub async fn start(
     place: StreamPlace,
     mut inbound: Streaming<RunRequest>,
 ) -> Result<ReceiverStream<Result<RunResponse, Status>>, Status> {
-    let first = first_message(&shared, &mut inbound).await?;
+    let first = shared.first_message(&mut inbound).await?;
     let Some(run_request::Msg::Start(mut spec)) = first.msg else {
         return Err(Refusal::Malformed
             .status("the first message of a Run stream must be the job (`start`)"));
@@ -43,10 +42,10 @@ pub async fn start(
     if spec.argv.is_empty() {
         return Err(Refusal::Malformed.status("the job has an empty argv"));
     }
-    crate::executor::check_request(&spec)
+    request_limits::check_request(&spec)
         .map_err(|err| Refusal::Malformed.status(format!("gatekeeper: {err}")))?;
     // The executor trusts the user we name, so it must be the proven one.
-    spec.user = job_user(&shared, caller.as_ref(), &spec.user)?;
+    spec.user = shared.job_user(caller.as_ref(), &spec.user)?;
     let wanted = Wanted {
         user: spec.user.clone(),
         build_id: spec.build_id.clone(),
@@ -87,7 +86,7 @@ async fn relay(
         let queued = |q| RunResponse {
             msg: Some(run_response::Msg::Queued(q)),
         };
-        let Some(lease) = wait_for_grant(&shared, id, grant, &out, queued).await else {
+        let Some(lease) = shared.wait_for_grant(id, grant, &out, queued).await else {
             return;
         };
         let result = run_on_node(&shared, &lease, &spec, &mut inbound, &out).await;
@@ -125,38 +124,52 @@ async fn run_on_node(
     inbound: &mut Streaming<RunRequest>,
     out: &Outbound,
 ) -> Attempt {
+    match start_on_node(shared, lease, spec).await {
+        Ok((to_node, from_node)) => relay_both_ways(lease, inbound, to_node, from_node, out).await,
+        Err(cause) => Attempt::NotStarted(cause),
+    }
+}
+
+/// Opens the job's stream to the leased node and sends it the job; the
+/// error is why the node did not take it.
+async fn start_on_node(
+    shared: &Shared,
+    lease: &Grant,
+    spec: &JobSpec,
+) -> Result<(mpsc::Sender<RunRequest>, Streaming<RunResponse>), String> {
     // The address is often the one the node's stream came from, which its
     // certificate need not list; its name it always does.
-    let endpoint = match mexec_common::tls::endpoint_for(
-        &lease.reach.gatekeeper,
-        shared.tls.as_ref(),
-        Some(&lease.node),
-    ) {
-        Ok(endpoint) => endpoint
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(10)),
-        Err(err) => return Attempt::NotStarted(format!("node {}: bad address: {err}", lease.node)),
-    };
-    let channel = match endpoint.connect().await {
-        Ok(channel) => channel,
-        Err(err) => return Attempt::NotStarted(format!("node {} unreachable: {err}", lease.node)),
-    };
+    let channel = shared
+        .nodes
+        .connect_to_node(&lease.reach.gatekeeper, Some(&lease.node))
+        .await
+        .map_err(|err| match err {
+            ConnectError::BadAddress { .. } => format!("node {}: {err}", lease.node),
+            _ => format!("node {} unreachable: {err}", lease.node),
+        })?;
     let (to_node, requests) = mpsc::channel(8);
     let _ = to_node
         .send(RunRequest {
             msg: Some(run_request::Msg::Start(spec.clone())),
         })
         .await;
-    let mut request = tonic::Request::new(ReceiverStream::new(requests));
-    if let Some(token) = &shared.token {
-        token.attach(request.metadata_mut());
-    }
-    let mut from_node = match ExecutorClient::new(channel).run(request).await {
-        Ok(response) => response.into_inner(),
-        Err(status) => return Attempt::NotStarted(status.message().to_owned()),
-    };
+    let from_node = ExecutorClient::new(channel)
+        .run(ReceiverStream::new(requests))
+        .await
+        .map_err(|status| status.message().to_owned())?
+        .into_inner();
+    Ok((to_node, from_node))
+}
+
+/// Relays the client's stdin and signals to the node and the node's
+/// answers to the client, until the job's exit, or either side leaves.
+async fn relay_both_ways(
+    lease: &Grant,
+    inbound: &mut Streaming<RunRequest>,
+    to_node: mpsc::Sender<RunRequest>,
+    mut from_node: Streaming<RunResponse>,
+    out: &Outbound,
+) -> Attempt {
     let mut accepted = false;
     let mut client_open = true;
     loop {
@@ -195,13 +208,41 @@ async fn run_on_node(
                     return Attempt::NotStarted(status.message().to_owned())
                 }
                 Err(status) => {
-                    let _ = out.send(Err(Status::new(status.code(), format!(
-                        "node {}: {}", lease.node, status.message()
-                    )))).await;
+                    let _ = out.send(Err(passed_on(&lease.node, &status))).await;
                     return Attempt::Done;
                 }
             },
             _ = out.closed() => return Attempt::Done,
         }
+    }
+}
+
+/// A node's status as the client gets it: the node named, and a refusal
+/// still of its kind, so the client decides on the kind, not the text.
+fn passed_on(node: &str, status: &Status) -> Status {
+    let message = format!("node {node}: {}", status.message());
+    match Refusal::of(status) {
+        Some(kind) => kind.status(message),
+        None => Status::new(status.code(), message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_passed_on_status_names_the_node_and_keeps_its_kind() {
+        let refused = Refusal::Draining.status("node n1 is draining and takes no new jobs");
+        let passed = passed_on("n1", &refused);
+        assert_eq!(passed.code(), refused.code());
+        assert_eq!(Refusal::of(&passed), Some(Refusal::Draining));
+        assert!(
+            passed.message().starts_with("node n1: "),
+            "{}",
+            passed.message()
+        );
+        let lost = passed_on("n2", &Status::unavailable("shut down"));
+        assert_eq!((lost.code(), Refusal::of(&lost)), (Code::Unavailable, None));
     }
 }

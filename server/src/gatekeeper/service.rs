@@ -2,26 +2,25 @@
 //! runs and status, each a thin handler over `Cluster`.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 
+use mexec_common::refusal::Refusal;
+use mexec_common::tls::Peer;
 use mexec_proto::v1::gatekeeper_server::Gatekeeper;
 use mexec_proto::v1::{
     acquire_request, acquire_response, join_request, AcquireRequest, AcquireResponse,
     ClusterStatusReply, ClusterStatusRequest, JoinRequest, JoinResponse, Lease, LeaseRequest,
-    Queued, RunRequest, RunResponse,
+    RunRequest, RunResponse,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::cluster::{Grant, QueueFull, Reach, Wanted, HEARTBEAT};
-use super::{relay, Shared};
+use super::cluster::{Grant, Reach, Wanted, HEARTBEAT};
+use super::relay;
+use super::shared::{queue_full, Shared};
 use crate::auth::Caller;
-use crate::streams::StreamPlace;
-use mexec_common::refusal::Refusal;
-use mexec_common::tls::Peer;
+use crate::daemon::{ResponseStream, StreamPlace};
 
 /// The service object tonic calls.
 #[derive(Debug, Clone)]
@@ -44,11 +43,6 @@ impl GatekeeperService {
         })
     }
 
-    #[allow(clippy::result_large_err)] // tonic's Status
-    fn job_user(&self, caller: Option<&Caller>, claimed: &str) -> Result<String, Status> {
-        job_user(&self.shared, caller, claimed)
-    }
-
     /// With certificates, only a node may join, and only under its own name.
     #[allow(clippy::result_large_err)] // tonic's Status
     fn check_node(&self, caller: Option<&Caller>, name: &str) -> Result<(), Status> {
@@ -67,40 +61,8 @@ impl GatekeeperService {
     }
 }
 
-/// The user a job is for, checked against the allow list.
-#[allow(clippy::result_large_err)] // tonic's Status
-pub fn job_user(shared: &Shared, caller: Option<&Caller>, claimed: &str) -> Result<String, Status> {
-    shared
-        .access
-        .job_user(caller, claimed)
-        .map_err(|denied| Refusal::Denied.status(format!("gatekeeper: {denied}")))
-}
-
-/// The first message of a stream, which must come within the start timeout.
-pub async fn first_message<T>(shared: &Shared, inbound: &mut Streaming<T>) -> Result<T, Status> {
-    match tokio::time::timeout(shared.start_timeout, inbound.message()).await {
-        Err(_) => Err(Refusal::StartTimeout.status(format!(
-            "gatekeeper: nothing arrived within {:?} of opening the stream",
-            shared.start_timeout
-        ))),
-        Ok(message) => message?.ok_or_else(|| {
-            Status::cancelled("the client closed the stream before its first message")
-        }),
-    }
-}
-
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
-/// The status a client gets when the queue is full.
-pub fn queue_full(full: QueueFull) -> Status {
-    Refusal::Busy.status(format!(
-        "the gatekeeper's queue is full ({} requests waiting); try again later or raise --max-queued",
-        full.queued
-    ))
-}
-
 /// Turns a lease request into the queue's terms.
-pub fn wanted(request: &LeaseRequest, relayed: bool) -> Wanted {
+fn wanted(request: &LeaseRequest, relayed: bool) -> Wanted {
     Wanted {
         user: request.user.clone(),
         build_id: request.build_id.clone(),
@@ -111,47 +73,21 @@ pub fn wanted(request: &LeaseRequest, relayed: bool) -> Wanted {
     }
 }
 
-/// Waits for a grant; answers `Queued` first when there is none at once.
-/// `None` when the client left while waiting.
-pub async fn wait_for_grant<T>(
-    shared: &Shared,
-    id: u64,
-    mut grant: oneshot::Receiver<Grant>,
-    out: &mpsc::Sender<Result<T, Status>>,
-    queued: impl FnOnce(Queued) -> T,
-) -> Option<Grant> {
-    if let Ok(grant) = grant.try_recv() {
-        return Some(grant);
-    }
-    let waiting = Queued {
-        node: "gatekeeper".into(),
-        queued: shared.with(|c| c.queued()),
-    };
-    let _ = out.send(Ok(queued(waiting))).await;
-    tokio::select! {
-        grant = &mut grant => grant.ok(),
-        _ = out.closed() => {
-            shared.with(|c| c.cancel(id));
-            None
-        }
-    }
-}
-
 #[tonic::async_trait]
 impl Gatekeeper for GatekeeperService {
-    type JoinStream = BoxStream<JoinResponse>;
-    type AcquireStream = BoxStream<AcquireResponse>;
-    type RunStream = BoxStream<RunResponse>;
+    type JoinStream = ResponseStream<JoinResponse>;
+    type AcquireStream = ResponseStream<AcquireResponse>;
+    type RunStream = ResponseStream<RunResponse>;
 
     async fn join(
         &self,
         request: Request<Streaming<JoinRequest>>,
     ) -> Result<Response<Self::JoinStream>, Status> {
         let peer = request.remote_addr();
-        let caller = request.extensions().get::<Caller>().cloned();
+        let caller = Caller::of(&request);
         let place = self.enter(peer)?;
         let mut inbound = request.into_inner();
-        let first = first_message(&self.shared, &mut inbound).await?;
+        let first = self.shared.first_message(&mut inbound).await?;
         let Some(join_request::Msg::Register(register)) = first.msg else {
             return Err(
                 Refusal::Malformed.status("the first message of a Join stream must be `register`")
@@ -180,16 +116,16 @@ impl Gatekeeper for GatekeeperService {
         &self,
         request: Request<Streaming<AcquireRequest>>,
     ) -> Result<Response<Self::AcquireStream>, Status> {
-        let caller = request.extensions().get::<Caller>().cloned();
+        let caller = Caller::of(&request);
         let place = self.enter(request.remote_addr())?;
         let mut inbound = request.into_inner();
-        let first = first_message(&self.shared, &mut inbound).await?;
+        let first = self.shared.first_message(&mut inbound).await?;
         let Some(acquire_request::Msg::Request(mut lease_request)) = first.msg else {
             return Err(Refusal::Malformed
                 .status("the first message of an Acquire stream must be `request`"));
         };
         // Fair shares and per-user limits go by the certificate's user.
-        lease_request.user = self.job_user(caller.as_ref(), &lease_request.user)?;
+        lease_request.user = self.shared.job_user(caller.as_ref(), &lease_request.user)?;
         let (id, grant) = self
             .shared
             .with(|c| c.enqueue(wanted(&lease_request, false)))
@@ -207,7 +143,7 @@ impl Gatekeeper for GatekeeperService {
         &self,
         request: Request<Streaming<RunRequest>>,
     ) -> Result<Response<Self::RunStream>, Status> {
-        let caller = request.extensions().get::<Caller>().cloned();
+        let caller = Caller::of(&request);
         let place = self.enter(request.remote_addr())?;
         let stream = relay::start(self.shared.clone(), caller, place, request.into_inner()).await?;
         Ok(Response::new(Box::pin(stream)))
@@ -293,10 +229,11 @@ async fn hold_lease(
     tx: mpsc::Sender<Result<AcquireResponse, Status>>,
 ) {
     let response = |msg| AcquireResponse { msg: Some(msg) };
-    let Some(grant) = wait_for_grant(&shared, id, grant, &tx, |q| {
-        response(acquire_response::Msg::Queued(q))
-    })
-    .await
+    let Some(grant) = shared
+        .wait_for_grant(id, grant, &tx, |q| {
+            response(acquire_response::Msg::Queued(q))
+        })
+        .await
     else {
         return;
     };

@@ -1,7 +1,6 @@
 //! The account jobs run as.
 
-use std::ffi::{CStr, CString};
-use std::os::unix::ffi::OsStrExt;
+use nix::unistd::{geteuid, User};
 
 /// A local account, as jobs need it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,53 +26,30 @@ pub enum AccountError {
 
 /// Looks `name` up in the password database.
 pub fn lookup(name: &str) -> Result<Account, AccountError> {
-    let c_name = CString::new(name).map_err(|_| AccountError::Unknown(name.to_owned()))?;
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer refers to a live buffer of the stated size, and
-    // getpwnam_r writes only into them.
-    let rc = unsafe {
-        libc::getpwnam_r(
-            c_name.as_ptr(),
-            &mut pwd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut result,
-        )
+    // A name with a NUL byte is no name: nix answers `None` for it.
+    let user = match User::from_name(name) {
+        Ok(Some(user)) => user,
+        Ok(None) | Err(_) => return Err(AccountError::Unknown(name.to_owned())),
     };
-    if rc != 0 || result.is_null() {
-        return Err(AccountError::Unknown(name.to_owned()));
-    }
-    if pwd.pw_uid == 0 {
+    if user.uid.is_root() {
         return Err(AccountError::Root(name.to_owned()));
     }
-    // SAFETY: on success pw_name points at a NUL-terminated string in buf.
-    let name = unsafe { CStr::from_ptr(pwd.pw_name) }
-        .to_string_lossy()
-        .into_owned();
-    // SAFETY: as pw_name, pw_dir is a NUL-terminated string in buf.
-    let home = unsafe { CStr::from_ptr(pwd.pw_dir) };
-    let home = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(home.to_bytes()));
     Ok(Account {
-        name,
-        uid: pwd.pw_uid,
-        gid: pwd.pw_gid,
-        home,
+        name: user.name,
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+        home: user.dir,
     })
 }
 
 /// Whether this process runs with root's effective user id.
 pub fn running_as_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    geteuid().is_root()
 }
 
 /// The name of the effective user, for logs and messages.
 pub fn current_user_name() -> String {
-    // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
-    std::env::var("USER").unwrap_or_else(|_| format!("uid {uid}"))
+    std::env::var("USER").unwrap_or_else(|_| format!("uid {}", geteuid()))
 }
 
 #[cfg(test)]

@@ -1,0 +1,92 @@
+//! Serving a daemon's gRPC service: the same transport set-up, access
+//! checks, health reporting and stop sequence for both daemons, so neither
+//! can serve without TLS or the token by accident, or stop differently.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tonic::body::Body;
+use tonic::codegen::http::{Request, Response};
+use tonic::codegen::Service;
+use tonic::server::NamedService;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
+
+use super::stream_limits::MAX_STREAMS_PER_CONNECTION;
+use super::DaemonSettings;
+
+/// How often HTTP/2 connections are probed, so a peer that vanished without
+/// closing its socket (its host cut off or powered off) is noticed within
+/// interval + timeout, 10 s: an executor then kills its jobs and frees the
+/// slots, a gatekeeper takes its leases back and drops its queued requests.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long open streams may keep a stopping daemon up once `drain` is
+/// done: peers get a moment to read their last messages, but a peer that
+/// keeps an idle stream open (a lease, a membership) must not keep the
+/// daemon up. Clients and executors find the next one on their own.
+const LINGER_AFTER_DRAIN: Duration = Duration::from_secs(2);
+
+/// Serves `service` beside `grpc.health.v1` on `listener`, behind TLS and
+/// the access checks of `daemon`, until `stop` resolves. Then health reports
+/// the service not serving, `drain` runs to its end (while the daemon still
+/// answers, so peers hear why it takes nothing new), new connections are
+/// refused, and open streams get `LINGER_AFTER_DRAIN` before it returns.
+pub async fn serve<S>(
+    listener: TcpListener,
+    daemon: &DaemonSettings,
+    service: S,
+    stop: impl Future<Output = ()> + Send + 'static,
+    drain: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<S>().await;
+    let (drained_tx, drained) = tokio::sync::oneshot::channel::<()>();
+    let stopping = async move {
+        stop.await;
+        health.set_not_serving::<S>().await;
+        drain.await;
+        let _ = drained_tx.send(());
+    };
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &daemon.tls {
+        builder = builder.tls_config(tls.server_config())?;
+    }
+    let server = builder
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .add_service(health_service)
+        .add_service(InterceptedService::new(service, daemon.access()))
+        .serve_with_incoming_shutdown(incoming(listener), stopping);
+    let linger = async {
+        if drained.await.is_ok() {
+            tokio::time::sleep(LINGER_AFTER_DRAIN).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        result = server => result,
+        _ = linger => Ok(()),
+    }
+}
+
+/// Accepted connections with Nagle off: job messages are small and latency
+/// is the product (with Nagle, a small message can wait 40 ms for an ACK).
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(KEEPALIVE_INTERVAL))
+}

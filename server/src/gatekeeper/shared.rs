@@ -1,0 +1,97 @@
+//! What every gatekeeper handler shares (the cluster, the access checks,
+//! the connector to the nodes), and the steps that lease and relayed-run
+//! handlers have in common: the stream's first message, the proven user,
+//! and waiting in the fair queue for a grant.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mexec_common::connector::Connector;
+use mexec_common::refusal::Refusal;
+use mexec_proto::v1::Queued;
+use tokio::sync::{mpsc, oneshot};
+use tonic::{Status, Streaming};
+
+use super::cluster::{Cluster, Grant, QueueFull};
+use crate::auth::{Access, Caller};
+use crate::daemon::PeerStreams;
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub cluster: Mutex<Cluster>,
+    /// Opens relayed runs on the nodes, with our node certificate and the
+    /// cluster token.
+    pub nodes: Connector,
+    /// Who may call, and as which user.
+    pub access: Access,
+    /// Open streams per peer address.
+    pub streams: Arc<PeerStreams>,
+    /// How long a caller has to send a stream's first message.
+    pub start_timeout: Duration,
+}
+
+impl Shared {
+    /// Runs `f` on the cluster under its lock.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Cluster) -> R) -> R {
+        let mut cluster = self.cluster.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut cluster)
+    }
+
+    /// The user a job is for, checked against the allow list.
+    #[allow(clippy::result_large_err)] // tonic's Status
+    pub fn job_user(&self, caller: Option<&Caller>, claimed: &str) -> Result<String, Status> {
+        self.access
+            .job_user(caller, claimed)
+            .map_err(|denied| Refusal::Denied.status(format!("gatekeeper: {denied}")))
+    }
+
+    /// The first message of a stream, which must come within the start
+    /// timeout.
+    pub async fn first_message<T>(&self, inbound: &mut Streaming<T>) -> Result<T, Status> {
+        match tokio::time::timeout(self.start_timeout, inbound.message()).await {
+            Err(_) => Err(Refusal::StartTimeout.status(format!(
+                "gatekeeper: nothing arrived within {:?} of opening the stream",
+                self.start_timeout
+            ))),
+            // A client that left before saying anything reads no answer.
+            Ok(message) => message?.ok_or_else(|| {
+                Status::cancelled("the client closed the stream before its first message")
+            }),
+        }
+    }
+
+    /// Waits for a grant; answers `Queued` first when there is none at
+    /// once. `None` when the client left while waiting.
+    pub async fn wait_for_grant<T>(
+        &self,
+        id: u64,
+        mut grant: oneshot::Receiver<Grant>,
+        out: &mpsc::Sender<Result<T, Status>>,
+        queued: impl FnOnce(Queued) -> T,
+    ) -> Option<Grant> {
+        if let Ok(grant) = grant.try_recv() {
+            return Some(grant);
+        }
+        let waiting = Queued {
+            node: "gatekeeper".into(),
+            queued: self.with(|c| c.queued()),
+        };
+        let _ = out.send(Ok(queued(waiting))).await;
+        tokio::select! {
+            grant = &mut grant => grant.ok(),
+            _ = out.closed() => {
+                self.with(|c| c.cancel(id));
+                None
+            }
+        }
+    }
+}
+
+/// The status a client gets when the queue is full.
+pub fn queue_full(full: QueueFull) -> Status {
+    Refusal::Busy.status(format!(
+        "the gatekeeper's queue is full ({} requests waiting); try again later or raise --max-queued",
+        full.queued
+    ))
+}
