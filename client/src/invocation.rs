@@ -12,7 +12,7 @@ use std::path::Path;
 
 use clap::Parser;
 
-use crate::settings::Flags;
+use crate::flags::Flags;
 
 /// The form `mexec` was started in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,6 +161,22 @@ pub fn is_repeatable_compile(argv: &[OsString]) -> bool {
     argv[1..]
         .iter()
         .any(|a| a == "-c" || a == "-S" || a == "-E")
+}
+
+/// Whether `argv` may read stdin. A compiler reads it only when an input
+/// file is `-`; forwarding it anyway would take input meant for the next
+/// command of a script.
+pub fn may_read_stdin(argv: &[OsString]) -> bool {
+    let Some(program) = argv.first() else {
+        return false;
+    };
+    if !is_compiler_name(&program_name(program)) {
+        return true;
+    }
+    argv[1..]
+        .iter()
+        .enumerate()
+        .any(|(i, a)| a == "-" && (i == 0 || argv[i] != "-o"))
 }
 
 /// Compiler drivers, also with a target prefix (`x86_64-linux-gnu-gcc`)
