@@ -21,7 +21,11 @@ pub fn answered(status: &Status) -> bool {
     // what tonic makes of a connection that broke under the call.
     !matches!(
         status.code(),
-        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal | Code::DeadlineExceeded
+        Code::Unavailable
+            | Code::Unknown
+            | Code::Cancelled
+            | Code::Internal
+            | Code::DeadlineExceeded
     )
 }
 
@@ -111,7 +115,11 @@ mod tests {
             let status = kind.status("some words");
             assert!(answered(&status), "{kind}");
             let busy = matches!(not_started(&status, false), NotStarted::Busy(_));
-            assert_eq!(busy, matches!(kind, Refusal::Busy | Refusal::Limit), "{kind}");
+            assert_eq!(
+                busy,
+                matches!(kind, Refusal::Busy | Refusal::Limit),
+                "{kind}"
+            );
         }
         // The words of a refusal change nothing.
         assert!(!answered(&Status::unavailable("node n1 is draining")));
@@ -119,14 +127,22 @@ mod tests {
 
     #[test]
     fn without_a_kind_the_code_decides() {
-        for code in [Code::Unavailable, Code::Unknown, Code::Cancelled, Code::Internal] {
+        for code in [
+            Code::Unavailable,
+            Code::Unknown,
+            Code::Cancelled,
+            Code::Internal,
+        ] {
             let outcome = unconfirmed(&Status::new(code, "transport error"), &node(), false);
             assert!(matches!(outcome, Outcome::Lost { .. }), "{code:?}");
         }
         let full = Status::resource_exhausted("full");
         assert!(matches!(not_started(&full, false), NotStarted::Busy(_)));
         let denied = Status::permission_denied("no");
-        assert!(matches!(not_started(&denied, false), NotStarted::Refused(_)));
+        assert!(matches!(
+            not_started(&denied, false),
+            NotStarted::Refused(_)
+        ));
     }
 
     #[test]

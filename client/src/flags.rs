@@ -152,7 +152,6 @@ impl Flags {
     }
 }
 
-
 impl Flags {
     /// Where the farm is, as these flags say.
     pub fn farm(&self) -> FarmFlags {

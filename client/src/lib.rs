@@ -2,29 +2,32 @@
 //! the least-loaded node, runs the command there in the same working
 //! directory, and behaves as the local command would.
 //!
-//! Layout, in the order a job passes through (each module uses only
-//! those above it, and the helpers at the end):
+//! Layout: the pipeline, in the order a job passes through (each module
+//! uses only those before it, and the helpers listed after):
 //! - `flags`: the command line, and the same flags from `MEXEC_*` variables.
 //! - `invocation`: which form we were started in (`mexec -- cmd`, `mexec cmd`,
 //!   `CC=mexec`, a masquerade symlink) and the command that follows.
+//! - `path_map`: `--map LOCAL=REMOTE`, this machine's paths to the executors'.
 //! - `settings`: flags and variables over the TOML config file.
 //! - `masquerade`: finding the real compiler behind a symlink named `gcc`.
-//! - `path_map`: `--map LOCAL=REMOTE`, this machine's paths to the executors'.
 //! - `executor_view`: the job as the executors see it (mapped paths, and the
 //!   environment a client on another operating system sends).
 //! - `job`: the whole job, made once from the invocation and the settings.
 //! - `outcome`: how an attempt ended: not started, finished, lost.
 //! - `failed_call`: what a failed call means, from the refusal kind, the
 //!   status code and the error's types.
-//! - `placement`: choosing a node, with load shared between client processes.
 //! - `member_cache`: the gatekeeper's member list, kept for when it is down.
 //! - `lease`: slot leases from the gatekeeper.
 //! - `node_run`: running the job at one node (or the relaying gatekeeper)
 //!   and relaying everything.
+//! - `local`: running the command here when no node can.
 //! - `retry`: the retry loop: next node, back-off, another route, local
 //!   fallback.
-//! - `local`: running the command here when no node can.
 //! - `status`: `mexec --status`.
+//!
+//! Helpers used along the way:
+//! - `placement`: choosing a node, with load shared between client
+//!   processes (its `Policy` is one of the flags).
 //! - `output`: writing (or holding back, for retries) the job's output.
 //! - `console_text`: output for a Windows console, which takes only UTF-8.
 //! - `joblog`: one JSON line per job for scripts and summaries.

@@ -5,9 +5,9 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use mexec_common::farm::{Farm, FarmError};
 /// The config file, which `mpmake` reads too.
 pub use mexec_common::farm::FileConfig;
+use mexec_common::farm::{Farm, FarmError};
 
 use crate::flags::Flags;
 use crate::path_map::{PathMap, Rule, RuleError};

@@ -86,7 +86,11 @@ pub struct NodeStatus {
 /// Asks every node at once.
 pub async fn collect(connector: &Connector, nodes: &[NodeAddr]) -> Vec<NodeStatus> {
     let answers = load_query::node_loads(connector, nodes).await;
-    nodes.iter().zip(answers).map(|(addr, answer)| row(addr, answer)).collect()
+    nodes
+        .iter()
+        .zip(answers)
+        .map(|(addr, answer)| row(addr, answer))
+        .collect()
 }
 
 fn row(addr: &NodeAddr, answer: Result<LoadReport, String>) -> NodeStatus {
@@ -125,7 +129,6 @@ fn row(addr: &NodeAddr, answer: Result<LoadReport, String>) -> NodeStatus {
         },
     }
 }
-
 
 /// The table a person reads.
 pub fn table(rows: &[NodeStatus]) -> String {

@@ -93,7 +93,10 @@ fn sign_of_one(err: &(dyn Error + 'static)) -> TlsSign {
     if let Some(io) = err.downcast_ref::<std::io::Error>() {
         // rustls's errors reach us inside an I/O error, whose `source`
         // skips them: look inside.
-        if io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+        if io
+            .get_ref()
+            .is_some_and(|inner| inner.is::<rustls::Error>())
+        {
             return TlsSign::Refused;
         }
         return match io.kind() {
@@ -138,7 +141,10 @@ mod tests {
     }
 
     fn io(kind: ErrorKind, inner: impl Into<Box<dyn Error + Send + Sync>>) -> Wrapped {
-        Wrapped("transport error", Box::new(std::io::Error::new(kind, inner)))
+        Wrapped(
+            "transport error",
+            Box::new(std::io::Error::new(kind, inner)),
+        )
     }
 
     #[test]
@@ -146,7 +152,10 @@ mod tests {
         let alert = rustls::Error::AlertReceived(rustls::AlertDescription::UnknownCA);
         let err = io(ErrorKind::InvalidData, alert);
         assert_eq!(TlsSign::of(&err), TlsSign::Refused);
-        assert_eq!(innermost(&err).as_deref(), Some("received fatal alert: UnknownCA"));
+        assert_eq!(
+            innermost(&err).as_deref(),
+            Some("received fatal alert: UnknownCA")
+        );
         let eof = io(ErrorKind::UnexpectedEof, "tls handshake eof");
         assert_eq!(TlsSign::of(&eof), TlsSign::Refused);
         assert!(TlsSign::Refused.hint().starts_with(" (mutual TLS: "));

@@ -198,7 +198,10 @@ mod tests {
             ..flagged
         };
         let err = Farm::resolve(&bad).unwrap_err().to_string();
-        assert!(err.starts_with("MEXEC_GATEKEEPER / --gatekeeper: "), "{err}");
+        assert!(
+            err.starts_with("MEXEC_GATEKEEPER / --gatekeeper: "),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

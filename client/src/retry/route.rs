@@ -299,10 +299,9 @@ impl Leased {
                 Step::Wait
             }
             Err(NotStarted::Unreachable(cause)) => without_gatekeeper(cx, gatekeeper, &cause),
-            Err(NotStarted::Refused(cause)) => Step::FallBack(format!(
-                "gatekeeper {}: {cause}",
-                gatekeeper.authority()
-            )),
+            Err(NotStarted::Refused(cause)) => {
+                Step::FallBack(format!("gatekeeper {}: {cause}", gatekeeper.authority()))
+            }
         }
     }
 

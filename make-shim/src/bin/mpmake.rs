@@ -158,10 +158,19 @@ fn make_command(cli: &Cli, routing: &Routing, pool: Option<&TokenPool>) -> Comma
         .envs(routing.env.iter().cloned());
     let farm_variables: [(&str, Option<&OsStr>); 6] = [
         ("MEXEC_NODES", cli.nodes.as_deref().map(OsStr::new)),
-        ("MEXEC_GATEKEEPER", cli.gatekeeper.as_deref().map(OsStr::new)),
-        ("MEXEC_TOKEN_FILE", cli.token_file.as_deref().map(Path::as_os_str)),
+        (
+            "MEXEC_GATEKEEPER",
+            cli.gatekeeper.as_deref().map(OsStr::new),
+        ),
+        (
+            "MEXEC_TOKEN_FILE",
+            cli.token_file.as_deref().map(Path::as_os_str),
+        ),
         ("MEXEC_TLS_CA", cli.tls_ca.as_deref().map(Path::as_os_str)),
-        ("MEXEC_TLS_CERT", cli.tls_cert.as_deref().map(Path::as_os_str)),
+        (
+            "MEXEC_TLS_CERT",
+            cli.tls_cert.as_deref().map(Path::as_os_str),
+        ),
         ("MEXEC_TLS_KEY", cli.tls_key.as_deref().map(Path::as_os_str)),
     ];
     for (var, value) in farm_variables {
