@@ -19,6 +19,7 @@ use crate::joblog;
 use crate::local;
 use crate::node_run;
 use crate::os::SignalStream;
+use crate::outcome::Outcome;
 use crate::output::Output;
 use crate::settings::Settings;
 use crate::{say, EXIT_MEXEC_FAILURE};
@@ -105,7 +106,7 @@ impl<'a> JobRun<'a> {
         }
     }
 
-    async fn attempt(&mut self, attempt: &Attempt) -> crate::outcome::Outcome {
+    async fn attempt(&mut self, attempt: &Attempt) -> Outcome {
         let (connector, job) = (self.connector, self.job);
         node_run::run_on(
             attempt.target(),

@@ -164,10 +164,8 @@ pub(super) struct Direct {
     busy: bool,
     /// Why the nodes of this round did not start the job.
     causes: Vec<String>,
-    /// The node of the attempt under way, reserved until it ends.
+    /// The node of the last attempt, reserved until it ended.
     current: Option<usize>,
-    /// The node the last attempt went to.
-    last: Option<usize>,
 }
 
 impl Direct {
@@ -180,7 +178,6 @@ impl Direct {
             busy: false,
             causes: Vec::new(),
             current: None,
-            last: None,
         }
     }
 
@@ -226,8 +223,7 @@ impl Direct {
     }
 
     fn release(&mut self) {
-        self.last = self.current.take();
-        if let Some(index) = self.last {
+        if let Some(index) = self.current {
             self.placement.release(index);
         }
     }
@@ -235,7 +231,7 @@ impl Direct {
     /// The last node lost the job: other clients skip it for a while, and
     /// this job does not go back to it.
     fn lost(&mut self) {
-        if let Some(index) = self.last {
+        if let Some(index) = self.current {
             self.placement.mark_down(index);
             self.lost.insert(index);
         }
@@ -248,7 +244,7 @@ impl Direct {
                 cx.explain(&cause);
             }
             NotStarted::Unreachable(cause) => {
-                if let Some(index) = self.last {
+                if let Some(index) = self.current {
                     self.placement.mark_down(index);
                     let addr = &self.placement.nodes()[index];
                     self.causes
@@ -375,5 +371,158 @@ fn spawn_refresh(placement: &Placement, stale: &[usize], connector: &Connector) 
                 Placement::new(nodes, SharedState::for_this_user()).record(index, &report);
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor_view::ExecutorView;
+
+    /// What a route reads of the run.
+    struct Run {
+        settings: Settings,
+        connector: Connector,
+        job: Job,
+    }
+
+    impl Run {
+        fn new() -> Run {
+            let job = Job {
+                argv: vec!["cc".into()],
+                cwd: "/".into(),
+                env: Vec::new(),
+                umask: 0o022,
+                job_id: "j".into(),
+                user: "u".into(),
+                client_host: "h".into(),
+                build_id: "b".into(),
+                timeout: None,
+                forward_stdin: false,
+                repeatable: true,
+                for_executors: ExecutorView::default(),
+            };
+            Run {
+                settings: Settings::default(),
+                connector: mexec_common::farm::Farm::default().connector(),
+                job,
+            }
+        }
+
+        fn cx(&self) -> Context<'_> {
+            Context {
+                settings: &self.settings,
+                connector: &self.connector,
+                job: &self.job,
+            }
+        }
+    }
+
+    fn not_started(why: NotStarted) -> Outcome {
+        Outcome::NotStarted(why)
+    }
+
+    /// Direct placement over `nodes`, with its state in `dir`.
+    fn direct(dir: &std::path::Path, nodes: &str) -> Route {
+        let nodes = mexec_common::nodes::parse_node_list(nodes).unwrap();
+        Route::Direct(Direct {
+            placement: Placement::new(nodes, SharedState::at(dir.join("placement.json"))),
+            lost: HashSet::new(),
+            tried: HashSet::new(),
+            busy: false,
+            causes: Vec::new(),
+            current: None,
+        })
+    }
+
+    fn next_node(route: &mut Route, cx: Context<'_>) -> Step {
+        match route {
+            Route::Direct(direct) => direct.next(cx),
+            _ => panic!("not direct"),
+        }
+    }
+
+    // Tokio tests: choosing a node starts the refresh of stale load reports.
+    #[tokio::test]
+    async fn direct_tries_each_node_once_then_falls_back_with_every_cause() {
+        let run = Run::new();
+        let dir = tempfile::tempdir().unwrap();
+        let mut route = direct(dir.path(), "127.0.0.1:1,127.0.0.1:2");
+        for why in [
+            NotStarted::Unreachable("down".into()),
+            NotStarted::Refused("no".into()),
+        ] {
+            assert!(matches!(next_node(&mut route, run.cx()), Step::Run(_)));
+            assert!(matches!(
+                route.after(run.cx(), not_started(why)),
+                Step::Again
+            ));
+        }
+        let Step::FallBack(why) = next_node(&mut route, run.cx()) else {
+            panic!("no fallback");
+        };
+        assert!(
+            why.starts_with("no node could run the job (127.0.0.1:"),
+            "{why}"
+        );
+        assert!(why.ends_with(" unreachable: down; no)"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn a_busy_round_waits_and_starts_over() {
+        let run = Run::new();
+        let dir = tempfile::tempdir().unwrap();
+        let mut route = direct(dir.path(), "127.0.0.1:1");
+        assert!(matches!(next_node(&mut route, run.cx()), Step::Run(_)));
+        let busy = not_started(NotStarted::Busy("full".into()));
+        assert!(matches!(route.after(run.cx(), busy), Step::Again));
+        assert!(matches!(next_node(&mut route, run.cx()), Step::Wait));
+        assert!(matches!(next_node(&mut route, run.cx()), Step::Run(_)));
+    }
+
+    #[test]
+    fn a_leased_node_out_of_reach_switches_to_the_relay_and_refusals_run_out() {
+        let run = Run::new();
+        let mut leased = Route::Leased(Leased {
+            gatekeeper: "g:1".parse().unwrap(),
+            avoid: Vec::new(),
+            causes: Vec::new(),
+            lease: None,
+        });
+        let unreachable = not_started(NotStarted::Unreachable("cut".into()));
+        let Step::Switch(next) = leased.after(run.cx(), unreachable) else {
+            panic!("no switch");
+        };
+        assert!(matches!(*next, Route::Relayed(_)));
+        for round in 1..=MAX_LEASE_REFUSALS {
+            let refused = not_started(NotStarted::Refused(format!("r{round}")));
+            match leased.after(run.cx(), refused) {
+                Step::Again => assert!(round < MAX_LEASE_REFUSALS),
+                Step::FallBack(why) => {
+                    assert_eq!(round, MAX_LEASE_REFUSALS);
+                    assert_eq!(why, "no node could run the job (r1; r2; r3)");
+                }
+                _ => panic!("round {round}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_relayed_job_waits_while_busy_and_falls_back_otherwise() {
+        let run = Run::new();
+        let mut relayed = Route::Relayed("g:1".parse().unwrap());
+        let busy = not_started(NotStarted::Busy("full".into()));
+        assert!(matches!(relayed.after(run.cx(), busy), Step::Wait));
+        let down = not_started(NotStarted::Unreachable("refused".into()));
+        let Step::FallBack(why) = relayed.after(run.cx(), down) else {
+            panic!("no fallback");
+        };
+        assert_eq!(why, "gatekeeper g:1 unreachable: refused");
+        let lost = Outcome::Lost {
+            node: "n1".into(),
+            reason: "reset".into(),
+            stdin_consumed: false,
+        };
+        assert!(matches!(relayed.after(run.cx(), lost), Step::Lost { .. }));
     }
 }
