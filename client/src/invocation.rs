@@ -12,7 +12,7 @@ use std::path::Path;
 
 use clap::Parser;
 
-use crate::settings::Flags;
+use crate::flags::Flags;
 
 /// The form `mexec` was started in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,15 +152,27 @@ fn looks_like_compiler_argument(arg: &OsStr) -> bool {
 /// known compiler driver with `-c`, `-S` or `-E`, which writes only its
 /// named output and can be repeated after a lost node.
 pub fn is_repeatable_compile(argv: &[OsString]) -> bool {
-    let Some(program) = argv.first() else {
-        return false;
-    };
-    if !is_compiler_name(&program_name(program)) {
-        return false;
+    compiler_arguments(argv)
+        .is_some_and(|args| args.iter().any(|a| a == "-c" || a == "-S" || a == "-E"))
+}
+
+/// Whether `argv` may read stdin. A compiler reads it only when an input
+/// file is `-`; forwarding it anyway would take input meant for the next
+/// command of a script.
+pub fn may_read_stdin(argv: &[OsString]) -> bool {
+    match compiler_arguments(argv) {
+        Some(args) => args
+            .iter()
+            .enumerate()
+            .any(|(i, a)| a == "-" && (i == 0 || args[i - 1] != "-o")),
+        None => true,
     }
-    argv[1..]
-        .iter()
-        .any(|a| a == "-c" || a == "-S" || a == "-E")
+}
+
+/// The arguments after the program when the program is a compiler driver.
+fn compiler_arguments(argv: &[OsString]) -> Option<&[OsString]> {
+    let (program, args) = argv.split_first()?;
+    is_compiler_name(&program_name(program)).then_some(args)
 }
 
 /// Compiler drivers, also with a target prefix (`x86_64-linux-gnu-gcc`)
@@ -297,5 +309,13 @@ mod tests {
         assert!(!is_repeatable_compile(&argv(&["gcc", "x.o", "-o", "prog"])));
         assert!(!is_repeatable_compile(&argv(&["sh", "-c", "rm -rf out"])));
         assert!(!is_repeatable_compile(&argv(&["ccache"])));
+    }
+
+    #[test]
+    fn compilers_read_stdin_only_for_an_input_named_dash() {
+        assert!(may_read_stdin(&argv(&["sort", "-u"])));
+        assert!(!may_read_stdin(&argv(&["gcc", "-c", "x.c"])));
+        assert!(may_read_stdin(&argv(&["gcc", "-x", "c", "-c", "-"])));
+        assert!(!may_read_stdin(&argv(&["gcc", "-E", "x.c", "-o", "-"])));
     }
 }

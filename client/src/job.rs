@@ -1,6 +1,8 @@
-//! The job as this process would run it locally: argv, cwd, environment,
-//! umask, and who and what build it belongs to; and the executors' view of
-//! it (`remote_view`), which the protocol message carries.
+//! The job, made once and whole from how we were started and the
+//! settings: argv for the form, cwd, environment and umask, who and what
+//! build it belongs to, its timeout, whether it gets our stdin and whether
+//! it may run twice; and the executors' view of it (`executor_view`),
+//! which the protocol message carries.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -9,13 +11,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use mexec_proto::v1::{EnvVar, JobSpec};
 
+use crate::executor_view::{ExecutorView, ViewError};
+use crate::invocation::{self, Form, Invocation};
+use crate::masquerade;
 use crate::os;
-use crate::remote_view::{RemoteView, ViewError};
 use crate::settings::Settings;
+use crate::EXIT_MEXEC_FAILURE;
 
 /// A command to run, with everything that makes it behave as locally.
-/// `argv`, `cwd` and `env` are this machine's (for a local run); `remote`
-/// is what the executors get.
+/// `argv`, `cwd` and `env` are this machine's (for a local run);
+/// `for_executors` is what the executors get.
 #[derive(Debug, Clone)]
 pub struct Job {
     pub argv: Vec<OsString>,
@@ -29,22 +34,50 @@ pub struct Job {
     pub timeout: Option<Duration>,
     /// Whether our stdin is forwarded to the job.
     pub forward_stdin: bool,
-    /// Whether the job may run again elsewhere after its node is lost.
+    /// Whether the job may run again elsewhere after its node is lost. A
+    /// job that got any of our stdin is not repeated all the same (stdin
+    /// cannot be replayed); the retry loop checks that when a node is lost.
     pub repeatable: bool,
     /// argv, cwd and environment as sent to the executors.
-    pub remote: RemoteView,
+    pub for_executors: ExecutorView,
+}
+
+/// Why no job could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error(transparent)]
+    Masquerade(#[from] masquerade::NotFound),
+    #[error("no command given; usage: mexec [OPTIONS] [--] COMMAND [ARGS...] (see mexec --help)")]
+    NoCommand,
+    #[error("cannot read the current directory: {0}")]
+    Cwd(std::io::Error),
+    #[error(transparent)]
+    View(#[from] ViewError),
+}
+
+impl JobError {
+    /// The exit code for `mexec`: a masquerade without its real program is
+    /// a command not found, as the shell would say.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            JobError::Masquerade(_) => 127,
+            _ => EXIT_MEXEC_FAILURE,
+        }
+    }
 }
 
 impl Job {
-    /// A job for `argv` in this process's cwd, environment and umask, as
-    /// `settings`' executors must see it.
-    pub fn here(
-        argv: Vec<OsString>,
-        env: Vec<(OsString, OsString)>,
-        settings: &Settings,
-    ) -> Result<Job, JobError> {
+    /// The job `invocation` asks for, in this process's cwd, environment
+    /// and umask, as `settings`' executors must see it. Reads the umask, so
+    /// it must come before any other thread starts.
+    pub fn new(invocation: &Invocation, settings: &Settings) -> Result<Job, JobError> {
+        let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+        let argv = command_line(invocation, settings, &mut env)?;
+        if argv.is_empty() {
+            return Err(JobError::NoCommand);
+        }
         let cwd = std::env::current_dir().map_err(JobError::Cwd)?;
-        let remote = RemoteView::new(&argv, &cwd, &env, settings)?;
+        let for_executors = ExecutorView::new(&argv, &cwd, &env, settings)?;
         let client_host = mexec_common::host::name();
         let build_id = std::env::var("MEXEC_BUILD_ID")
             .unwrap_or_else(|_| format!("{client_host}:{}", os::build_scope()));
@@ -56,17 +89,19 @@ impl Job {
             job_id: format!("{client_host}-{}-{nanos:x}", std::process::id()),
             cwd,
             umask: os::current_umask(),
-            // Claimed, not proven: trusted in token mode only, until mutual
-            // TLS ties the user to a certificate.
+            // Claimed, not proven: trusted in token mode only; with mutual
+            // TLS the certificate names the user.
             user: std::env::var("MEXEC_SUBMIT_USER").unwrap_or_else(|_| os::user_name()),
             client_host,
             build_id,
+            timeout: settings.timeout,
+            forward_stdin: settings.forward_stdin
+                && !os::stdin_is_terminal()
+                && invocation::may_read_stdin(&argv),
+            repeatable: settings.retry || invocation::is_repeatable_compile(&argv),
             argv,
             env,
-            timeout: None,
-            forward_stdin: false,
-            repeatable: false,
-            remote,
+            for_executors,
         })
     }
 
@@ -80,11 +115,11 @@ impl Job {
 
     /// The protocol message.
     pub fn spec(&self) -> JobSpec {
+        let view = &self.for_executors;
         JobSpec {
-            argv: self.remote.argv.iter().map(|a| os_bytes(a)).collect(),
-            cwd: os_bytes(&self.remote.cwd),
-            env: self
-                .remote
+            argv: view.argv.iter().map(|a| os_bytes(a)).collect(),
+            cwd: os_bytes(&view.cwd),
+            env: view
                 .env
                 .iter()
                 .map(|(name, value)| EnvVar {
@@ -99,19 +134,33 @@ impl Job {
             build_id: self.build_id.clone(),
             timeout_ms: self.timeout.map(|t| t.as_millis() as u64).unwrap_or(0),
             forward_stdin: self.forward_stdin,
-            node_environment: self.remote.node_environment,
+            node_environment: view.node_environment,
             client_os: std::env::consts::OS.to_owned(),
         }
     }
 }
 
-/// Why a job could not be made.
-#[derive(Debug, thiserror::Error)]
-pub enum JobError {
-    #[error("cannot read the current directory: {0}")]
-    Cwd(std::io::Error),
-    #[error(transparent)]
-    View(#[from] ViewError),
+/// argv for the form we were started in. Started as a masquerade, the job
+/// runs the next real program of our name, and its PATH loses our
+/// directory, or it would find our symlink and call mexec again.
+fn command_line(
+    invocation: &Invocation,
+    settings: &Settings,
+    env: &mut Vec<(OsString, OsString)>,
+) -> Result<Vec<OsString>, JobError> {
+    let args = invocation.args.iter().cloned();
+    match &invocation.form {
+        Form::Options | Form::Command => Ok(args.collect()),
+        Form::Compiler => Ok(settings.cc.iter().cloned().chain(args).collect()),
+        Form::Masquerade(name) => {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let self_exe = std::env::current_exe().unwrap_or_default();
+            let resolved = masquerade::resolve(name, &path, &self_exe)?;
+            env.retain(|(k, _)| k != "PATH");
+            env.push(("PATH".into(), resolved.path));
+            Ok(std::iter::once(name.clone()).chain(args).collect())
+        }
+    }
 }
 
 /// The raw bytes of an OS string (on Unix, exactly what the kernel has; on

@@ -2,40 +2,58 @@
 //! the least-loaded node, runs the command there in the same working
 //! directory, and behaves as the local command would.
 //!
-//! Layout:
+//! Layout: the pipeline, in the order a job passes through (each module
+//! uses only those before it, and the helpers listed after):
+//! - `flags`: the command line, and the same flags from `MEXEC_*` variables.
 //! - `invocation`: which form we were started in (`mexec -- cmd`, `mexec cmd`,
 //!   `CC=mexec`, a masquerade symlink) and the command that follows.
-//! - `settings`: flags, `MEXEC_*` variables and the TOML config file.
-//! - `masquerade`: finding the real compiler behind a symlink named `gcc`.
-//! - `job`: the job spec built from this process's cwd, environment, umask.
 //! - `path_map`: `--map LOCAL=REMOTE`, this machine's paths to the executors'.
-//! - `remote_view`: the job as the executors see it (mapped paths, and the
+//! - `settings`: flags and variables over the TOML config file.
+//! - `masquerade`: finding the real compiler behind a symlink named `gcc`.
+//! - `executor_view`: the job as the executors see it (mapped paths, and the
 //!   environment a client on another operating system sends).
-//! - `placement`: choosing a node, with load shared between client processes.
-//! - `remote`: running the job on one node and relaying everything.
-//! - `gatekeeper`: leases, the cached member list, the cluster status.
+//! - `job`: the whole job, made once from the invocation and the settings.
+//! - `outcome`: how an attempt ended: not started, finished, lost.
+//! - `failed_call`: what a failed call means, from the refusal kind, the
+//!   status code and the error's types.
+//! - `member_cache`: the gatekeeper's member list, kept for when it is down.
+//! - `lease`: slot leases from the gatekeeper.
+//! - `node_run`: running the job at one node (or the relaying gatekeeper)
+//!   and relaying everything.
+//! - `local`: running the command here when no node can.
+//! - `retry`: the retry loop: next node, back-off, another route, local
+//!   fallback.
+//! - `status`: `mexec --status`.
+//!
+//! Helpers used along the way:
+//! - `placement`: choosing a node, with load shared between client
+//!   processes (its `Policy` is one of the flags).
 //! - `output`: writing (or holding back, for retries) the job's output.
 //! - `console_text`: output for a Windows console, which takes only UTF-8.
-//! - `driver`: the retry loop: next node, back-off, local fallback.
-//! - `local`: running the command here when no node can.
-//! - `status`: `mexec --status`.
 //! - `joblog`: one JSON line per job for scripts and summaries.
 //! - `os`: the operating-system specific parts (signals, umask, processes).
+//!
+//! Every channel is opened through one `Connector` (TLS, token, timeouts),
+//! made from the settings in `main` and passed down.
 
 pub mod console_text;
-pub mod driver;
-pub mod gatekeeper;
+pub mod executor_view;
+pub mod failed_call;
+pub mod flags;
 pub mod invocation;
 pub mod job;
 pub mod joblog;
+pub mod lease;
 pub mod local;
 pub mod masquerade;
+pub mod member_cache;
+pub mod node_run;
 pub mod os;
+pub mod outcome;
 pub mod output;
 pub mod path_map;
 pub mod placement;
-pub mod remote;
-pub mod remote_view;
+pub mod retry;
 pub mod settings;
 pub mod status;
 

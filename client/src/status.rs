@@ -1,10 +1,68 @@
 //! `mexec --status`: every node's load, as a table or JSON.
 
+use mexec_common::connector::Connector;
+use mexec_common::farm::Farm;
+use mexec_common::load_query;
 use mexec_common::nodes::NodeAddr;
-use mexec_common::token::Token;
+use mexec_proto::v1::LoadReport;
 use serde::Serialize;
 
-use crate::remote;
+use crate::{say, EXIT_MEXEC_FAILURE};
+
+/// Prints the status of the gatekeeper's cluster, else of the configured
+/// nodes, and returns the exit code: 1 when nobody answered.
+pub fn show(farm: &Farm, connector: &Connector, json: bool) -> i32 {
+    if farm.gatekeeper.is_none() && farm.nodes.is_empty() {
+        say!("no nodes are configured (set MEXEC_NODES or --nodes)");
+        return EXIT_MEXEC_FAILURE;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let code = runtime.block_on(async {
+        match &farm.gatekeeper {
+            Some(gatekeeper) => show_cluster(connector, gatekeeper, json).await,
+            None => show_nodes(connector, &farm.nodes, json).await,
+        }
+    });
+    runtime.shutdown_background();
+    code
+}
+
+async fn show_cluster(connector: &Connector, gatekeeper: &NodeAddr, json: bool) -> i32 {
+    match load_query::cluster_status(connector, gatekeeper).await {
+        Ok(reply) if json => {
+            println!("{:#}", cluster_json(&reply));
+            0
+        }
+        Ok(reply) => {
+            print!("{}", cluster_table(&reply));
+            0
+        }
+        Err(err) => {
+            say!("gatekeeper {} unreachable: {err}", gatekeeper.authority());
+            1
+        }
+    }
+}
+
+async fn show_nodes(connector: &Connector, nodes: &[NodeAddr], json: bool) -> i32 {
+    let rows = collect(connector, nodes).await;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).expect("rows serialize")
+        );
+    } else {
+        print!("{}", table(&rows));
+    }
+    if rows.iter().any(|r| r.reachable) {
+        0
+    } else {
+        1
+    }
+}
 
 /// One row of the status table.
 #[derive(Debug, Serialize)]
@@ -26,24 +84,17 @@ pub struct NodeStatus {
 }
 
 /// Asks every node at once.
-pub async fn collect(nodes: &[NodeAddr], token: Option<&Token>) -> Vec<NodeStatus> {
-    let queries: Vec<_> = nodes
+pub async fn collect(connector: &Connector, nodes: &[NodeAddr]) -> Vec<NodeStatus> {
+    let answers = load_query::node_loads(connector, nodes).await;
+    nodes
         .iter()
-        .map(|addr| {
-            let addr = addr.clone();
-            let token = token.cloned();
-            tokio::spawn(async move { query(&addr, token.as_ref()).await })
-        })
-        .collect();
-    let mut rows = Vec::with_capacity(queries.len());
-    for query in queries {
-        rows.push(query.await.expect("a status query panicked"));
-    }
-    rows
+        .zip(answers)
+        .map(|(addr, answer)| row(addr, answer))
+        .collect()
 }
 
-async fn query(addr: &NodeAddr, token: Option<&Token>) -> NodeStatus {
-    match remote::load_report(addr, token).await {
+fn row(addr: &NodeAddr, answer: Result<LoadReport, String>) -> NodeStatus {
+    match answer {
         Ok(r) => NodeStatus {
             address: addr.authority(),
             reachable: true,
@@ -175,7 +226,7 @@ pub fn cluster_table(reply: &mexec_proto::v1::ClusterStatusReply) -> String {
         }
     }
     if !reply.jobs.is_empty() {
-        let now = crate::placement::shared_state::now_ms();
+        let now = mexec_common::clock::now_ms();
         text.push_str(&format!(
             "\n{:<34} {:<12} {:<24} {:<14} {:<12} {:>8}\n",
             "JOB", "USER", "BUILD", "NODE", "PROGRAM", "SECONDS"

@@ -11,6 +11,11 @@
 //! - `clock`: milliseconds since the epoch, as state files and reports use.
 //! - `connector`: the one way every binary opens a channel (TLS, token,
 //!   timeouts).
+//! - `farm`: where the farm is (nodes, gatekeeper, token, TLS, the client
+//!   config file), as the programs that submit work read it.
+//! - `dial`: opening a client's channel, and reading why a connection
+//!   failed from the error's types (its cause, what it says about TLS).
+//! - `load_query`: asking executors and the gatekeeper for their load.
 //! - `refusal`: the kinds of refusal a daemon sends, carried in a status's
 //!   metadata so clients never read English.
 //! - `telemetry`: one `init_tracing()` for every binary.
@@ -18,7 +23,10 @@
 pub mod clock;
 pub mod config_file;
 pub mod connector;
+pub mod dial;
+pub mod farm;
 pub mod host;
+pub mod load_query;
 pub mod nodes;
 pub mod refusal;
 pub mod telemetry;

@@ -5,6 +5,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::Parser;
+use mexec_common::farm::FarmFlags;
 
 /// mpmake's flags; everything from the first argument it does not know on
 /// belongs to make.
@@ -57,9 +58,9 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// The farm settings the way `mexec` reads them.
-    pub fn farm_flags(&self) -> mexec_client::settings::Flags {
-        mexec_client::settings::Flags {
+    /// Where the farm is, the way `mexec` reads it.
+    pub fn farm_flags(&self) -> FarmFlags {
+        FarmFlags {
             nodes: self.nodes.clone(),
             gatekeeper: self.gatekeeper.clone(),
             token_file: self.token_file.clone(),
@@ -67,7 +68,6 @@ impl Cli {
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
             config: std::env::var_os("MEXEC_CONFIG").map(PathBuf::from),
-            ..mexec_client::settings::Flags::default()
         }
     }
 }

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use mexec_client::settings::Settings;
+use mexec_common::connector::Connector;
+use mexec_common::farm::Farm;
+use mexec_common::load_query;
 
 /// What the cluster offers now.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,19 +30,19 @@ pub struct NodeLoad {
 }
 
 /// Asks the cluster once.
-pub fn measure(settings: &Settings) -> Result<Capacity, String> {
+pub fn measure(farm: &Farm, connector: &Connector) -> Result<Capacity, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let result = runtime.block_on(ask(settings));
+    let result = runtime.block_on(ask(farm, connector));
     runtime.shutdown_background();
     result
 }
 
-async fn ask(settings: &Settings) -> Result<Capacity, String> {
-    if let Some(gatekeeper) = &settings.gatekeeper {
-        let reply = mexec_client::gatekeeper::cluster_status(gatekeeper, settings.token.as_ref())
+async fn ask(farm: &Farm, connector: &Connector) -> Result<Capacity, String> {
+    if let Some(gatekeeper) = &farm.gatekeeper {
+        let reply = load_query::cluster_status(connector, gatekeeper)
             .await
             .map_err(|e| format!("gatekeeper {}: {e}", gatekeeper.authority()))?;
         let nodes: Vec<NodeLoad> = reply
@@ -56,17 +58,18 @@ async fn ask(settings: &Settings) -> Result<Capacity, String> {
             .collect();
         return Ok(total(nodes));
     }
-    if settings.nodes.is_empty() {
+    if farm.nodes.is_empty() {
         return Err("no nodes are configured (MEXEC_NODES, --nodes or MEXEC_GATEKEEPER)".into());
     }
-    let rows = mexec_client::status::collect(&settings.nodes, settings.token.as_ref()).await;
-    let nodes = rows
+    let answers = load_query::node_loads(connector, &farm.nodes).await;
+    let nodes = answers
         .into_iter()
-        .filter(|r| r.reachable && r.draining != Some(true))
-        .map(|r| NodeLoad {
-            node: r.node.unwrap_or(r.address),
-            slots: r.slots.unwrap_or(0),
-            running: r.running.unwrap_or(0),
+        .filter_map(Result::ok)
+        .filter(|report| !report.draining)
+        .map(|report| NodeLoad {
+            node: report.node,
+            slots: report.slots,
+            running: report.running,
         })
         .collect();
     Ok(total(nodes))
@@ -89,7 +92,7 @@ pub struct Watch {
 
 impl Watch {
     /// Starts asking every `interval`.
-    pub fn start(settings: Settings, interval: Duration) -> Watch {
+    pub fn start(farm: Farm, connector: Connector, interval: Duration) -> Watch {
         let latest = Arc::new(Mutex::new(None));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -104,7 +107,7 @@ impl Watch {
                 while !stop.load(Ordering::Acquire) {
                     // An unreachable cluster keeps the last answer: make
                     // goes on with the tokens it has rather than none.
-                    if let Ok(capacity) = runtime.block_on(ask(&settings)) {
+                    if let Ok(capacity) = runtime.block_on(ask(&farm, &connector)) {
                         *latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(capacity);
                     }
                     let mut slept = Duration::ZERO;

@@ -3,33 +3,42 @@
 use std::io::IsTerminal;
 use std::process::ExitStatus;
 
+use nix::errno::Errno;
+use nix::sys::signal::{self, Signal};
+use nix::sys::stat::{umask, Mode};
+use nix::unistd::{self, Pid};
+
 /// The signals a client forwards to the remote job.
-pub const FORWARDED_SIGNALS: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+pub const FORWARDED_SIGNALS: [i32; 4] = [
+    Signal::SIGINT as i32,
+    Signal::SIGTERM as i32,
+    Signal::SIGHUP as i32,
+    Signal::SIGQUIT as i32,
+];
 
 /// This process's umask. Must be called before any other thread starts:
-/// reading it means setting it and putting it back.
+/// reading it means setting it and putting it back, and no one may see
+/// the interim value.
 pub fn current_umask() -> u32 {
-    // SAFETY: umask only swaps the mask; we put the old one back at once.
-    // Called before any thread starts, so no one sees the interim value.
-    unsafe {
-        let old = libc::umask(0o022);
-        libc::umask(old);
-        old as u32
-    }
+    let old = umask(Mode::from_bits_truncate(0o022));
+    umask(old);
+    old.bits() as u32
 }
 
 /// Whether a process with this pid exists.
 pub fn process_alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks for existence and permission.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    // Signal 0 only checks for existence and permission: a process of
+    // another user exists too.
+    matches!(
+        signal::kill(Pid::from_raw(pid as i32), None),
+        Ok(()) | Err(Errno::EPERM)
+    )
 }
 
 /// Sends `signal` to process `pid`.
 pub fn send_signal(pid: u32, signal: i32) {
-    // SAFETY: kill has no memory effects.
-    unsafe {
-        libc::kill(pid as libc::pid_t, signal);
+    if let Ok(signal) = Signal::try_from(signal) {
+        let _ = signal::kill(Pid::from_raw(pid as i32), signal);
     }
 }
 
@@ -52,8 +61,7 @@ pub fn stderr_is_text_console() -> bool {
 /// What tells one build from another on this host: the process group we
 /// run in, which make and all its children share.
 pub fn build_scope() -> u32 {
-    // SAFETY: getpgrp has no preconditions.
-    unsafe { libc::getpgrp() as u32 }
+    unistd::getpgrp().as_raw() as u32
 }
 
 /// The submitting user's name: `$USER` (or `$LOGNAME`) when set, else the
@@ -67,27 +75,11 @@ pub fn user_name() -> String {
     {
         return name;
     }
-    // SAFETY: getuid has no preconditions.
-    let uid = unsafe { libc::getuid() };
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer refers to a live buffer of the stated size.
-    let rc = unsafe {
-        libc::getpwuid_r(
-            uid,
-            &mut pwd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    if rc == 0 && !result.is_null() {
-        // SAFETY: on success pw_name is a NUL-terminated string in buf.
-        let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
-        return name.to_string_lossy().into_owned();
+    let uid = unistd::getuid();
+    match unistd::User::from_uid(uid) {
+        Ok(Some(user)) => user.name,
+        _ => std::env::var("USER").unwrap_or_else(|_| format!("uid{uid}")),
     }
-    std::env::var("USER").unwrap_or_else(|_| format!("uid{uid}"))
 }
 
 /// The exit code a shell would report for a local child's status.

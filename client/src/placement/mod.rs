@@ -14,9 +14,8 @@ use mexec_common::nodes::NodeAddr;
 use mexec_proto::v1::LoadReport;
 
 use score::NodeView;
-use shared_state::{
-    NodeState, SharedState, Snapshot, DOWN_FOR_MS, REFRESH_AFTER_MS, REPORT_TTL_MS,
-};
+pub use shared_state::SharedState;
+use shared_state::{NodeState, Snapshot, DOWN_FOR_MS, REFRESH_AFTER_MS, REPORT_TTL_MS};
 
 /// Slots assumed for a node nobody has reported on or configured.
 const GUESSED_SLOTS: u32 = 4;

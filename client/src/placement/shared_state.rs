@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use mexec_common::clock::now_ms;
 use serde::{Deserialize, Serialize};
 
 use crate::os;
@@ -123,14 +123,50 @@ impl SharedState {
 
     fn open(&self) -> std::io::Result<File> {
         if let Some(dir) = self.path.parent() {
-            create_private_dir(dir)?;
+            SharedState::create_private_dir(dir)?;
         }
         let mut options = OpenOptions::new();
         options.read(true).write(true).create(true).truncate(false);
         // Never follow a link planted in place of the file.
         #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
+        std::os::unix::fs::OpenOptionsExt::custom_flags(
+            &mut options,
+            nix::fcntl::OFlag::O_NOFOLLOW.bits(),
+        );
         options.open(&self.path)
+    }
+
+    /// Creates `dir` private to us, and refuses one that someone else owns
+    /// or can write: in /tmp another user could otherwise plant it. For
+    /// the state file and what lives beside it.
+    #[cfg(unix)]
+    pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        match std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+        {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let meta = std::fs::symlink_metadata(dir)?;
+        let me = nix::unistd::geteuid().as_raw();
+        if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("{} is not a directory private to this user", dir.display()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Creates `dir`: elsewhere the state lives in the user's own
+    /// temporary directory.
+    #[cfg(not(unix))]
+    pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)
     }
 }
 
@@ -157,37 +193,6 @@ fn lock_with_deadline(file: &File) -> std::io::Result<()> {
     }
 }
 
-/// Creates `dir` private to us, and refuses one that someone else owns or
-/// can write: in /tmp another user could otherwise plant it.
-#[cfg(unix)]
-pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-    match std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-    {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
-    }
-    let meta = std::fs::symlink_metadata(dir)?;
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
-    if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o022 != 0 {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            format!("{} is not a directory private to this user", dir.display()),
-        ));
-    }
-    Ok(())
-}
-
-#[cfg(not(unix))]
-pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)
-}
-
 fn prune(data: &mut StateData, now: u64) {
     for node in data.nodes.values_mut() {
         node.reservations.retain(|pid| os::process_alive(*pid));
@@ -195,14 +200,6 @@ fn prune(data: &mut StateData, now: u64) {
     data.nodes.retain(|_, node| {
         !node.reservations.is_empty() || now.saturating_sub(node.touched_ms) < FORGET_AFTER_MS
     });
-}
-
-/// Milliseconds since the epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
 }
 
 #[cfg(test)]

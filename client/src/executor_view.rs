@@ -28,7 +28,7 @@ pub const PORTABLE_VARIABLES: &[&str] = &[
 
 /// argv, cwd and environment for the executors.
 #[derive(Debug, Clone, Default)]
-pub struct RemoteView {
+pub struct ExecutorView {
     pub argv: Vec<OsString>,
     /// The executors' path of the working directory.
     pub cwd: OsString,
@@ -53,7 +53,7 @@ pub enum ViewError {
     },
 }
 
-impl RemoteView {
+impl ExecutorView {
     /// The view of a job for `settings`' executors: `argv` and `cwd`
     /// mapped, the environment chosen from `env` (ours).
     pub fn new(
@@ -61,7 +61,7 @@ impl RemoteView {
         cwd: &Path,
         env: &[(OsString, OsString)],
         settings: &Settings,
-    ) -> Result<RemoteView, ViewError> {
+    ) -> Result<ExecutorView, ViewError> {
         let foreign = settings.foreign_client();
         let map = &settings.map;
         let cwd = match map.map_path(cwd.as_os_str()) {
@@ -96,7 +96,7 @@ impl RemoteView {
                 sent.push((name, value));
             }
         }
-        Ok(RemoteView {
+        Ok(ExecutorView {
             argv,
             cwd,
             env: sent,
@@ -156,7 +156,7 @@ mod tests {
     #[test]
     fn a_client_on_the_executors_system_sends_everything_as_is() {
         let ours = env(&[("PATH", "/usr/bin"), ("CFLAGS", "-O2")]);
-        let view = RemoteView::new(
+        let view = ExecutorView::new(
             &os(&["cc", "-c", "/src/a.c"]),
             Path::new("/src"),
             &ours,
@@ -186,7 +186,7 @@ mod tests {
             ("CFLAGS", "-O2"),
             ("SECRET", "x"),
         ]);
-        let view = RemoteView::new(
+        let view = ExecutorView::new(
             &os(&["cc"]),
             Path::new("/w/proj"),
             &ours,
@@ -214,14 +214,14 @@ mod tests {
         let ours = env(&[("PATH", "/opt/bin"), ("CFLAGS", "-O2")]);
         let mut s = settings(ELSEWHERE, &["/w=/export"], &["CFLAGS=-O0"]);
         s.forward_env = true;
-        let view = RemoteView::new(&os(&["cc"]), Path::new("/w"), &ours, &s).unwrap();
+        let view = ExecutorView::new(&os(&["cc"]), Path::new("/w"), &ours, &s).unwrap();
         assert!(!view.node_environment);
         assert_eq!(view.env, env(&[("PATH", "/opt/bin"), ("CFLAGS", "-O0")]));
     }
 
     #[test]
     fn an_unmapped_cwd_from_a_foreign_client_is_an_error() {
-        let err = RemoteView::new(
+        let err = ExecutorView::new(
             &os(&["make"]),
             Path::new("/home/me/proj"),
             &[],
@@ -232,7 +232,7 @@ mod tests {
         assert!(message.contains("/home/me/proj"), "{message}");
         assert!(message.contains("--map"), "{message}");
         // The same directory from a client on the executors' system is fine.
-        assert!(RemoteView::new(
+        assert!(ExecutorView::new(
             &os(&["make"]),
             Path::new("/home/me/proj"),
             &[],
@@ -243,7 +243,7 @@ mod tests {
 
     #[test]
     fn mapped_arguments_are_rewritten() {
-        let view = RemoteView::new(
+        let view = ExecutorView::new(
             &os(&["/w/tools/gen", "-I/w/include", "--out=/w/o", "/elsewhere"]),
             Path::new("/w"),
             &[],

@@ -1,0 +1,271 @@
+//! Running a job at one place (an executor, or the gatekeeper that relays
+//! it): connect, send the job, relay output, stdin and signals, and say how
+//! it ended, keeping "never started" apart from "started, then lost".
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use mexec_common::connector::{AuthChannel, Connector};
+use mexec_common::dial::dial;
+use mexec_common::nodes::NodeAddr;
+use mexec_proto::v1::executor_client::ExecutorClient;
+use mexec_proto::v1::gatekeeper_client::GatekeeperClient;
+use mexec_proto::v1::{run_request, run_response, Exit, RunRequest, RunResponse, Signal, StdinEof};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Status, Streaming};
+
+use crate::failed_call;
+use crate::job::Job;
+use crate::os::SignalStream;
+use crate::outcome::{NotStarted, Outcome};
+use crate::output::{Output, Stream};
+
+/// The same terminating signal this many times gives up on the node: the
+/// connection is dropped, which kills the remote job.
+const SIGNALS_BEFORE_ABANDON: u32 = 3;
+const STDIN_CHUNK: usize = 64 * 1024;
+
+/// Where a `Run` stream goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    /// Straight to an executor.
+    Executor(&'a NodeAddr),
+    /// Through the gatekeeper, which places the job and relays it.
+    Relay(&'a NodeAddr),
+}
+
+impl Target<'_> {
+    fn addr(&self) -> &NodeAddr {
+        match self {
+            Target::Executor(addr) | Target::Relay(addr) => addr,
+        }
+    }
+}
+
+/// Runs `job` at `target`, relaying output to `output` and `signals` to it.
+pub async fn run_on(
+    target: Target<'_>,
+    connector: &Connector,
+    job: &Job,
+    output: &mut Output,
+    signals: &mut SignalStream,
+) -> Outcome {
+    let node = target.addr();
+    let tls = connector.tls().is_some();
+    let channel = match dial(connector, node).await {
+        Ok(channel) => channel,
+        Err(cause) => return Outcome::NotStarted(NotStarted::Unreachable(cause)),
+    };
+    let (requests, request_stream) = mpsc::channel::<RunRequest>(8);
+    let start = RunRequest {
+        msg: Some(run_request::Msg::Start(job.spec())),
+    };
+    // Cannot fail: the receiver is alive and the channel empty.
+    let _ = requests.try_send(start);
+    let mut responses = match open(target, channel, request_stream).await {
+        Ok(responses) => responses,
+        Err(status) => return failed_call::unconfirmed(&status, node, tls),
+    };
+    let mut run = RunStream {
+        node,
+        tls,
+        forward_stdin: job.forward_stdin,
+        requests,
+        started_on: None,
+        stdin_task: None,
+        stdin_read: Arc::new(AtomicBool::new(false)),
+        insistence: (0, 0),
+    };
+    let outcome = run.relay(&mut responses, output, signals).await;
+    run.end(outcome)
+}
+
+/// Opens the `Run` stream at `target`, with the job already queued on it.
+async fn open(
+    target: Target<'_>,
+    channel: AuthChannel,
+    requests: mpsc::Receiver<RunRequest>,
+) -> Result<Streaming<RunResponse>, Status> {
+    let request = Request::new(ReceiverStream::new(requests));
+    let opened = match target {
+        Target::Executor(_) => ExecutorClient::new(channel).run(request).await,
+        Target::Relay(_) => GatekeeperClient::new(channel).run(request).await,
+    };
+    opened.map(|response| response.into_inner())
+}
+
+/// One job's stream, from the first answer to the end.
+struct RunStream<'a> {
+    /// Where the stream went (the node's address, or the gatekeeper's).
+    node: &'a NodeAddr,
+    tls: bool,
+    forward_stdin: bool,
+    requests: mpsc::Sender<RunRequest>,
+    /// The node's name, once it said it started the job.
+    started_on: Option<String>,
+    stdin_task: Option<JoinHandle<()>>,
+    /// Whether any of our stdin was read for the job.
+    stdin_read: Arc<AtomicBool>,
+    /// The last signal forwarded and how often in a row.
+    insistence: (i32, u32),
+}
+
+impl RunStream<'_> {
+    /// Relays until the job ends, the stream breaks or the user insists.
+    async fn relay(
+        &mut self,
+        responses: &mut Streaming<RunResponse>,
+        output: &mut Output,
+        signals: &mut SignalStream,
+    ) -> Outcome {
+        loop {
+            let ended = tokio::select! {
+                message = responses.message() => match message {
+                    Ok(Some(response)) => self.take(response, output).await,
+                    Ok(None) => Some(self.ended_early(
+                        "the node closed the job's stream without an exit status".into(),
+                    )),
+                    Err(status) => Some(self.broken(&status)),
+                },
+                signal = signals.next() => self.forward(signal),
+            };
+            if let Some(outcome) = ended {
+                return outcome;
+            }
+        }
+    }
+
+    /// Takes one message from the node; `Some` when the job is over.
+    async fn take(&mut self, response: RunResponse, output: &mut Output) -> Option<Outcome> {
+        match response.msg {
+            Some(run_response::Msg::Queued(_)) | None => None,
+            Some(run_response::Msg::Accepted(accepted)) => {
+                if self.forward_stdin {
+                    let (requests, read) = (self.requests.clone(), self.stdin_read.clone());
+                    self.stdin_task = Some(tokio::spawn(forward_stdin(requests, read)));
+                }
+                self.started_on = Some(accepted.node);
+                None
+            }
+            Some(run_response::Msg::Stdout(chunk)) => {
+                // Our stdout is gone (a closed pipe): so is the job's, as
+                // locally; stop relaying.
+                let closed = output.write(Stream::Stdout, chunk).await.is_err();
+                closed.then(|| self.lost_output())
+            }
+            Some(run_response::Msg::Stderr(chunk)) => {
+                let _ = output.write(Stream::Stderr, chunk).await;
+                None
+            }
+            Some(run_response::Msg::Exit(exit)) => Some(Outcome::Finished {
+                node: self.node_name(),
+                exit,
+            }),
+        }
+    }
+
+    /// Passes `signal` on to the job; `Some` when we give up on it.
+    fn forward(&mut self, signal: i32) -> Option<Outcome> {
+        if self.started_on.is_none() {
+            // Still connecting or queued: nothing runs yet, so leaving is
+            // the whole of stopping.
+            return Some(Outcome::Abandoned { signal });
+        }
+        let message = RunRequest {
+            msg: Some(run_request::Msg::Signal(Signal { signo: signal })),
+        };
+        if self.requests.try_send(message.clone()).is_err() {
+            // The request stream is full of stdin: send when it drains.
+            let requests = self.requests.clone();
+            tokio::spawn(async move { requests.send(message).await });
+        }
+        self.insistence = match self.insistence {
+            (last, count) if last == signal => (signal, count + 1),
+            _ => (signal, 1),
+        };
+        (self.insistence.1 >= SIGNALS_BEFORE_ABANDON).then_some(Outcome::Abandoned { signal })
+    }
+
+    /// The stream failed: before the start that says nothing sure, after
+    /// it the node was lost.
+    fn broken(&self, status: &Status) -> Outcome {
+        match &self.started_on {
+            None => failed_call::unconfirmed(status, self.node, self.tls),
+            Some(_) => self.ended_early(failed_call::cause(status)),
+        }
+    }
+
+    fn ended_early(&self, reason: String) -> Outcome {
+        match &self.started_on {
+            None => Outcome::NotStarted(NotStarted::Refused(format!(
+                "node {}: {reason}",
+                self.node.authority()
+            ))),
+            Some(name) => Outcome::Lost {
+                node: name.clone(),
+                reason,
+                stdin_consumed: false,
+            },
+        }
+    }
+
+    /// Exits as a local process writing to a closed pipe would: SIGPIPE.
+    fn lost_output(&self) -> Outcome {
+        Outcome::Finished {
+            node: self.node_name(),
+            exit: Exit {
+                status: Some(mexec_proto::v1::exit::Status::Signal(13)),
+                ..Exit::default()
+            },
+        }
+    }
+
+    /// The node's name, or where we sent the job when it never said.
+    fn node_name(&self) -> String {
+        self.started_on
+            .clone()
+            .unwrap_or_else(|| self.node.authority())
+    }
+
+    /// Stops forwarding stdin, and says in a lost job's outcome whether any
+    /// of it went to the job.
+    fn end(self, outcome: Outcome) -> Outcome {
+        if let Some(task) = self.stdin_task {
+            task.abort();
+        }
+        match outcome {
+            Outcome::Lost { node, reason, .. } => Outcome::Lost {
+                node,
+                reason,
+                stdin_consumed: self.stdin_read.load(Ordering::Acquire),
+            },
+            other => other,
+        }
+    }
+}
+
+async fn forward_stdin(requests: mpsc::Sender<RunRequest>, read_any: Arc<AtomicBool>) {
+    let mut stdin = tokio::io::stdin();
+    let mut buf = vec![0u8; STDIN_CHUNK];
+    loop {
+        let message = match stdin.read(&mut buf).await {
+            Ok(0) | Err(_) => run_request::Msg::StdinEof(StdinEof {}),
+            Ok(n) => {
+                read_any.store(true, Ordering::Release);
+                run_request::Msg::Stdin(bytes::Bytes::copy_from_slice(&buf[..n]))
+            }
+        };
+        let eof = matches!(message, run_request::Msg::StdinEof(_));
+        if requests
+            .send(RunRequest { msg: Some(message) })
+            .await
+            .is_err()
+            || eof
+        {
+            return;
+        }
+    }
+}

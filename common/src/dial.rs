@@ -1,0 +1,192 @@
+//! Opening a channel for a submitting client, and reading why a connection
+//! or a stream failed from the types in its error chain (never from its
+//! English): the innermost cause, which is what a person needs ("Connection
+//! refused"), and what the failure says about TLS.
+
+use std::error::Error;
+use std::io::ErrorKind;
+
+use crate::connector::{AuthChannel, ConnectError, Connector};
+use crate::nodes::NodeAddr;
+
+/// Connects to `node`; a failure comes back as the line a person reads.
+pub async fn dial(connector: &Connector, node: &NodeAddr) -> Result<AuthChannel, String> {
+    connector
+        .connect(&node.authority())
+        .await
+        .map_err(|err| describe(&err))
+}
+
+/// A failed connection, for people: the innermost cause, with a hint
+/// where it looks like the two ends disagree about TLS.
+pub fn describe(err: &ConnectError) -> String {
+    match err {
+        ConnectError::BadAddress { source, .. } => format!("bad address: {source}"),
+        ConnectError::Transport(err) => {
+            let cause = innermost(err).unwrap_or_else(|| err.to_string());
+            format!("{cause}{}", TlsSign::of(err).hint())
+        }
+        ConnectError::Timeout(after) => format!("no answer within {after:?}"),
+    }
+}
+
+/// The text of the innermost source of `err` ("received fatal alert:
+/// UnknownCA" under "transport error"), or `None` when it has none.
+pub fn innermost(err: &(dyn Error + 'static)) -> Option<String> {
+    let mut source = err.source();
+    let mut innermost = None;
+    while let Some(inner) = source {
+        innermost = Some(inner.to_string());
+        source = inner.source();
+    }
+    innermost
+}
+
+/// What a failure says about TLS, weakest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsSign {
+    /// Nothing points at TLS.
+    None,
+    /// The peer dropped the connection (reset, broken pipe, closed under
+    /// a request): what a TLS peer does to a client it will not take,
+    /// among other reasons.
+    Dropped,
+    /// The HTTP/2 layer read a frame that is not one: what TLS records
+    /// look like to a peer without TLS.
+    Garbled,
+    /// TLS itself failed: an alert, a certificate refused, a handshake or
+    /// a session cut short. Nothing reached the peer's service.
+    Refused,
+}
+
+impl TlsSign {
+    /// The strongest sign anywhere in `err`'s chain.
+    pub fn of(err: &(dyn Error + 'static)) -> TlsSign {
+        let mut sign = TlsSign::None;
+        let mut source = Some(err);
+        while let Some(current) = source {
+            sign = sign.max(sign_of_one(current));
+            source = current.source();
+        }
+        sign
+    }
+
+    /// The hint to add to a failure's cause.
+    pub fn hint(self) -> &'static str {
+        const SURE: &str = " (mutual TLS: the node and this client need certificates from the \
+                            same cluster CA, valid now; see --tls-ca, --tls-cert, --tls-key)";
+        const MAYBE: &str = " (the node dropped the connection: if it uses mutual TLS, this \
+                             client needs a certificate from the same cluster CA, valid now; \
+                             see --tls-ca, --tls-cert, --tls-key)";
+        match self {
+            TlsSign::Refused | TlsSign::Garbled => SURE,
+            TlsSign::Dropped => MAYBE,
+            TlsSign::None => "",
+        }
+    }
+}
+
+fn sign_of_one(err: &(dyn Error + 'static)) -> TlsSign {
+    if err.is::<rustls::Error>() {
+        return TlsSign::Refused;
+    }
+    if let Some(io) = err.downcast_ref::<std::io::Error>() {
+        // rustls's errors reach us inside an I/O error, whose `source`
+        // skips them: look inside.
+        if io
+            .get_ref()
+            .is_some_and(|inner| inner.is::<rustls::Error>())
+        {
+            return TlsSign::Refused;
+        }
+        return match io.kind() {
+            // Only the TLS layer reports a connection that ended early this
+            // way (a handshake cut off, no close_notify); HTTP/2 reports a
+            // broken pipe.
+            ErrorKind::UnexpectedEof => TlsSign::Refused,
+            ErrorKind::BrokenPipe | ErrorKind::ConnectionReset => TlsSign::Dropped,
+            _ => TlsSign::None,
+        };
+    }
+    if let Some(h2) = err.downcast_ref::<h2::Error>() {
+        return match h2.reason() {
+            Some(h2::Reason::PROTOCOL_ERROR | h2::Reason::FRAME_SIZE_ERROR) => TlsSign::Garbled,
+            _ => TlsSign::None,
+        };
+    }
+    match err.downcast_ref::<hyper::Error>() {
+        // The connection closed while our request was on it.
+        Some(hyper) if hyper.is_canceled() => TlsSign::Dropped,
+        _ => TlsSign::None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Wrapped(&'static str, Box<dyn Error + Send + Sync>);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl Error for Wrapped {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            Some(&*self.1)
+        }
+    }
+
+    fn io(kind: ErrorKind, inner: impl Into<Box<dyn Error + Send + Sync>>) -> Wrapped {
+        Wrapped(
+            "transport error",
+            Box::new(std::io::Error::new(kind, inner)),
+        )
+    }
+
+    #[test]
+    fn tls_errors_inside_io_errors_are_refusals() {
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::UnknownCA);
+        let err = io(ErrorKind::InvalidData, alert);
+        assert_eq!(TlsSign::of(&err), TlsSign::Refused);
+        assert_eq!(
+            innermost(&err).as_deref(),
+            Some("received fatal alert: UnknownCA")
+        );
+        let eof = io(ErrorKind::UnexpectedEof, "tls handshake eof");
+        assert_eq!(TlsSign::of(&eof), TlsSign::Refused);
+        assert!(TlsSign::Refused.hint().starts_with(" (mutual TLS: "));
+    }
+
+    #[test]
+    fn dropped_connections_and_garbled_frames_are_signs_too() {
+        let reset = io(ErrorKind::ConnectionReset, "reset");
+        assert_eq!(TlsSign::of(&reset), TlsSign::Dropped);
+        assert!(TlsSign::Dropped.hint().contains("dropped the connection"));
+        let garbled = Wrapped(
+            "http2 error",
+            Box::new(h2::Error::from(h2::Reason::FRAME_SIZE_ERROR)),
+        );
+        assert_eq!(TlsSign::of(&garbled), TlsSign::Garbled);
+        let refused = io(ErrorKind::ConnectionRefused, "Connection refused");
+        assert_eq!(TlsSign::of(&refused), TlsSign::None);
+        assert_eq!(TlsSign::None.hint(), "");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_described_by_its_innermost_cause() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let node: NodeAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let connector = crate::farm::Farm::default().connector();
+        let cause = dial(&connector, &node).await.unwrap_err();
+        assert!(!cause.contains("transport error"), "{cause}");
+        assert!(!cause.contains("mutual TLS"), "{cause}");
+    }
+}

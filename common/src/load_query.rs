@@ -1,0 +1,63 @@
+//! Asking the farm how loaded it is: one executor's `Status`, all of them
+//! at once, or the gatekeeper's `ClusterStatus`. `mexec --status`, the
+//! client's placement and `mpmake`'s capacity all ask this way.
+
+use std::time::Duration;
+
+use mexec_proto::v1::executor_client::ExecutorClient;
+use mexec_proto::v1::gatekeeper_client::GatekeeperClient;
+use mexec_proto::v1::{ClusterStatusReply, ClusterStatusRequest, LoadReport, StatusRequest};
+use tonic::Request;
+
+use crate::connector::Connector;
+use crate::dial::dial;
+use crate::nodes::NodeAddr;
+
+/// How long the gatekeeper may take over the whole cluster's status.
+const CLUSTER_STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Asks `node` for its load; the answer may take as long as a connection.
+pub async fn node_load(connector: &Connector, node: &NodeAddr) -> Result<LoadReport, String> {
+    let channel = dial(connector, node).await?;
+    let mut request = Request::new(StatusRequest {});
+    request.set_timeout(connector.timeouts().connect);
+    ExecutorClient::new(channel)
+        .status(request)
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| s.message().to_owned())
+}
+
+/// Asks every node at once; the answers come in the order of `nodes`.
+pub async fn node_loads(
+    connector: &Connector,
+    nodes: &[NodeAddr],
+) -> Vec<Result<LoadReport, String>> {
+    let queries: Vec<_> = nodes
+        .iter()
+        .map(|node| {
+            let (connector, node) = (connector.clone(), node.clone());
+            tokio::spawn(async move { node_load(&connector, &node).await })
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(queries.len());
+    for query in queries {
+        answers.push(query.await.expect("a status query panicked"));
+    }
+    answers
+}
+
+/// Asks `gatekeeper` for the cluster's status.
+pub async fn cluster_status(
+    connector: &Connector,
+    gatekeeper: &NodeAddr,
+) -> Result<ClusterStatusReply, String> {
+    let channel = dial(connector, gatekeeper).await?;
+    let mut request = Request::new(ClusterStatusRequest {});
+    request.set_timeout(CLUSTER_STATUS_TIMEOUT);
+    GatekeeperClient::new(channel)
+        .cluster_status(request)
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| s.message().to_owned())
+}
