@@ -34,11 +34,14 @@ pub enum Refusal {
     Malformed,
     /// No job arrived within the start timeout.
     StartTimeout,
+    /// The gatekeeper tried the nodes it had for a relayed job and none
+    /// started it: the job did not run anywhere.
+    NoNode,
 }
 
 impl Refusal {
     /// Every kind, for tests and exhaustive tables.
-    pub const ALL: [Refusal; 9] = [
+    pub const ALL: [Refusal; 10] = [
         Refusal::Busy,
         Refusal::Draining,
         Refusal::CwdMissing,
@@ -48,6 +51,7 @@ impl Refusal {
         Refusal::Limit,
         Refusal::Malformed,
         Refusal::StartTimeout,
+        Refusal::NoNode,
     ];
 
     /// The kind's name on the wire and in logs.
@@ -62,6 +66,7 @@ impl Refusal {
             Refusal::Limit => "limit",
             Refusal::Malformed => "malformed",
             Refusal::StartTimeout => "start-timeout",
+            Refusal::NoNode => "no-node",
         }
     }
 
@@ -82,6 +87,7 @@ impl Refusal {
             Refusal::Limit => Code::ResourceExhausted,
             Refusal::Malformed => Code::InvalidArgument,
             Refusal::StartTimeout => Code::DeadlineExceeded,
+            Refusal::NoNode => Code::Unavailable,
         }
     }
 

@@ -110,7 +110,9 @@ async fn relay(
             }
         }
     }
-    let status = Status::unavailable(format!(
+    // A refusal, not a broken stream: the client must not read it as a
+    // job that may have run.
+    let status = Refusal::NoNode.status(format!(
         "gatekeeper: no node could run the job ({})",
         causes.join("; ")
     ));
