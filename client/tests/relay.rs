@@ -126,3 +126,35 @@ fn a_relayed_compile_matches_a_local_one() {
         std::fs::read(dir.path().join("relayed.o")).unwrap()
     );
 }
+
+#[test]
+fn a_relayed_job_no_node_will_start_runs_locally_and_is_never_called_possibly_run() {
+    let mut farm = GatedFarm::start(&[], &[]);
+    farm.add_with("n1", 1, &["--allowed-programs", "true"]);
+    farm.add_with("n2", 1, &["--allowed-programs", "true"]);
+    assert!(wait_until(Duration::from_secs(10), || farm.members().len() == 2));
+    let dir = job_dir();
+    let output = farm
+        .mexec(dir.path(), &["--relay", "--", "sh", "-c", "echo here"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert_eq!(output.stdout, b"here\n", "ran locally");
+    assert!(stderr.contains("no node could run the job"), "{stderr}");
+    assert!(stderr.contains("running sh locally"), "{stderr}");
+    assert!(!stderr.contains("may have run"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line says why: {stderr}");
+
+    let refused = farm
+        .mexec(
+            dir.path(),
+            &["--relay", "--no-local", "--", "sh", "-c", "echo here"],
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(255), "{stderr}");
+    assert!(refused.stdout.is_empty(), "nothing ran: {stderr}");
+    assert!(!stderr.contains("may have run"), "{stderr}");
+}
