@@ -38,6 +38,11 @@ pub enum JobError {
          (allowed_programs: {policy})"
     )]
     ProgramDenied { program: String, policy: String },
+    #[error(
+        "option `{option}` of `{program}` is refused by this node's command policy: \
+         it makes the program load or run code the policy did not check"
+    )]
+    OptionDenied { program: String, option: String },
     #[error("has too many open streams from {peer} ({limit}); try again later")]
     TooManyStreams { peer: String, limit: usize },
 }
@@ -61,7 +66,9 @@ impl JobError {
             | JobError::RelativeCwd(_)
             | JobError::TooLarge(_) => Refusal::Malformed,
             JobError::StartTimeout(_) => Refusal::StartTimeout,
-            JobError::UserDenied(_) | JobError::ProgramDenied { .. } => Refusal::Denied,
+            JobError::UserDenied(_)
+            | JobError::ProgramDenied { .. }
+            | JobError::OptionDenied { .. } => Refusal::Denied,
             JobError::TooManyStreams { .. } => Refusal::Limit,
             JobError::NoRequest => return None,
             JobError::CwdMissing(_) => Refusal::CwdMissing,

@@ -179,6 +179,8 @@ fn log_job(ctx: &NodeContext, job: &ValidJob, started_at: Instant, exit: &Exit) 
         None => "unknown".to_owned(),
     };
     let spec = &job.spec;
+    // What ran, when the policy resolved it: argv0 is only what was asked.
+    let program = job.program.as_ref().map(|p| p.path.display().to_string());
     tracing::info!(
         target: LOG_TARGET,
         job_id = %spec.job_id,
@@ -187,6 +189,7 @@ fn log_job(ctx: &NodeContext, job: &ValidJob, started_at: Instant, exit: &Exit) 
         client_os = %spec.client_os,
         build_id = %spec.build_id,
         argv0 = job.argv0.as_str(),
+        program = program.as_deref(),
         node = %ctx.name,
         duration_ms = started_at.elapsed().as_millis() as u64,
         status,
