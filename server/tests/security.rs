@@ -817,3 +817,72 @@ async fn under_a_policy_loader_variables_are_dropped_and_plugins_refused() {
         "{status:?}"
     );
 }
+
+/// A first message whose `start` field holds whatever bytes a test wants.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawStart {
+    #[prost(bytes = "vec", tag = "1")]
+    start: Vec<u8>,
+}
+
+async fn refusal_of_raw(node: &Executor, start: Vec<u8>) -> tonic::Status {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<RawStart, mexec_proto::v1::RunResponse>::default();
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(RawStart { start }).await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/mexec.v1.Executor/Run");
+    let result = grpc
+        .streaming(tonic::Request::new(ReceiverStream::new(rx)), path, codec)
+        .await;
+    drop(tx);
+    match result {
+        Ok(mut stream) => stream.get_mut().message().await.expect_err("a refusal"),
+        Err(status) => status,
+    }
+}
+
+#[tokio::test]
+async fn garbage_bad_utf8_and_oversize_requests_are_malformed_with_the_reason() {
+    let node = start_node("n1", &[]);
+    // A job id (JobSpec field 5) that is not UTF-8.
+    let bad_utf8 = vec![0x2a, 0x01, 0xff];
+    let garbage = vec![0xff; 8];
+    let oversize = vec![b'a'; 3 << 20];
+    for (what, start, reason) in [
+        ("bad UTF-8", bad_utf8, "UTF-8"),
+        ("garbage", garbage, "decode"),
+        ("oversize", oversize, "too large"),
+    ] {
+        let status = refusal_of_raw(&node, start).await;
+        assert_eq!(
+            mexec_common::refusal::Refusal::of(&status),
+            Some(mexec_common::refusal::Refusal::Malformed),
+            "{what}: {status:?}"
+        );
+        assert!(
+            status.message().contains("malformed request") && status.message().contains(reason),
+            "{what}: {status:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_newline_in_a_logged_field_cannot_forge_a_log_line() {
+    // The text format, where a raw newline would start a line of its own.
+    let node = Executor::start("n1", 1, &["--log-format", "text"]);
+    let dir = job_dir();
+    let mut job = spec(vec![Bytes::from_static(b"true")], path_env(), dir.path());
+    job.job_id = "j1\nFORGED job finished user=root".into();
+    job.client_host = "h\x1b[2K".into();
+    collect(start_job(&node, job).await).await;
+    let log = node.log_text();
+    assert!(log.contains(r"j1\nFORGED"), "{log}");
+    assert!(log.contains(r"h\u{1b}[2K"), "{log}");
+    assert!(!log.lines().any(|l| l.starts_with("FORGED")), "{log}");
+}

@@ -13,6 +13,8 @@ pub enum JobError {
     NoStart,
     #[error("the client closed the stream before sending the job")]
     NoRequest,
+    #[error("malformed request: {0}")]
+    Malformed(String),
     #[error("the job has an empty argv")]
     EmptyArgv,
     #[error("working directory {0} is not an absolute path")]
@@ -57,11 +59,26 @@ impl From<AdmissionRefusal> for JobError {
 }
 
 impl JobError {
+    /// What a failure to read the job's message means: a request that does
+    /// not decode (not protobuf, bad UTF-8 in a text field, over the size
+    /// limit) is malformed, and says why; anything else is a client that
+    /// went away.
+    pub fn reading_job(status: &Status) -> JobError {
+        let undecodable = status.code() == tonic::Code::OutOfRange
+            || (status.code() == tonic::Code::Internal && status.message().contains("decode"));
+        if undecodable {
+            JobError::Malformed(status.message().to_owned())
+        } else {
+            JobError::NoRequest
+        }
+    }
+
     /// The kind of refusal clients act on; `None` for a stream the client
     /// itself abandoned, which nobody reads.
     fn refusal(&self) -> Option<Refusal> {
         Some(match self {
             JobError::NoStart
+            | JobError::Malformed(_)
             | JobError::EmptyArgv
             | JobError::RelativeCwd(_)
             | JobError::TooLarge(_) => Refusal::Malformed,
