@@ -886,3 +886,32 @@ async fn a_newline_in_a_logged_field_cannot_forge_a_log_line() {
     assert!(log.contains(r"h\u{1b}[2K"), "{log}");
     assert!(!log.lines().any(|l| l.starts_with("FORGED")), "{log}");
 }
+
+#[test]
+fn a_job_inherits_no_descriptor_of_the_daemon() {
+    use std::os::unix::process::CommandExt;
+    let mut daemon = Command::new(bin("mexecd"));
+    // The daemon starts holding descriptor 9 without close-on-exec, as
+    // one inherited from whoever started it would be.
+    // SAFETY: dup2 is async-signal-safe.
+    unsafe {
+        daemon.pre_exec(|| {
+            if libc::dup2(2, 9) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let node = Executor::start_with(daemon, "n1", 1, &[]);
+    let dir = job_dir();
+    let output = mexec(&node.node(), dir.path(), &["ls", "/proc/self/fd"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let fds: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    // 0-2 are the job's streams, 3 the directory ls is reading.
+    assert_eq!(fds, ["0", "1", "2", "3"], "{fds:?}");
+}

@@ -67,6 +67,7 @@ pub fn spawn(job: &ValidJob, run_as: Option<&Account>, rlimits: Rlimits) -> io::
             // long as the daemon.
             #[cfg(target_os = "linux")]
             let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+            close_inherited_on_exec();
             match &by_fd {
                 Some(by_fd) => Err(by_fd.exec()),
                 None => Ok(()),
@@ -189,6 +190,31 @@ impl ExecByFd {
         io::Error::last_os_error()
     }
 }
+
+/// Marks every descriptor above the standard three close-on-exec, so the
+/// job inherits none of the daemon's (a library's socket, a descriptor the
+/// daemon itself inherited). Marked, not closed: the pipe on which the
+/// child reports a failed exec must stay open until the exec.
+fn close_inherited_on_exec() {
+    // Through libc: nix has no close_range. CLOSE_RANGE_CLOEXEC needs
+    // Linux 5.11; before that each descriptor is marked in turn.
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range only changes descriptor flags.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    if rc == 0 {
+        return;
+    }
+    for raw in 3..FALLBACK_FDS {
+        // SAFETY: fcntl on a descriptor that is not open fails with EBADF
+        // and does nothing else.
+        let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+        let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+    }
+}
+
+/// How many descriptors the fallback of `close_inherited_on_exec` covers:
+/// the default open-files limit of a job.
+const FALLBACK_FDS: RawFd = 4096;
 
 type Pipes = (Option<pipe::Sender>, pipe::Receiver, pipe::Receiver);
 
