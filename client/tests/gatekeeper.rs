@@ -500,6 +500,7 @@ fn a_gatekeeper_with_a_token_serves_only_requests_that_carry_it() {
     let dir = job_dir();
     let token = dir.path().join("token");
     std::fs::write(&token, "gk-secret\n").unwrap();
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let token_arg = token.to_str().unwrap();
     let gatekeeper = mexec_testkit::Gatekeeper::start(&["--token-file", token_arg]);
     let mut cluster = Cluster {

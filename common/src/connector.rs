@@ -175,6 +175,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("token");
         std::fs::write(&path, "s3cret\n").unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         let token = Token::from_file(&path).unwrap();
         let connector = Connector::new(None, Some(token.clone()), QUICK);
         let request = connector

@@ -48,3 +48,41 @@ pub fn init_tracing(format: LogFormat, default_level: &str) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
 }
+
+/// A field a client sent (a job id, a user or host name), for a log line:
+/// control characters and backslashes escaped as Rust writes them (`\n`,
+/// `\u{1b}`, `\\`), so a newline in a job id cannot start a forged line
+/// in the text format, nor an escape sequence rewrite a terminal.
+#[derive(Debug, Clone, Copy)]
+pub struct Escaped<'a>(pub &'a str);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        for c in self.0.chars() {
+            if c.is_control() || c == '\\' {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Escaped;
+
+    #[test]
+    fn control_characters_in_logged_fields_are_escaped() {
+        let forged = "j1\n2025-01-01T00:00:00Z  INFO job finished user=root\x1b[2K\r\\n";
+        let shown = Escaped(forged).to_string();
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert_eq!(
+            shown,
+            "j1\\n2025-01-01T00:00:00Z  INFO job finished user=root\\u{1b}[2K\\r\\\\n"
+        );
+        assert_eq!(Escaped("gcc-12 ü").to_string(), "gcc-12 ü");
+    }
+}

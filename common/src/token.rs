@@ -39,15 +39,42 @@ pub enum TokenError {
     },
     #[error("token file {0} is empty or holds characters other than printable ASCII")]
     Invalid(PathBuf),
+    #[error(
+        "token file {path} is open to others (mode {mode:o}, owner uid {owner}): \
+         anyone who can read it can run jobs; make it yours and `chmod 600` it"
+    )]
+    TooOpen {
+        path: PathBuf,
+        mode: u32,
+        owner: u32,
+    },
 }
 
 impl Token {
     /// Reads the first line of `path`; surrounding white space is dropped.
+    /// As ssh does with a private key, a file that others may read or
+    /// write, or that belongs to someone other than us or root, is refused:
+    /// the token is the whole of the authentication.
     pub fn from_file(path: &Path) -> Result<Self, TokenError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TokenError::Read {
+        use std::io::Read;
+        use std::os::unix::fs::MetadataExt;
+        let read = |source| TokenError::Read {
             path: path.to_owned(),
             source,
-        })?;
+        };
+        // The checks are of the file opened, not of the name.
+        let mut file = std::fs::File::open(path).map_err(read)?;
+        let meta = file.metadata().map_err(read)?;
+        let me = nix::unistd::geteuid().as_raw();
+        if meta.mode() & 0o077 != 0 || (meta.uid() != me && meta.uid() != 0) {
+            return Err(TokenError::TooOpen {
+                path: path.to_owned(),
+                mode: meta.mode() & 0o7777,
+                owner: meta.uid(),
+            });
+        }
+        let mut text = String::new();
+        file.read_to_string(&mut text).map_err(read)?;
         let token = text.lines().next().unwrap_or("").trim().to_owned();
         if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(TokenError::Invalid(path.to_owned()));
@@ -86,6 +113,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(format!("t{}", text.len()));
         std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         Token::from_file(&path)
     }
 
@@ -110,5 +139,23 @@ mod tests {
             Err(TokenError::Read { .. })
         ));
         assert!(format!("{:?}", token_in_file("abc").unwrap()).contains(".."));
+    }
+
+    #[test]
+    fn a_token_file_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("mexec-token-open-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("token");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        for mode in [0o644, 0o640, 0o602] {
+            std::fs::set_permissions(&path, PermissionsExt::from_mode(mode)).unwrap();
+            let err = Token::from_file(&path).unwrap_err();
+            assert!(matches!(err, TokenError::TooOpen { .. }), "{mode:o}: {err}");
+            assert!(err.to_string().contains("chmod 600"), "{err}");
+        }
+        std::fs::set_permissions(&path, PermissionsExt::from_mode(0o400)).unwrap();
+        assert!(Token::from_file(&path).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -44,6 +44,10 @@ pub enum CertError {
     },
     #[error("{0} already exists; remove it first (a CA is not replaced by accident)")]
     Exists(PathBuf),
+    #[error(
+        "{0} already exists (or is a symlink); remove it first: a key is only written into a new file"
+    )]
+    WouldOverwrite(PathBuf),
 }
 
 /// When a certificate is valid.
@@ -159,27 +163,41 @@ impl Issued {
         })
     }
 
-    /// Writes `stem.pem` and `stem-key.pem` (mode 0600) into `dir`;
-    /// returns their paths.
+    /// Writes `stem.pem` and `stem-key.pem` (mode 0600) into `dir` as new
+    /// files; an existing file or symlink of either name is an error, so
+    /// nothing is overwritten. Returns their paths.
     pub fn write(&self, dir: &Path, stem: &str) -> Result<(PathBuf, PathBuf), CertError> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let (cert, key) = paths(dir, stem);
         let write = |path: &Path, text: &str, mode: u32| {
-            let wrap = |source| CertError::Write {
-                path: path.to_owned(),
-                source,
+            let wrap = |source: std::io::Error| match source.kind() {
+                std::io::ErrorKind::AlreadyExists => CertError::WouldOverwrite(path.to_owned()),
+                _ => CertError::Write {
+                    path: path.to_owned(),
+                    source,
+                },
             };
             std::fs::create_dir_all(dir).map_err(wrap)?;
+            // A new file only, never through a symlink: an existing file
+            // would keep its own mode (a key left readable by others), and
+            // a planted link would send the key wherever it points.
             std::fs::OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
                 .mode(mode)
                 .open(path)
                 .and_then(|mut f| f.write_all(text.as_bytes()))
                 .map_err(wrap)
         };
+        // Both names free first, so a refusal leaves no half-written pair;
+        // `create_new` still catches one that appears in between.
+        for path in [&cert, &key] {
+            if path.symlink_metadata().is_ok() {
+                return Err(CertError::WouldOverwrite(path.clone()));
+            }
+        }
         write(&cert, &self.cert_pem, 0o644)?;
         write(&key, &self.key_pem, 0o600)?;
         Ok((cert, key))
@@ -216,5 +234,28 @@ mod tests {
             peer_from_der(&der(&user.cert_pem)),
             Some(Peer::User("alice".into()))
         );
+    }
+
+    #[test]
+    fn keys_go_only_into_new_files_never_through_a_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = new_ca("test CA", Validity::days(1)).unwrap();
+        // A key file left readable by others, and a link planted where a
+        // key will go: neither is written into.
+        let open_key = dir.path().join("n1-key.pem");
+        std::fs::write(&open_key, "old").unwrap();
+        std::fs::set_permissions(&open_key, PermissionsExt::from_mode(0o644)).unwrap();
+        let err = ca.write(dir.path(), "n1").unwrap_err();
+        assert!(matches!(err, CertError::WouldOverwrite(_)), "{err}");
+        let elsewhere = dir.path().join("elsewhere");
+        std::os::unix::fs::symlink(&elsewhere, dir.path().join("n2-key.pem")).unwrap();
+        let err = ca.write(dir.path(), "n2").unwrap_err();
+        assert!(matches!(err, CertError::WouldOverwrite(_)), "{err}");
+        assert!(!elsewhere.exists(), "the key went through the link");
+
+        let (_, key) = ca.write(dir.path(), "n3").unwrap();
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 }

@@ -391,6 +391,11 @@ async fn a_token_is_required_when_configured() {
     let dir = job_dir();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "cluster-secret\n").unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let node = Executor::start(
         "tok-node",
         1,

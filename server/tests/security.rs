@@ -672,3 +672,246 @@ async fn a_gatekeeper_stream_that_sends_nothing_is_closed_with_a_clear_error() {
         "{status:?}"
     );
 }
+
+/// Starts `spec` on `node` and returns its response stream.
+async fn start_job(
+    node: &Executor,
+    spec: JobSpec,
+) -> tonic::Streaming<mexec_proto::v1::RunResponse> {
+    let mut client = ExecutorClient::connect(format!("http://{}", node.addr))
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(RunRequest {
+        msg: Some(run_request::Msg::Start(spec)),
+    })
+    .await
+    .unwrap();
+    // Keep the stream open (no stdin is forwarded): the job's end closes it.
+    tokio::spawn(async move {
+        tx.closed().await;
+    });
+    client
+        .run(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// A job's stdout and exit code, read to the end of its stream.
+async fn collect(
+    mut stream: tonic::Streaming<mexec_proto::v1::RunResponse>,
+) -> (Vec<u8>, Option<mexec_proto::v1::exit::Status>) {
+    use mexec_proto::v1::run_response::Msg;
+    let mut stdout = Vec::new();
+    while let Some(message) = stream.message().await.unwrap() {
+        match message.msg {
+            Some(Msg::Stdout(bytes)) => stdout.extend_from_slice(&bytes),
+            Some(Msg::Exit(exit)) => return (stdout, exit.status),
+            _ => {}
+        }
+    }
+    (stdout, None)
+}
+
+fn path_env() -> Vec<EnvVar> {
+    vec![EnvVar {
+        name: "PATH".into(),
+        value: "/usr/bin:/bin".into(),
+    }]
+}
+
+#[tokio::test]
+async fn a_program_swapped_while_its_job_is_queued_is_not_what_runs() {
+    let node = Executor::start(
+        "n1",
+        1,
+        &[
+            "--log-format",
+            "json",
+            "--allowed-programs",
+            "/usr/bin/gcc,sleep",
+        ],
+    );
+    let dir = job_dir();
+    let link = dir.path().join("gcc");
+    std::os::unix::fs::symlink("/usr/bin/gcc", &link).unwrap();
+    let argv = |args: &[&str]| args.iter().map(|a| Bytes::from(a.to_string())).collect();
+    // The one slot is busy, so the next job waits in the queue.
+    let busy = start_job(&node, spec(argv(&["sleep", "2"]), path_env(), dir.path())).await;
+    let mut queued = start_job(
+        &node,
+        spec(argv(&["./gcc", "--version"]), path_env(), dir.path()),
+    )
+    .await;
+    let first = queued.message().await.unwrap().unwrap().msg;
+    assert!(
+        matches!(first, Some(mexec_proto::v1::run_response::Msg::Queued(_))),
+        "{first:?}"
+    );
+    // Checked as gcc; now the name points at a shell.
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink("/bin/sh", &link).unwrap();
+
+    let (stdout, status) = collect(queued).await;
+    let text = String::from_utf8_lossy(&stdout);
+    assert!(
+        text.contains("Free Software Foundation"),
+        "not gcc: {text:?}"
+    );
+    assert_eq!(status, Some(mexec_proto::v1::exit::Status::Code(0)));
+    collect(busy).await;
+    let log = node.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("./gcc"))
+        .expect("a log line");
+    assert!(line.contains(r#""program":"/usr/bin/"#), "{line}");
+}
+
+#[tokio::test]
+async fn under_a_policy_loader_variables_are_dropped_and_plugins_refused() {
+    let node = start_node(
+        "n1",
+        &["--allowed-programs".into(), "/usr/bin/env,gcc".into()],
+    );
+    let dir = job_dir();
+    let mut env = path_env();
+    for (name, value) in [
+        ("LD_PRELOAD", "/tmp/evil.so"),
+        ("GCC_EXEC_PREFIX", "/tmp/evil/"),
+        ("LANG", "C"),
+    ] {
+        env.push(EnvVar {
+            name: name.into(),
+            value: value.into(),
+        });
+    }
+    let job = spec(vec![Bytes::from_static(b"env")], env.clone(), dir.path());
+    let (stdout, status) = collect(start_job(&node, job).await).await;
+    let text = String::from_utf8_lossy(&stdout);
+    assert_eq!(
+        status,
+        Some(mexec_proto::v1::exit::Status::Code(0)),
+        "{text}"
+    );
+    assert!(text.contains("LANG=C\n"), "{text}");
+    assert!(
+        !text.contains("LD_PRELOAD") && !text.contains("GCC_EXEC_PREFIX"),
+        "{text}"
+    );
+
+    let plugin = ["gcc", "-fplugin=/tmp/evil.so", "-c", "x.c"]
+        .map(|a| Bytes::from(a.to_owned()))
+        .to_vec();
+    let status = refusal(&node, Some(spec(plugin, env, dir.path()))).await;
+    assert_eq!(
+        mexec_common::refusal::Refusal::of(&status),
+        Some(mexec_common::refusal::Refusal::Denied),
+        "{status:?}"
+    );
+    assert!(
+        status
+            .message()
+            .contains("option `-fplugin=/tmp/evil.so` of `gcc`"),
+        "{status:?}"
+    );
+}
+
+/// A first message whose `start` field holds whatever bytes a test wants.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawStart {
+    #[prost(bytes = "vec", tag = "1")]
+    start: Vec<u8>,
+}
+
+async fn refusal_of_raw(node: &Executor, start: Vec<u8>) -> tonic::Status {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<RawStart, mexec_proto::v1::RunResponse>::default();
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(RawStart { start }).await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/mexec.v1.Executor/Run");
+    let result = grpc
+        .streaming(tonic::Request::new(ReceiverStream::new(rx)), path, codec)
+        .await;
+    drop(tx);
+    match result {
+        Ok(mut stream) => stream.get_mut().message().await.expect_err("a refusal"),
+        Err(status) => status,
+    }
+}
+
+#[tokio::test]
+async fn garbage_bad_utf8_and_oversize_requests_are_malformed_with_the_reason() {
+    let node = start_node("n1", &[]);
+    // A job id (JobSpec field 5) that is not UTF-8.
+    let bad_utf8 = vec![0x2a, 0x01, 0xff];
+    let garbage = vec![0xff; 8];
+    let oversize = vec![b'a'; 3 << 20];
+    for (what, start, reason) in [
+        ("bad UTF-8", bad_utf8, "UTF-8"),
+        ("garbage", garbage, "decode"),
+        ("oversize", oversize, "too large"),
+    ] {
+        let status = refusal_of_raw(&node, start).await;
+        assert_eq!(
+            mexec_common::refusal::Refusal::of(&status),
+            Some(mexec_common::refusal::Refusal::Malformed),
+            "{what}: {status:?}"
+        );
+        assert!(
+            status.message().contains("malformed request") && status.message().contains(reason),
+            "{what}: {status:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_newline_in_a_logged_field_cannot_forge_a_log_line() {
+    // The text format, where a raw newline would start a line of its own.
+    let node = Executor::start("n1", 1, &["--log-format", "text"]);
+    let dir = job_dir();
+    let mut job = spec(vec![Bytes::from_static(b"true")], path_env(), dir.path());
+    job.job_id = "j1\nFORGED job finished user=root".into();
+    job.client_host = "h\x1b[2K".into();
+    collect(start_job(&node, job).await).await;
+    let log = node.log_text();
+    assert!(log.contains(r"j1\nFORGED"), "{log}");
+    assert!(log.contains(r"h\u{1b}[2K"), "{log}");
+    assert!(!log.lines().any(|l| l.starts_with("FORGED")), "{log}");
+}
+
+#[test]
+fn a_job_inherits_no_descriptor_of_the_daemon() {
+    use std::os::unix::process::CommandExt;
+    let mut daemon = Command::new(bin("mexecd"));
+    // The daemon starts holding descriptor 9 without close-on-exec, as
+    // one inherited from whoever started it would be.
+    // SAFETY: dup2 is async-signal-safe.
+    unsafe {
+        daemon.pre_exec(|| {
+            if libc::dup2(2, 9) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let node = Executor::start_with(daemon, "n1", 1, &[]);
+    let dir = job_dir();
+    let output = mexec(&node.node(), dir.path(), &["ls", "/proc/self/fd"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let fds: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    // 0-2 are the job's streams, 3 the directory ls is reading.
+    assert_eq!(fds, ["0", "1", "2", "3"], "{fds:?}");
+}

@@ -44,6 +44,69 @@ pub fn job_path(spec: &JobSpec) -> Option<OsString> {
     }
 }
 
+/// Variables dropped from a job's environment under a command policy,
+/// because each makes an allowed program load or run code of the user's
+/// choosing; an entry ending in `_` is a prefix.
+pub const CODE_LOADING: &[&str] = &[
+    // The dynamic loader (glibc, musl): libraries preloaded or searched
+    // first, and audit modules, all run inside the allowed program.
+    "LD_PRELOAD",
+    "LD_LIBRARY_PATH",
+    "LD_AUDIT",
+    "LD_ORIGIN_PATH",
+    "LD_PROFILE",
+    // glibc tunables (the loader parses them; CVE-2023-4911), iconv
+    // modules (gcc's -finput-charset loads them) and locale files.
+    "GLIBC_TUNABLES",
+    "GCONV_PATH",
+    "LOCPATH",
+    // Where gcc looks for cc1, as, ld, collect2 and the LTO plugin.
+    "GCC_EXEC_PREFIX",
+    "COMPILER_PATH",
+    // Libraries and start files the driver links, and collect2's state.
+    "LIBRARY_PATH",
+    "COLLECT_",
+    // Options read from the environment, past the argument check: gcc
+    // reruns itself with these; clang and clang-cl add these.
+    "GCC_COMPARE_DEBUG",
+    "CCC_OVERRIDE_OPTIONS",
+    "CL",
+    "_CL_",
+    // ccache runs this before the compiler, or another compiler.
+    "CCACHE_PREFIX",
+    "CCACHE_COMPILER",
+    "CCACHE_PATH",
+    // A shell (a wrapper script among the allowed programs) sources these,
+    // and bash imports functions from these.
+    "BASH_ENV",
+    "ENV",
+    "BASH_FUNC_",
+];
+
+/// Whether `name` is one of `CODE_LOADING`.
+pub fn loads_code(name: &[u8]) -> bool {
+    CODE_LOADING.iter().any(|entry| {
+        let entry = entry.as_bytes();
+        if entry.ends_with(b"_") {
+            name.starts_with(entry)
+        } else {
+            name == entry
+        }
+    })
+}
+
+/// Under a command policy: the variables of `CODE_LOADING` dropped, and
+/// PATH the node's, because a compiler driver finds `as` and `ld` (and gcc
+/// its own installation) through PATH, which the policy does not check.
+pub fn under_policy(spec: &mut JobSpec) {
+    spec.env
+        .retain(|v| !loads_code(&v.name) && v.name.as_ref() != b"PATH");
+    spec.env.push(mexec_proto::v1::EnvVar {
+        name: "PATH".into(),
+        value: NODE_PATH.into(),
+    });
+}
+
 fn node_defaults(run_as: Option<&Account>) -> Vec<(OsString, OsString)> {
     let mut env = vec![
         ("PATH".into(), NODE_PATH.into()),
@@ -123,5 +186,28 @@ mod tests {
         assert_eq!(lookup(&env, "HOME"), Some(OsStr::new("/tmp/h")));
         assert_eq!(env.iter().filter(|(k, _)| k == "HOME").count(), 1);
         assert_eq!(job_path(&spec), Some(NODE_PATH.into()));
+    }
+
+    #[test]
+    fn under_a_policy_code_loading_variables_go_and_path_is_the_nodes() {
+        let mut spec = JobSpec {
+            env: vec![
+                var("LD_PRELOAD", "/tmp/evil.so"),
+                var("LD_LIBRARY_PATH", "/tmp"),
+                var("GCC_EXEC_PREFIX", "/tmp/evil/"),
+                var("COMPILER_PATH", "/tmp/evil"),
+                var("COLLECT_GCC", "/tmp/evil/gcc"),
+                var("BASH_FUNC_ls%%", "() { evil; }"),
+                var("PATH", "/tmp/evil:/usr/bin"),
+                var("LANG", "C.UTF-8"),
+                var("LD_RUN_PATH", "/opt/lib"),
+            ],
+            ..JobSpec::default()
+        };
+        under_policy(&mut spec);
+        let env = for_job(&spec, None);
+        let names: Vec<_> = env.iter().map(|(k, _)| k.to_string_lossy()).collect();
+        assert_eq!(names, ["LANG", "LD_RUN_PATH", "PATH"]);
+        assert_eq!(lookup(&env, "PATH"), Some(OsStr::new(NODE_PATH)));
     }
 }

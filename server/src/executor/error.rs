@@ -13,6 +13,8 @@ pub enum JobError {
     NoStart,
     #[error("the client closed the stream before sending the job")]
     NoRequest,
+    #[error("malformed request: {0}")]
+    Malformed(String),
     #[error("the job has an empty argv")]
     EmptyArgv,
     #[error("working directory {0} is not an absolute path")]
@@ -38,6 +40,11 @@ pub enum JobError {
          (allowed_programs: {policy})"
     )]
     ProgramDenied { program: String, policy: String },
+    #[error(
+        "option `{option}` of `{program}` is refused by this node's command policy: \
+         it makes the program load or run code the policy did not check"
+    )]
+    OptionDenied { program: String, option: String },
     #[error("has too many open streams from {peer} ({limit}); try again later")]
     TooManyStreams { peer: String, limit: usize },
 }
@@ -52,16 +59,33 @@ impl From<AdmissionRefusal> for JobError {
 }
 
 impl JobError {
+    /// What a failure to read the job's message means: a request that does
+    /// not decode (not protobuf, bad UTF-8 in a text field, over the size
+    /// limit) is malformed, and says why; anything else is a client that
+    /// went away.
+    pub fn reading_job(status: &Status) -> JobError {
+        let undecodable = status.code() == tonic::Code::OutOfRange
+            || (status.code() == tonic::Code::Internal && status.message().contains("decode"));
+        if undecodable {
+            JobError::Malformed(status.message().to_owned())
+        } else {
+            JobError::NoRequest
+        }
+    }
+
     /// The kind of refusal clients act on; `None` for a stream the client
     /// itself abandoned, which nobody reads.
     fn refusal(&self) -> Option<Refusal> {
         Some(match self {
             JobError::NoStart
+            | JobError::Malformed(_)
             | JobError::EmptyArgv
             | JobError::RelativeCwd(_)
             | JobError::TooLarge(_) => Refusal::Malformed,
             JobError::StartTimeout(_) => Refusal::StartTimeout,
-            JobError::UserDenied(_) | JobError::ProgramDenied { .. } => Refusal::Denied,
+            JobError::UserDenied(_)
+            | JobError::ProgramDenied { .. }
+            | JobError::OptionDenied { .. } => Refusal::Denied,
             JobError::TooManyStreams { .. } => Refusal::Limit,
             JobError::NoRequest => return None,
             JobError::CwdMissing(_) => Refusal::CwdMissing,

@@ -58,7 +58,7 @@ pub use error::JobError;
 pub use group_keeper::GroupKeeper;
 pub use limits::JobLimits;
 pub use memory::MemoryWatch;
-pub use policy::CommandPolicy;
+pub use policy::{CommandPolicy, Program};
 pub use valid_job::{validate, ValidJob};
 
 use crate::auth::Access;

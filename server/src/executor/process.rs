@@ -2,15 +2,16 @@
 //! client's cwd, environment and umask, the configured account, pipes for
 //! the three standard streams, and `wait4` for its resource use.
 
-use std::ffi::OsStr;
+use std::ffi::{CString, OsStr, OsString};
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::stat::Mode;
 use nix::unistd::Pid;
@@ -18,6 +19,7 @@ use tokio::net::unix::pipe;
 
 use super::account::Account;
 use super::limits::Rlimits;
+use super::policy::Program;
 use super::valid_job::ValidJob;
 
 /// A started job process; its pid is also its process group id.
@@ -43,7 +45,13 @@ pub struct Reaped {
 /// Starts `job` in a new process group, as `run_as` when given, with
 /// `rlimits`.
 pub fn spawn(job: &ValidJob, run_as: Option<&Account>, rlimits: Rlimits) -> io::Result<Started> {
-    let mut command = command(job, run_as);
+    let env = super::environment::for_job(&job.spec, run_as);
+    let by_fd = job
+        .program
+        .as_ref()
+        .map(|program| ExecByFd::new(program, &job.argv, &env))
+        .transpose()?;
+    let mut command = command(job, run_as, env);
     let umask = Mode::from_bits_truncate((job.spec.umask & 0o777) as _);
     // SAFETY: the closure runs between fork and exec, so it may only make
     // async-signal-safe calls: umask, setrlimit and prctl are plain system
@@ -59,7 +67,11 @@ pub fn spawn(job: &ValidJob, run_as: Option<&Account>, rlimits: Rlimits) -> io::
             // long as the daemon.
             #[cfg(target_os = "linux")]
             let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-            Ok(())
+            close_inherited_on_exec();
+            match &by_fd {
+                Some(by_fd) => Err(by_fd.exec()),
+                None => Ok(()),
+            }
         });
     }
     let mut child = command.spawn()?;
@@ -82,19 +94,17 @@ pub fn spawn(job: &ValidJob, run_as: Option<&Account>, rlimits: Rlimits) -> io::
 
 /// The command for `job`: its argv, environment, cwd and account, in a
 /// process group of its own, with its standard streams piped.
-fn command(job: &ValidJob, run_as: Option<&Account>) -> Command {
+fn command(job: &ValidJob, run_as: Option<&Account>, env: Vec<(OsString, OsString)>) -> Command {
+    // With a checked program, the child execs it by descriptor from
+    // `pre_exec` (`ExecByFd`) and never reaches the exec Command would do.
     let mut command = match &job.program {
-        Some(path) => {
-            let mut command = Command::new(path);
-            command.arg0(&job.argv[0]);
-            command
-        }
+        Some(program) => Command::new(&program.path),
         None => Command::new(&job.argv[0]),
     };
     command
         .args(&job.argv[1..])
         .env_clear()
-        .envs(super::environment::for_job(&job.spec, run_as))
+        .envs(env)
         .current_dir(&job.cwd)
         // The job leads its own group, so signals and kills reach everything
         // it starts, and nothing of the daemon's.
@@ -111,6 +121,100 @@ fn command(job: &ValidJob, run_as: Option<&Account>) -> Command {
     }
     command
 }
+
+/// The exec of a program the command policy opened: its descriptor, and
+/// argv and envp as C arrays, built before the fork because the child may
+/// not allocate.
+struct ExecByFd {
+    fd: RawFd,
+    script: bool,
+    _strings: Vec<CString>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+}
+
+// SAFETY: the pointers point into `_strings`, owned alongside them and
+// never changed; the child only reads them.
+unsafe impl Send for ExecByFd {}
+unsafe impl Sync for ExecByFd {}
+
+impl ExecByFd {
+    fn new(program: &Program, argv: &[OsString], env: &[(OsString, OsString)]) -> io::Result<Self> {
+        let c = |bytes: Vec<u8>| {
+            CString::new(bytes).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "nul byte in argument or variable",
+                )
+            })
+        };
+        let mut args = vec![c(program.argv0.as_bytes().to_vec())?];
+        for arg in &argv[1..] {
+            args.push(c(arg.as_bytes().to_vec())?);
+        }
+        let mut vars = Vec::with_capacity(env.len());
+        for (name, value) in env {
+            vars.push(c([name.as_bytes(), b"=", value.as_bytes()].concat())?);
+        }
+        let pointers = |strings: &[CString]| {
+            let mut p: Vec<_> = strings.iter().map(|s| s.as_ptr()).collect();
+            p.push(std::ptr::null());
+            p
+        };
+        let (argv, envp) = (pointers(&args), pointers(&vars));
+        args.extend(vars);
+        Ok(ExecByFd {
+            fd: program.fd.as_raw_fd(),
+            script: program.script,
+            _strings: args,
+            argv,
+            envp,
+        })
+    }
+
+    /// In the forked child: execs the program; returns only the error.
+    fn exec(&self) -> io::Error {
+        // SAFETY: `fd` stays open until the spawn returns (the job owns it).
+        let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        if self.script {
+            // The interpreter opens the script as /dev/fd/N after the exec.
+            if let Err(err) = fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty())) {
+                return err.into();
+            }
+        }
+        // Through libc: nix's fexecve builds its arrays, which allocates,
+        // and a forked child of a threaded daemon must not.
+        // SAFETY: both arrays are null-terminated and point at C strings
+        // that outlive the call.
+        unsafe { libc::fexecve(self.fd, self.argv.as_ptr(), self.envp.as_ptr()) };
+        io::Error::last_os_error()
+    }
+}
+
+/// Marks every descriptor above the standard three close-on-exec, so the
+/// job inherits none of the daemon's (a library's socket, a descriptor the
+/// daemon itself inherited). Marked, not closed: the pipe on which the
+/// child reports a failed exec must stay open until the exec.
+fn close_inherited_on_exec() {
+    // Through libc: nix has no close_range. CLOSE_RANGE_CLOEXEC needs
+    // Linux 5.11; before that each descriptor is marked in turn.
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range only changes descriptor flags.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    if rc == 0 {
+        return;
+    }
+    for raw in 3..FALLBACK_FDS {
+        // SAFETY: fcntl on a descriptor that is not open fails with EBADF
+        // and does nothing else.
+        let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+        let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+    }
+}
+
+/// How many descriptors the fallback of `close_inherited_on_exec` covers:
+/// the default open-files limit of a job.
+const FALLBACK_FDS: RawFd = 4096;
 
 type Pipes = (Option<pipe::Sender>, pipe::Receiver, pipe::Receiver);
 

@@ -90,7 +90,7 @@ async fn start_job(
     let first = tokio::time::timeout(ctx.start_timeout, inbound.message())
         .await
         .map_err(|_| JobError::StartTimeout(ctx.start_timeout))?
-        .map_err(|_| JobError::NoRequest)?
+        .map_err(|status| JobError::reading_job(&status))?
         .ok_or(JobError::NoRequest)?;
     let Some(run_request::Msg::Start(mut spec)) = first.msg else {
         return Err(JobError::NoStart);

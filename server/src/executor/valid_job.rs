@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use mexec_proto::v1::JobSpec;
 
+use super::environment;
 use super::error::JobError;
-use super::policy::CommandPolicy;
+use super::policy::{CommandPolicy, Program};
 use crate::request_limits;
 
 /// A job that passed every check made before admission.
@@ -22,10 +23,10 @@ pub struct ValidJob {
     pub argv: Vec<OsString>,
     /// The working directory, absolute, a directory at admission.
     pub cwd: PathBuf,
-    /// Where to start the program from when the command policy resolved it
+    /// The file to start, opened and checked when a command policy is set
     /// (so what runs is what was checked); otherwise `argv[0]` is searched
     /// for on the job's PATH as the job starts, as a shell would.
-    pub program: Option<PathBuf>,
+    pub program: Option<Program>,
     /// `argv[0]` as text, for messages and the log.
     pub argv0: String,
 }
@@ -33,9 +34,12 @@ pub struct ValidJob {
 impl ValidJob {
     /// Checks `spec` (see `validate`) and, under a command policy, resolves
     /// its program.
-    pub fn new(spec: JobSpec, policy: Option<&CommandPolicy>) -> Result<ValidJob, JobError> {
+    pub fn new(mut spec: JobSpec, policy: Option<&CommandPolicy>) -> Result<ValidJob, JobError> {
         validate(&spec)?;
         let program = policy.map(|policy| policy.check(&spec)).transpose()?;
+        if program.is_some() {
+            environment::under_policy(&mut spec);
+        }
         let argv: Vec<OsString> = spec
             .argv
             .iter()
@@ -101,7 +105,7 @@ mod tests {
             ("true", Path::new("/tmp"))
         );
         assert_eq!(job.timeout(), Some(Duration::from_millis(1500)));
-        assert_eq!(job.program, None);
+        assert!(job.program.is_none());
 
         let err = |s| ValidJob::new(s, None).unwrap_err();
         assert_eq!(err(spec(&[], "/tmp")), JobError::EmptyArgv);
@@ -125,7 +129,9 @@ mod tests {
             value: "/usr/bin:/bin".into(),
         }];
         let job = ValidJob::new(allowed, Some(&policy)).unwrap();
-        assert!(job.program.is_some_and(|p| p.ends_with("true")));
+        let program = job.program.as_ref().unwrap();
+        assert!(program.path.ends_with("true"), "{program:?}");
+        assert!(program.argv0.to_string_lossy().ends_with("/true"));
         let denied = ValidJob::new(spec(&["sh"], "/"), Some(&policy)).unwrap_err();
         assert!(matches!(denied, JobError::ProgramDenied { .. }));
     }

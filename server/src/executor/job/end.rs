@@ -5,6 +5,7 @@
 use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, Instant};
 
+use mexec_common::telemetry::Escaped;
 use mexec_proto::v1::{exit, run_response, Exit};
 
 use super::{response, Outbound};
@@ -73,9 +74,9 @@ pub async fn start_failed(
         Err(refusal) => {
             tracing::warn!(
                 target: LOG_TARGET,
-                job_id = %job.spec.job_id,
+                job_id = %Escaped(&job.spec.job_id),
                 node = %ctx.name,
-                %refusal,
+                refusal = %Escaped(&refusal.to_string()),
                 "job refused"
             );
             let _ = out.send(Err(refusal.into_status(&ctx.name))).await;
@@ -179,18 +180,21 @@ fn log_job(ctx: &NodeContext, job: &ValidJob, started_at: Instant, exit: &Exit) 
         None => "unknown".to_owned(),
     };
     let spec = &job.spec;
+    // What ran, when the policy resolved it: argv0 is only what was asked.
+    let program = job.program.as_ref().map(|p| p.path.display().to_string());
     tracing::info!(
         target: LOG_TARGET,
-        job_id = %spec.job_id,
-        user = %spec.user,
-        client_host = %spec.client_host,
-        client_os = %spec.client_os,
-        build_id = %spec.build_id,
-        argv0 = job.argv0.as_str(),
+        job_id = %Escaped(&spec.job_id),
+        user = %Escaped(&spec.user),
+        client_host = %Escaped(&spec.client_host),
+        client_os = %Escaped(&spec.client_os),
+        build_id = %Escaped(&spec.build_id),
+        argv0 = %Escaped(&job.argv0),
+        program = program.as_deref(),
         node = %ctx.name,
         duration_ms = started_at.elapsed().as_millis() as u64,
         status,
-        error = %exit.error,
+        error = %Escaped(&exit.error),
         "job finished"
     );
 }
