@@ -91,24 +91,14 @@ fn sign_of_one(err: &(dyn Error + 'static)) -> TlsSign {
         return TlsSign::Refused;
     }
     if let Some(io) = err.downcast_ref::<std::io::Error>() {
-        // rustls's errors reach us inside an I/O error, whose `source`
-        // skips them: look inside.
-        if io
-            .get_ref()
-            .is_some_and(|inner| inner.is::<rustls::Error>())
-        {
-            return TlsSign::Refused;
-        }
-        return match io.kind() {
-            // Only the TLS layer reports a connection that ended early this
-            // way (a handshake cut off, no close_notify); HTTP/2 reports a
-            // broken pipe.
-            ErrorKind::UnexpectedEof => TlsSign::Refused,
-            ErrorKind::BrokenPipe | ErrorKind::ConnectionReset => TlsSign::Dropped,
-            _ => TlsSign::None,
-        };
+        return sign_of_io(io);
     }
     if let Some(h2) = err.downcast_ref::<h2::Error>() {
+        // An I/O failure under HTTP/2 (a TLS alert read mid-stream) is
+        // kept inside the h2 error, which has no `source`.
+        if let Some(io) = h2.get_io() {
+            return sign_of_io(io);
+        }
         return match h2.reason() {
             Some(h2::Reason::PROTOCOL_ERROR | h2::Reason::FRAME_SIZE_ERROR) => TlsSign::Garbled,
             _ => TlsSign::None,
@@ -117,6 +107,27 @@ fn sign_of_one(err: &(dyn Error + 'static)) -> TlsSign {
     match err.downcast_ref::<hyper::Error>() {
         // The connection closed while our request was on it.
         Some(hyper) if hyper.is_canceled() => TlsSign::Dropped,
+        _ => TlsSign::None,
+    }
+}
+
+fn sign_of_io(io: &std::io::Error) -> TlsSign {
+    // rustls's errors reach us inside an I/O error, whose `source` skips
+    // them: look inside.
+    if io
+        .get_ref()
+        .is_some_and(|inner| inner.is::<rustls::Error>())
+    {
+        return TlsSign::Refused;
+    }
+    match io.kind() {
+        // Only the TLS layer reports a connection that ended early this
+        // way (a handshake cut off, no close_notify); HTTP/2 reports a
+        // broken pipe. And only the TLS layer reports bad data as an I/O
+        // error: an alert read mid-stream reaches us as InvalidData whose
+        // inner error is the alert's text, not a `rustls::Error`.
+        ErrorKind::UnexpectedEof | ErrorKind::InvalidData => TlsSign::Refused,
+        ErrorKind::BrokenPipe | ErrorKind::ConnectionReset => TlsSign::Dropped,
         _ => TlsSign::None,
     }
 }
@@ -158,6 +169,9 @@ mod tests {
         );
         let eof = io(ErrorKind::UnexpectedEof, "tls handshake eof");
         assert_eq!(TlsSign::of(&eof), TlsSign::Refused);
+        // As hyper hands on an alert read mid-stream: its text only.
+        let text = io(ErrorKind::InvalidData, "received fatal alert: UnknownCA");
+        assert_eq!(TlsSign::of(&text), TlsSign::Refused);
         assert!(TlsSign::Refused.hint().starts_with(" (mutual TLS: "));
     }
 

@@ -50,6 +50,29 @@ pub enum TokenError {
     },
 }
 
+/// Refuses a token file that others may read or write, or that belongs to
+/// someone other than us or root.
+#[cfg(unix)]
+fn check_private(path: &Path, meta: &std::fs::Metadata) -> Result<(), TokenError> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.mode() & 0o077 != 0 || (meta.uid() != me && meta.uid() != 0) {
+        return Err(TokenError::TooOpen {
+            path: path.to_owned(),
+            mode: meta.mode() & 0o7777,
+            owner: meta.uid(),
+        });
+    }
+    Ok(())
+}
+
+/// Windows has no mode bits: a token file's access is its ACL's, which
+/// the user's profile directory already keeps private.
+#[cfg(not(unix))]
+fn check_private(_path: &Path, _meta: &std::fs::Metadata) -> Result<(), TokenError> {
+    Ok(())
+}
+
 impl Token {
     /// Reads the first line of `path`; surrounding white space is dropped.
     /// As ssh does with a private key, a file that others may read or
@@ -57,7 +80,6 @@ impl Token {
     /// the token is the whole of the authentication.
     pub fn from_file(path: &Path) -> Result<Self, TokenError> {
         use std::io::Read;
-        use std::os::unix::fs::MetadataExt;
         let read = |source| TokenError::Read {
             path: path.to_owned(),
             source,
@@ -65,14 +87,7 @@ impl Token {
         // The checks are of the file opened, not of the name.
         let mut file = std::fs::File::open(path).map_err(read)?;
         let meta = file.metadata().map_err(read)?;
-        let me = nix::unistd::geteuid().as_raw();
-        if meta.mode() & 0o077 != 0 || (meta.uid() != me && meta.uid() != 0) {
-            return Err(TokenError::TooOpen {
-                path: path.to_owned(),
-                mode: meta.mode() & 0o7777,
-                owner: meta.uid(),
-            });
-        }
+        check_private(path, &meta)?;
         let mut text = String::new();
         file.read_to_string(&mut text).map_err(read)?;
         let token = text.lines().next().unwrap_or("").trim().to_owned();
