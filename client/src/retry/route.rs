@@ -328,14 +328,22 @@ impl Leased {
     }
 }
 
-/// The gatekeeper is down: place directly over the members it last told
-/// us about, else the configured nodes.
+/// The gatekeeper is down: place directly over the configured nodes, else
+/// the members it last told us about. Nodes given explicitly always win:
+/// the cache is only a hint, and one we cannot trust is not used at all.
 fn without_gatekeeper(cx: Context<'_>, gatekeeper: &NodeAddr, cause: &str) -> Step {
-    let cached = MemberCache::for_gatekeeper(gatekeeper).nodes();
-    let (nodes, source) = if cached.is_empty() {
-        (cx.settings.farm.nodes.clone(), "configured")
+    let configured = &cx.settings.farm.nodes;
+    let (nodes, source) = if !configured.is_empty() {
+        (configured.clone(), "configured")
     } else {
-        (cached, "last known")
+        match MemberCache::for_gatekeeper(gatekeeper).nodes() {
+            Ok(cached) if !cached.is_empty() => (cached, "last known"),
+            Ok(_) => (Vec::new(), "configured"),
+            Err(refused) => {
+                say!("{refused}");
+                (Vec::new(), "configured")
+            }
+        }
     };
     say!(
         "gatekeeper {} unreachable ({cause}); placing directly over {} {source} nodes",
