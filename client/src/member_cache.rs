@@ -1,7 +1,8 @@
 //! The member list last learned from a gatekeeper, kept beside the
 //! placement state, for direct placement while the gatekeeper is down.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use mexec_common::clock::now_ms;
 use mexec_common::nodes::NodeAddr;
@@ -45,23 +46,32 @@ impl MemberCache {
         }
     }
 
-    fn read(&self) -> Option<CachedMembers> {
-        serde_json::from_slice(&std::fs::read(&self.path).ok()?).ok()
+    /// The list, if there is one we may trust: one that another local user
+    /// could have planted or changed is refused with the reason.
+    fn read(&self) -> Result<Option<CachedMembers>, String> {
+        match SharedState::read_private(&self.path) {
+            Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("member cache {} ignored: {e}", self.path.display())),
+        }
     }
 
     /// Whether the list should be refreshed.
     pub fn is_stale(&self) -> bool {
         self.read()
+            .ok()
+            .flatten()
             .map(|c| now_ms().saturating_sub(c.updated_ms) > MEMBERS_TTL_MS)
             .unwrap_or(true)
     }
 
-    /// The cached members as a node list.
-    pub fn nodes(&self) -> Vec<NodeAddr> {
-        let Some(cached) = self.read() else {
-            return Vec::new();
+    /// The cached members as a node list (empty when there is none), or
+    /// why the cache was refused.
+    pub fn nodes(&self) -> Result<Vec<NodeAddr>, String> {
+        let Some(cached) = self.read()? else {
+            return Ok(Vec::new());
         };
-        cached
+        Ok(cached
             .members
             .iter()
             .filter_map(|m| {
@@ -69,7 +79,7 @@ impl MemberCache {
                 addr.slots = Some(m.slots).filter(|s| *s > 0);
                 Some(addr)
             })
-            .collect()
+            .collect())
     }
 
     /// Replaces the list with `members`.
@@ -96,9 +106,21 @@ impl MemberCache {
             }
         }
         if let Ok(text) = serde_json::to_vec(&cached) {
-            if std::fs::write(&tmp, text).is_ok() {
+            if write_new_private(&tmp, &text).is_ok() {
                 let _ = std::fs::rename(&tmp, &self.path);
+            } else {
+                let _ = std::fs::remove_file(&tmp);
             }
         }
     }
+}
+
+/// Writes a new file only we can write, whatever the umask, so that the
+/// next read accepts it; an existing file or link in its place is refused.
+fn write_new_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(bytes)
 }

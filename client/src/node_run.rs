@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use mexec_common::connector::{AuthChannel, Connector};
-use mexec_common::dial::dial;
+use mexec_common::dial::dial_named;
 use mexec_common::nodes::NodeAddr;
 use mexec_proto::v1::executor_client::ExecutorClient;
 use mexec_proto::v1::gatekeeper_client::GatekeeperClient;
@@ -33,6 +33,9 @@ const STDIN_CHUNK: usize = 64 * 1024;
 pub enum Target<'a> {
     /// Straight to an executor.
     Executor(&'a NodeAddr),
+    /// Straight to the executor the gatekeeper leased a slot on, by name:
+    /// under TLS its certificate must name that node.
+    Leased { addr: &'a NodeAddr, node: &'a str },
     /// Through the gatekeeper, which places the job and relays it.
     Relay(&'a NodeAddr),
 }
@@ -40,7 +43,14 @@ pub enum Target<'a> {
 impl Target<'_> {
     fn addr(&self) -> &NodeAddr {
         match self {
-            Target::Executor(addr) | Target::Relay(addr) => addr,
+            Target::Executor(addr) | Target::Leased { addr, .. } | Target::Relay(addr) => addr,
+        }
+    }
+
+    fn node_name(&self) -> Option<&str> {
+        match self {
+            Target::Leased { node, .. } => Some(node),
+            Target::Executor(_) | Target::Relay(_) => None,
         }
     }
 }
@@ -55,7 +65,7 @@ pub async fn run_on(
 ) -> Outcome {
     let node = target.addr();
     let tls = connector.tls().is_some();
-    let channel = match dial(connector, node).await {
+    let channel = match dial_named(connector, node, target.node_name()).await {
         Ok(channel) => channel,
         Err(cause) => return Outcome::NotStarted(NotStarted::Unreachable(cause)),
     };
@@ -91,7 +101,9 @@ async fn open(
 ) -> Result<Streaming<RunResponse>, Status> {
     let request = Request::new(ReceiverStream::new(requests));
     let opened = match target {
-        Target::Executor(_) => ExecutorClient::new(channel).run(request).await,
+        Target::Executor(_) | Target::Leased { .. } => {
+            ExecutorClient::new(channel).run(request).await
+        }
         Target::Relay(_) => GatekeeperClient::new(channel).run(request).await,
     };
     opened.map(|response| response.into_inner())

@@ -11,8 +11,19 @@ use crate::nodes::NodeAddr;
 
 /// Connects to `node`; a failure comes back as the line a person reads.
 pub async fn dial(connector: &Connector, node: &NodeAddr) -> Result<AuthChannel, String> {
+    dial_named(connector, node, None).await
+}
+
+/// Connects to `addr`; under TLS, when `name` is given, only to a peer
+/// whose certificate names that node (the gatekeeper's lease says which
+/// node is there, so an address a node advertised cannot lead elsewhere).
+pub async fn dial_named(
+    connector: &Connector,
+    addr: &NodeAddr,
+    name: Option<&str>,
+) -> Result<AuthChannel, String> {
     connector
-        .connect(&node.authority())
+        .connect_to_node(&addr.authority(), name)
         .await
         .map_err(|err| describe(&err))
 }

@@ -431,6 +431,16 @@ impl Gatekeeper {
         )
     }
 
+    /// Starts a gatekeeper listening on `listen` (a wildcard address, say,
+    /// so that peers can come from several loopback addresses).
+    pub fn start_listening(listen: SocketAddr, extra: &[&str]) -> Gatekeeper {
+        Self::start_on(
+            Vec::new(),
+            listen,
+            extra.iter().map(|s| s.to_string()).collect(),
+        )
+    }
+
     /// Starts a gatekeeper on host `host` of `lan`, listening on `port`.
     pub fn start_in(lan: &netns::Lan, host: usize, port: u16, extra: &[&str]) -> Gatekeeper {
         let launcher = ["ip", "netns", "exec", &lan.hosts[host].namespace]

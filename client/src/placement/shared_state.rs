@@ -127,13 +127,26 @@ impl SharedState {
         }
         let mut options = OpenOptions::new();
         options.read(true).write(true).create(true).truncate(false);
-        // Never follow a link planted in place of the file.
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::custom_flags(
-            &mut options,
-            nix::fcntl::OFlag::O_NOFOLLOW.bits(),
-        );
-        options.open(&self.path)
+        let file = open_no_follow(&mut options, &self.path)?;
+        check_private_file(&file, &self.path)?;
+        Ok(file)
+    }
+
+    /// Reads a file that lives beside the state file, refusing one that
+    /// is not ours alone (a link, another user's file, a file or directory
+    /// others can write): what another local user planted must never
+    /// steer our jobs.
+    pub fn read_private(path: &Path) -> std::io::Result<Vec<u8>> {
+        if let Some(dir) = path.parent() {
+            check_private_dir(dir)?;
+        }
+        let mut options = OpenOptions::new();
+        options.read(true);
+        let mut file = open_no_follow(&mut options, path)?;
+        check_private_file(&file, path)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        Ok(bytes)
     }
 
     /// Creates `dir` private to us, and refuses one that someone else owns
@@ -141,7 +154,7 @@ impl SharedState {
     /// the state file and what lives beside it.
     #[cfg(unix)]
     pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        use std::os::unix::fs::DirBuilderExt;
         match std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -151,15 +164,7 @@ impl SharedState {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
-        let meta = std::fs::symlink_metadata(dir)?;
-        let me = nix::unistd::geteuid().as_raw();
-        if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o022 != 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                format!("{} is not a directory private to this user", dir.display()),
-            ));
-        }
-        Ok(())
+        check_private_dir(dir)
     }
 
     /// Creates `dir`: elsewhere the state lives in the user's own
@@ -168,6 +173,57 @@ impl SharedState {
     pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)
     }
+}
+
+/// Opens `path`, never following a link planted in place of the file.
+fn open_no_follow(options: &mut OpenOptions, path: &Path) -> std::io::Result<File> {
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(options, nix::fcntl::OFlag::O_NOFOLLOW.bits());
+    options.open(path)
+}
+
+/// Refuses a directory that is not ours or that others can write.
+#[cfg(unix)]
+fn check_private_dir(dir: &Path) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(dir)?;
+    refuse_unless_private(&meta, meta.is_dir(), dir, "directory")
+}
+
+#[cfg(not(unix))]
+fn check_private_dir(_dir: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// Refuses an open file that is not a regular file of ours that only we
+/// can write. Checked on the descriptor, so a rename after the check
+/// changes nothing.
+#[cfg(unix)]
+fn check_private_file(file: &File, path: &Path) -> std::io::Result<()> {
+    let meta = file.metadata()?;
+    refuse_unless_private(&meta, meta.is_file(), path, "file")
+}
+
+#[cfg(not(unix))]
+fn check_private_file(_file: &File, _path: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
+#[cfg(unix)]
+fn refuse_unless_private(
+    meta: &std::fs::Metadata,
+    right_type: bool,
+    path: &Path,
+    what: &str,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    if !right_type || meta.uid() != me || meta.mode() & 0o022 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("{} is not a {what} private to this user", path.display()),
+        ));
+    }
+    Ok(())
 }
 
 /// How long a client waits for the state lock before placing without it.

@@ -51,15 +51,28 @@ pub(super) enum Step {
 /// Where one attempt sends the job.
 pub(super) struct Attempt {
     addr: NodeAddr,
-    relayed: bool,
+    how: Via,
+}
+
+/// How an attempt reaches its node.
+enum Via {
+    /// Placed by us over a node list.
+    Direct,
+    /// On the node the gatekeeper leased, by its name.
+    Leased(String),
+    /// Through the relaying gatekeeper.
+    Relayed,
 }
 
 impl Attempt {
     pub(super) fn target(&self) -> Target<'_> {
-        if self.relayed {
-            Target::Relay(&self.addr)
-        } else {
-            Target::Executor(&self.addr)
+        match &self.how {
+            Via::Direct => Target::Executor(&self.addr),
+            Via::Leased(node) => Target::Leased {
+                addr: &self.addr,
+                node,
+            },
+            Via::Relayed => Target::Relay(&self.addr),
         }
     }
 }
@@ -113,7 +126,7 @@ impl Route {
             Route::Leased(leased) => leased.next(cx, signals).await,
             Route::Relayed(gatekeeper) => Step::Run(Attempt {
                 addr: gatekeeper.clone(),
-                relayed: true,
+                how: Via::Relayed,
             }),
         }
     }
@@ -201,7 +214,7 @@ impl Direct {
         ));
         Step::Run(Attempt {
             addr,
-            relayed: false,
+            how: Via::Direct,
         })
     }
 
@@ -283,12 +296,12 @@ impl Leased {
                     lease.node,
                     lease.addr.authority()
                 ));
-                let addr = lease.addr.clone();
+                let attempt = Attempt {
+                    addr: lease.addr.clone(),
+                    how: Via::Leased(lease.node.clone()),
+                };
                 self.lease = Some(lease);
-                Step::Run(Attempt {
-                    addr,
-                    relayed: false,
-                })
+                Step::Run(attempt)
             }
             Err(NotStarted::Busy(cause)) => {
                 cx.explain(&cause);
@@ -328,14 +341,22 @@ impl Leased {
     }
 }
 
-/// The gatekeeper is down: place directly over the members it last told
-/// us about, else the configured nodes.
+/// The gatekeeper is down: place directly over the configured nodes, else
+/// the members it last told us about. Nodes given explicitly always win:
+/// the cache is only a hint, and one we cannot trust is not used at all.
 fn without_gatekeeper(cx: Context<'_>, gatekeeper: &NodeAddr, cause: &str) -> Step {
-    let cached = MemberCache::for_gatekeeper(gatekeeper).nodes();
-    let (nodes, source) = if cached.is_empty() {
-        (cx.settings.farm.nodes.clone(), "configured")
+    let configured = &cx.settings.farm.nodes;
+    let (nodes, source) = if !configured.is_empty() {
+        (configured.clone(), "configured")
     } else {
-        (cached, "last known")
+        match MemberCache::for_gatekeeper(gatekeeper).nodes() {
+            Ok(cached) if !cached.is_empty() => (cached, "last known"),
+            Ok(_) => (Vec::new(), "configured"),
+            Err(refused) => {
+                say!("{refused}");
+                (Vec::new(), "configured")
+            }
+        }
     };
     say!(
         "gatekeeper {} unreachable ({cause}); placing directly over {} {source} nodes",

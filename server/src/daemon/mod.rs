@@ -8,6 +8,8 @@
 //! Layout:
 //! - `options`: the shared flags and config keys, flattened into each
 //!   role's, and their resolution (loopback unless authenticated).
+//! - `connections`: accepting under caps per peer and in all, with a
+//!   deadline for a connection's first bytes.
 //! - `serve`: one `serve` for both daemons: TLS, access checks, HTTP/2
 //!   keepalive, stream caps, health, graceful stop.
 //! - `stream_limits`: the cap on streams one peer may hold open.
@@ -17,6 +19,7 @@ use std::pin::Pin;
 
 use tokio_stream::Stream;
 
+mod connections;
 mod options;
 mod serve;
 pub mod shutdown;

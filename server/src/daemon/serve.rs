@@ -12,8 +12,8 @@ use tonic::codegen::http::{Request, Response};
 use tonic::codegen::Service;
 use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
 
+use super::connections;
 use super::stream_limits::MAX_STREAMS_PER_CONNECTION;
 use super::DaemonSettings;
 
@@ -23,6 +23,10 @@ use super::DaemonSettings;
 /// slots, a gatekeeper takes its leases back and drops its queued requests.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections are closed (gracefully: no new streams, those open run to
+/// their end) at this age, so a peer that holds connections open without
+/// using them gives its descriptors back.
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
 /// How long open streams may keep a stopping daemon up once `drain` is
 /// done: peers get a moment to read their last messages, but a peer that
 /// keeps an idle stream open (a lease, a membership) must not keep the
@@ -67,9 +71,16 @@ where
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        // An idle connection (one holding no stream) is closed at this
+        // age; one with streams is closed when the last ends, never under
+        // a running job. Clients open a new one when they need it.
+        .max_connection_age(MAX_CONNECTION_AGE)
         .add_service(health_service)
         .add_service(InterceptedService::new(service, daemon.access()))
-        .serve_with_incoming_shutdown(incoming(listener), stopping);
+        .serve_with_incoming_shutdown(
+            connections::incoming(listener, KEEPALIVE_INTERVAL),
+            stopping,
+        );
     let linger = async {
         if drained.await.is_ok() {
             tokio::time::sleep(LINGER_AFTER_DRAIN).await;
@@ -81,12 +92,4 @@ where
         result = server => result,
         _ = linger => Ok(()),
     }
-}
-
-/// Accepted connections with Nagle off: job messages are small and latency
-/// is the product (with Nagle, a small message can wait 40 ms for an ACK).
-fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(KEEPALIVE_INTERVAL))
 }

@@ -12,6 +12,7 @@
 //! share: the small build is not stuck behind the large builds' backlog.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use mexec_proto::v1::{LeasedJob, LoadReport, Member, NodeStatus, UserStatus};
@@ -71,6 +72,14 @@ impl Reach {
             gatekeeper: address.to_owned(),
         }
     }
+
+    /// The host the node registered from: where we reach it.
+    pub fn registered_from(&self) -> Option<IpAddr> {
+        self.gatekeeper
+            .parse::<SocketAddr>()
+            .ok()
+            .map(|a| a.ip().to_canonical())
+    }
 }
 
 /// A member of the cluster.
@@ -112,6 +121,15 @@ pub struct Wanted {
     pub program: String,
     pub avoid: HashSet<String>,
     pub relayed: bool,
+}
+
+/// A live member's name, asked for from another host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken {
+    /// Where the member registered from.
+    pub held: IpAddr,
+    /// Where the new registration comes from.
+    pub from: IpAddr,
 }
 
 /// A granted slot.
@@ -216,8 +234,27 @@ impl Cluster {
         self.id()
     }
 
-    /// A node registers (again); leases on its old entry are kept.
-    pub fn join(&mut self, name: &str, reach: Reach, conn: ConnId, report: LoadReport) {
+    /// The live member called `name` when it registered from another
+    /// host than `reach` says: its name is not free to take.
+    pub fn held_elsewhere(&self, name: &str, reach: &Reach) -> Option<Taken> {
+        let holder = self.nodes.get(name)?;
+        let (held, from) = (holder.reach.registered_from()?, reach.registered_from()?);
+        (held != from).then_some(Taken { held, from })
+    }
+
+    /// A node registers (again); leases on its old entry are kept. A live
+    /// member's name registered from another host is refused: a restart
+    /// comes from the same host, a takeover from another.
+    pub fn join(
+        &mut self,
+        name: &str,
+        reach: Reach,
+        conn: ConnId,
+        report: LoadReport,
+    ) -> Result<(), Taken> {
+        if let Some(taken) = self.held_elsewhere(name, &reach) {
+            return Err(taken);
+        }
         let leased = self.leases.values().filter(|l| l.node == name).count() as u32;
         self.nodes.insert(
             name.to_owned(),
@@ -231,22 +268,30 @@ impl Cluster {
             },
         );
         self.dispatch();
+        Ok(())
     }
 
     /// A load report on stream `conn` from a node reachable at `reach`.
     /// A node dropped for silence whose stream still works (it was frozen,
     /// then thawed) comes back with its next report.
-    pub fn report(&mut self, name: &str, reach: &Reach, conn: ConnId, report: LoadReport) {
+    pub fn report(
+        &mut self,
+        name: &str,
+        reach: &Reach,
+        conn: ConnId,
+        report: LoadReport,
+    ) -> Result<(), Taken> {
         match self.nodes.get_mut(name) {
             Some(node) if node.conn == conn => {
                 node.report = report;
                 node.last_report = Instant::now();
             }
             // Replaced by a newer registration: this stream is stale.
-            Some(_) => return,
+            Some(_) => return Ok(()),
             None => return self.join(name, reach.clone(), conn, report),
         }
         self.dispatch();
+        Ok(())
     }
 
     /// Stream `conn` of node `name` ended.
@@ -517,7 +562,8 @@ mod tests {
                 Reach::same(&format!("{name}:1")),
                 conn,
                 report(*slots),
-            );
+            )
+            .unwrap();
         }
         c
     }
@@ -595,7 +641,7 @@ mod tests {
             ..Limits::default()
         });
         let conn = c.new_conn();
-        c.join("n", Reach::same("n:1"), conn, report(4));
+        c.join("n", Reach::same("n:1"), conn, report(4)).unwrap();
         let (_, mut first) = c.enqueue(want("capped", "b1")).unwrap();
         let (_, mut second) = c.enqueue(want("capped", "b1")).unwrap();
         assert!(first.try_recv().is_ok());
@@ -621,7 +667,8 @@ mod tests {
                 draining: true,
                 ..LoadReport::default()
             },
-        );
+        )
+        .unwrap();
         let mut w = want("u", "b");
         w.avoid.insert("a".into());
         let (_, mut rx) = c.enqueue(w).unwrap();
@@ -644,10 +691,33 @@ mod tests {
             QueueFull { queued: 2 }
         );
         let conn = c.new_conn();
-        c.join("n", Reach::same("n:1"), conn, report(1));
+        c.join("n", Reach::same("n:1"), conn, report(1)).unwrap();
         // Six missed heartbeats, as the README promises executors.
         assert_eq!(SILENCE_LIMIT, Duration::from_secs(3));
         let later = Instant::now() + SILENCE_LIMIT + Duration::from_millis(10);
         assert_eq!(c.expire_silent(later), vec!["n".to_owned()]);
+    }
+
+    #[test]
+    fn a_live_name_is_not_taken_from_another_host() {
+        let mut c = cluster(&[]);
+        let first = c.new_conn();
+        c.join("n", Reach::same("10.0.0.1:7460"), first, report(2))
+            .unwrap();
+        let thief = c.new_conn();
+        let taken = c
+            .join("n", Reach::same("10.0.0.9:7460"), thief, report(2))
+            .unwrap_err();
+        assert_eq!(taken.held.to_string(), "10.0.0.1");
+        assert_eq!(taken.from.to_string(), "10.0.0.9");
+        assert_eq!(c.members()[0].address, "10.0.0.1:7460");
+        // The node itself, restarted on the same host, takes its name back.
+        let restarted = c.new_conn();
+        c.join("n", Reach::same("10.0.0.1:7461"), restarted, report(2))
+            .unwrap();
+        // Once it has left, the name is free.
+        assert!(c.leave("n", restarted));
+        c.join("n", Reach::same("10.0.0.9:7460"), thief, report(2))
+            .unwrap();
     }
 }

@@ -5,6 +5,8 @@
 //! Layout:
 //! - `config`: `mexec-gatekeeper` settings.
 //! - `cluster`: members, leases and the fair queue (pure logic).
+//! - `registration`: what a registering node may say, and where it is
+//!   reached (the address its stream comes from).
 //! - `shared`: what every handler shares, and the steps lease and relay
 //!   handlers have in common.
 //! - `service`: the tonic handlers for membership, leases and status.
@@ -12,6 +14,7 @@
 
 pub mod cluster;
 pub mod config;
+mod registration;
 mod relay;
 mod service;
 mod shared;

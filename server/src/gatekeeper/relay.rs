@@ -7,7 +7,6 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use mexec_common::connector::ConnectError;
 use mexec_common::refusal::Refusal;
 use mexec_proto::v1::executor_client::ExecutorClient;
 use mexec_proto::v1::{run_request, run_response, JobSpec, RunRequest, RunResponse};
@@ -145,10 +144,7 @@ async fn start_on_node(
         .nodes
         .connect_to_node(&lease.reach.gatekeeper, Some(&lease.node))
         .await
-        .map_err(|err| match err {
-            ConnectError::BadAddress { .. } => format!("node {}: {err}", lease.node),
-            _ => format!("node {} unreachable: {err}", lease.node),
-        })?;
+        .map_err(|err| unreachable(lease, &err))?;
     let (to_node, requests) = mpsc::channel(8);
     let _ = to_node
         .send(RunRequest {
@@ -158,9 +154,21 @@ async fn start_on_node(
     let from_node = ExecutorClient::new(channel)
         .run(ReceiverStream::new(requests))
         .await
-        .map_err(|status| status.message().to_owned())?
+        .map_err(|status| match Refusal::of(&status) {
+            Some(_) => status.message().to_owned(),
+            None => unreachable(lease, &status),
+        })?
         .into_inner();
     Ok((to_node, from_node))
+}
+
+/// Why a node could not be reached, as the client hears it: one text
+/// whatever happened (a closed port, a port where something else
+/// listens, a timeout), so relaying tells nobody what listens where. The
+/// cause is logged here for the operator.
+fn unreachable(lease: &Grant, cause: &dyn std::fmt::Display) -> String {
+    tracing::warn!(node = %lease.node, address = %lease.reach.gatekeeper, %cause, "node unreachable for a relayed job");
+    format!("node {} unreachable", lease.node)
 }
 
 /// Relays the client's stdin and signals to the node and the node's
@@ -196,7 +204,7 @@ async fn relay_both_ways(
                     }
                 }
                 Ok(None) if !accepted => {
-                    return Attempt::NotStarted(format!("node {} closed the stream", lease.node))
+                    return Attempt::NotStarted(unreachable(lease, &"closed the stream"))
                 }
                 Ok(None) => {
                     let status = Status::unavailable(format!(
@@ -207,7 +215,10 @@ async fn relay_both_ways(
                     return Attempt::Done;
                 }
                 Err(status) if !accepted && status.code() != Code::Cancelled => {
-                    return Attempt::NotStarted(status.message().to_owned())
+                    return Attempt::NotStarted(match Refusal::of(&status) {
+                        Some(_) => status.message().to_owned(),
+                        None => unreachable(lease, &status),
+                    })
                 }
                 Err(status) => {
                     let _ = out.send(Err(passed_on(&lease.node, &status))).await;

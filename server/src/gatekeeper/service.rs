@@ -17,6 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::cluster::{Grant, Reach, Wanted, HEARTBEAT};
+use super::registration;
 use super::relay;
 use super::shared::{queue_full, Shared};
 use crate::auth::Caller;
@@ -93,11 +94,17 @@ impl Gatekeeper for GatekeeperService {
                 Refusal::Malformed.status("the first message of a Join stream must be `register`")
             );
         };
-        if register.node.is_empty() {
-            return Err(Refusal::Malformed.status("register: the node name is empty"));
-        }
+        registration::check_register(&register)?;
         self.check_node(caller.as_ref(), &register.node)?;
-        let reach = reach(&register.address, register.port, peer)?;
+        let tls = self.shared.access.requires_certificates();
+        let reach = registration::reach(&register, peer, tls)?;
+        if let Some(taken) = self
+            .shared
+            .with(|c| c.held_elsewhere(&register.node, &reach))
+        {
+            tracing::warn!(node = %register.node, held = %taken.held, from = %taken.from, "registration refused: the name is a live member's");
+            return Err(registration::name_taken(&register.node, taken));
+        }
         let (tx, rx) = mpsc::channel(1);
         let _ = tx
             .send(Ok(JoinResponse {
@@ -168,26 +175,6 @@ impl Gatekeeper for GatekeeperService {
     }
 }
 
-/// Where an executor is reached: clients use what it advertises (else the
-/// address its stream comes from, with its port); we use the latter, which
-/// works from inside the cluster even when the advertised name does not.
-fn reach(advertised: &str, port: u32, peer: Option<SocketAddr>) -> Result<Reach, Status> {
-    let seen = match (peer, u16::try_from(port)) {
-        (Some(peer), Ok(port)) if port > 0 => Some(SocketAddr::new(peer.ip(), port).to_string()),
-        _ => None,
-    };
-    match (advertised.is_empty(), seen) {
-        (false, seen) => Ok(Reach {
-            clients: advertised.to_owned(),
-            gatekeeper: seen.unwrap_or_else(|| advertised.to_owned()),
-        }),
-        (true, Some(seen)) => Ok(Reach::same(&seen)),
-        (true, None) => {
-            Err(Refusal::Malformed.status("register: no address given and none can be derived"))
-        }
-    }
-}
-
 async fn membership(
     shared: Arc<Shared>,
     name: String,
@@ -202,12 +189,22 @@ async fn membership(
             Ok(Some(JoinRequest {
                 msg: Some(join_request::Msg::Load(report)),
             })) => {
-                if joined {
-                    shared.with(|c| c.report(&name, &reach, conn, report));
+                if let Err(refused) = registration::check_report(&report) {
+                    let _ = tx.send(Err(refused)).await;
+                    break;
+                }
+                let taken = if joined {
+                    shared.with(|c| c.report(&name, &reach, conn, report))
                 } else {
                     tracing::info!(node = %name, address = %reach.clients, slots = report.slots, "node joined");
-                    shared.with(|c| c.join(&name, reach.clone(), conn, report));
                     joined = true;
+                    shared.with(|c| c.join(&name, reach.clone(), conn, report))
+                };
+                // Another host registered the name between our check and
+                // now, or while we were dropped for silence.
+                if let Err(taken) = taken {
+                    let _ = tx.send(Err(registration::name_taken(&name, taken))).await;
+                    break;
                 }
             }
             Ok(Some(_)) => {}
