@@ -684,3 +684,20 @@ pub fn start_group_job(mut command: Command, dir: &Path) -> (Child, u32, u32) {
     );
     (child, read("sh.pid").unwrap(), read("bg.pid").unwrap())
 }
+
+/// The processes whose command line holds `word` as one argument: what a
+/// job left behind, found by a marker it was started with.
+pub fn processes_with_arg(word: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|line| line.split(|b| *b == 0).any(|arg| arg == word.as_bytes()))
+        })
+        .filter(|pid| pid_alive(*pid))
+        .collect()
+}

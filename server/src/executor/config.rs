@@ -94,6 +94,9 @@ pub struct LimitFlags {
     /// Open files of each process of a job; 0 is no limit [default: 4096].
     #[arg(long, env = "MEXEC_MAX_OPEN_FILES")]
     pub max_open_files: Option<u64>,
+    /// Processes a job may have at once; 0 is no limit [default: 256].
+    #[arg(long, env = "MEXEC_MAX_PROCESSES")]
+    pub max_processes: Option<u64>,
 }
 
 /// The TOML config file of `mexecd`. Every field is optional; the shared
@@ -133,6 +136,8 @@ pub struct FileConfig {
     pub max_output_mib: Option<u64>,
     /// Open files of each process; 0 is no limit. Default: 4096.
     pub max_open_files: Option<u64>,
+    /// Processes a job may have at once; 0 is no limit. Default: 256.
+    pub max_processes: Option<u64>,
     /// stdin bytes per second read from a client; 0 is no limit. Default: 64 MiB.
     pub max_stdin_bytes_per_sec: Option<u64>,
     /// Streams one peer address may hold open at once. Default: 1024.
@@ -285,6 +290,7 @@ fn job_limits(flags: &LimitFlags, file: &FileConfig) -> JobLimits {
             file.max_open_files,
             defaults.open_files,
         ),
+        processes: pick(flags.max_processes, file.max_processes, defaults.processes),
         stdin_bytes_per_sec: pick(
             None,
             file.max_stdin_bytes_per_sec,
@@ -386,6 +392,7 @@ mod tests {
         assert_eq!(limits.cpu, Some(Duration::from_secs(7)));
         assert_eq!(limits.output_bytes, None);
         assert_eq!(limits.open_files, Some(4096), "the default");
+        assert_eq!(limits.processes, Some(256), "the default");
     }
 
     #[test]
@@ -429,6 +436,7 @@ mod tests {
                 "max-address-space-mib MEXEC_MAX_ADDRESS_SPACE_MIB",
                 "max-output-mib MEXEC_MAX_OUTPUT_MIB",
                 "max-open-files MEXEC_MAX_OPEN_FILES",
+                "max-processes MEXEC_MAX_PROCESSES",
                 "start-timeout-secs MEXEC_START_TIMEOUT_SECS",
                 "max-streams-per-peer MEXEC_MAX_STREAMS_PER_PEER",
             ],
@@ -440,7 +448,7 @@ mod tests {
             tls_ca = \"/a\"\ntls_cert = \"/b\"\ntls_key = \"/c\"\nallowed_users = []\n\
             allowed_programs = []\nmax_wall_secs = 1\nmax_cpu_secs = 1\nmax_memory_mib = 1\n\
             max_address_space_mib = 1\nmax_output_mib = 1\nmax_open_files = 1\n\
-            max_stdin_bytes_per_sec = 1\nstart_timeout_secs = 1\nmax_streams_per_peer = 1\n";
+            max_processes = 1\nmax_stdin_bytes_per_sec = 1\nstart_timeout_secs = 1\nmax_streams_per_peer = 1\n";
         let file: FileConfig =
             config_file::parse(std::path::Path::new("mexecd.toml"), every_key).unwrap();
         assert_eq!(file.daemon.token_file, Some("/t".into()));

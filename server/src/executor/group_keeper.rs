@@ -6,8 +6,10 @@
 //!
 //! So the daemon starts a small keeper process and tells it over a pipe
 //! which process groups are running jobs. When the pipe closes, the daemon
-//! is gone, and the keeper SIGKILLs every group it still holds, then exits.
-//! It costs one short pipe write per job start and end.
+//! is gone, and the keeper SIGKILLs every group it still holds, then ends
+//! the daemon's job cgroups (`cgroup`), which holds what left its group
+//! (`setsid`, a double fork), then exits. It costs one short pipe write per
+//! job start and end.
 //!
 //! The keeper is the `mexecd` binary started in keeper mode: `mexecd`
 //! re-executes itself (`GroupKeeper::start(current_exe)`), and a test that
@@ -26,6 +28,9 @@ use nix::unistd::Pid;
 /// Set in the keeper's environment: "you are the keeper".
 const KEEPER_ENV: &str = "MEXECD_GROUP_KEEPER";
 
+/// Set in the keeper's environment: the daemon's directory of job cgroups.
+const CGROUPS_ENV: &str = "MEXECD_GROUP_KEEPER_CGROUPS";
+
 /// The daemon's end: registers and forgets the groups of running jobs.
 #[derive(Debug)]
 pub struct GroupKeeper {
@@ -42,15 +47,21 @@ pub struct KeptGroup {
 }
 
 impl GroupKeeper {
-    /// Starts `mexecd` (the binary at `program`) as the keeper process.
-    pub fn start(program: &Path) -> std::io::Result<Arc<GroupKeeper>> {
-        let mut keeper = Command::new(program)
-            // What `ps` shows, so nobody takes it for a second daemon.
+    /// Starts `mexecd` (the binary at `program`) as the keeper process,
+    /// which also ends the job cgroups below `cgroups`.
+    pub fn start(program: &Path, cgroups: Option<&Path>) -> std::io::Result<Arc<GroupKeeper>> {
+        let mut command = Command::new(program);
+        // What `ps` shows, so nobody takes it for a second daemon.
+        command
             .arg0("mexecd: group keeper")
             .env(KEEPER_ENV, "1")
+            .env_remove(CGROUPS_ENV)
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()?;
+            .stdout(Stdio::null());
+        if let Some(cgroups) = cgroups {
+            command.env(CGROUPS_ENV, cgroups);
+        }
+        let mut keeper = command.spawn()?;
         // Rust opens pipes close-on-exec, so jobs never hold the write
         // end open: the daemon's exit is the pipe's end.
         let pipe = keeper.stdin.take().expect("piped stdin");
@@ -117,6 +128,9 @@ pub fn serve_if_keeper() {
     for pgid in groups {
         // A group that is already gone gives ESRCH, which is fine.
         let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    }
+    if let Some(cgroups) = std::env::var_os(CGROUPS_ENV) {
+        super::cgroup::end_all(Path::new(&cgroups));
     }
     std::process::exit(0);
 }

@@ -1,5 +1,5 @@
 //! What a running job may use (wall-clock and CPU time, memory, output,
-//! open files), and how each limit is applied: rlimits set in the child
+//! open files, processes), and how each limit is applied: rlimits set in the child
 //! before exec, the rest watched by the job and the memory watcher. A job
 //! that runs over one is killed and its exit names the limit. (What a
 //! client may *send* is bounded before admission: `request_limits`.)
@@ -29,13 +29,15 @@ pub struct JobLimits {
     pub output_bytes: Option<u64>,
     /// Open files of each process (RLIMIT_NOFILE).
     pub open_files: Option<u64>,
+    /// Processes of the whole job at once (its cgroup's `pids.max`).
+    pub processes: Option<u64>,
     /// stdin bytes per second the node reads from the client.
     pub stdin_bytes_per_sec: Option<u64>,
 }
 
 impl Default for JobLimits {
     /// Safe defaults: a day of wall-clock time, three quarters of the
-    /// node's memory, 1 GiB of output, 4096 open files, 64 MiB/s of stdin.
+    /// node's memory, 1 GiB of output, 4096 open files, 256 processes, 64 MiB/s of stdin.
     fn default() -> Self {
         JobLimits {
             wall: Some(Duration::from_secs(24 * 3600)),
@@ -44,6 +46,9 @@ impl Default for JobLimits {
             address_space_bytes: None,
             output_bytes: Some(1 << 30),
             open_files: Some(4096),
+            // A compile is a handful of processes and a test script a few
+            // dozen; a fork bomb is stopped long before it hurts the node.
+            processes: Some(256),
             stdin_bytes_per_sec: Some(64 << 20),
         }
     }
@@ -56,6 +61,8 @@ pub enum Exceeded {
     Cpu(Duration),
     Memory(u64),
     Output(u64),
+    /// A fork failed at this many processes.
+    Processes(u64),
 }
 
 impl Exceeded {
@@ -66,6 +73,7 @@ impl Exceeded {
             Exceeded::Cpu(_) => "cpu",
             Exceeded::Memory(_) => "memory",
             Exceeded::Output(_) => "output",
+            Exceeded::Processes(_) => "processes",
         }
     }
 
@@ -81,6 +89,9 @@ impl Exceeded {
                 bytes.div_ceil(1 << 20)
             ),
             Exceeded::Output(bytes) => format!("killed: output limit of {bytes} bytes exceeded"),
+            Exceeded::Processes(max) => {
+                format!("failed: process limit of {max} reached (a fork was refused)")
+            }
         }
     }
 }

@@ -12,8 +12,10 @@
 //! - `admission`: slots, the bounded queue and draining.
 //! - `limits`: the resources a job may use.
 //! - `memory`: the node's watcher of each job's resident memory.
-//! - `group_keeper`: the process that kills the jobs' groups if the daemon
-//!   dies without doing it.
+//! - `cgroup`: each job in a cgroup of its own, ended with the job; the
+//!   process limit.
+//! - `group_keeper`: the process that kills the jobs' groups and cgroups if
+//!   the daemon dies without doing it.
 //! - `procfs`: what the executor reads from /proc.
 //! - `pace`: the rate at which a client's stdin and messages are read.
 //! - `policy`: the programs this node is allowed to run.
@@ -23,6 +25,7 @@
 
 mod account;
 mod admission;
+mod cgroup;
 pub mod config;
 mod environment;
 mod error;
@@ -53,6 +56,7 @@ use tokio::sync::watch;
 
 pub use account::{Account, AccountError};
 pub use admission::{Admission, Counts};
+pub use cgroup::Cgroups;
 pub use config::{Flags, Settings, SettingsError};
 pub use error::JobError;
 pub use group_keeper::GroupKeeper;
@@ -90,6 +94,8 @@ pub struct NodeContext {
     pub streams: Arc<PeerStreams>,
     /// Kills the jobs' process groups if the daemon dies without doing it.
     pub groups: Option<Arc<GroupKeeper>>,
+    /// The jobs' cgroups, where the node may make them.
+    pub cgroups: Option<Arc<Cgroups>>,
 }
 
 impl NodeContext {
@@ -109,15 +115,20 @@ pub struct Watchers {
     pub groups: Option<Arc<GroupKeeper>>,
     /// The node's memory watcher.
     pub memory: Arc<MemoryWatch>,
+    /// A cgroup per job, so that nothing a job starts outlives it; `None`
+    /// where this node cannot make cgroups.
+    pub cgroups: Option<Arc<Cgroups>>,
 }
 
 impl Watchers {
-    /// A memory watcher, and a group keeper started from `keeper` (the
-    /// `mexecd` binary: `mexecd` passes its own executable); a keeper that
-    /// cannot start costs a warning, not the daemon. Call inside the
-    /// runtime: the memory watcher is a task.
+    /// A memory watcher, the jobs' cgroups, and a group keeper started
+    /// from `keeper` (the `mexecd` binary: `mexecd` passes its own
+    /// executable) that also ends those cgroups; a keeper that cannot start
+    /// costs a warning, not the daemon. Call inside the runtime: the memory
+    /// watcher is a task.
     pub fn start(keeper: &Path) -> Watchers {
-        let groups = match GroupKeeper::start(keeper) {
+        let cgroups = Cgroups::create().map(Arc::new);
+        let groups = match GroupKeeper::start(keeper, cgroups.as_deref().map(Cgroups::dir)) {
             Ok(keeper) => Some(keeper),
             Err(err) => {
                 tracing::warn!(%err, "no group keeper: jobs may outlive a crash of this daemon");
@@ -127,6 +138,7 @@ impl Watchers {
         Watchers {
             groups,
             memory: MemoryWatch::start(),
+            cgroups,
         }
     }
 }
@@ -178,6 +190,7 @@ fn node_context(
         start_timeout: settings.daemon.start_timeout,
         streams: PeerStreams::new(settings.max_streams_per_peer),
         groups: watchers.groups,
+        cgroups: watchers.cgroups,
     }
 }
 

@@ -43,8 +43,13 @@ pub struct Reaped {
 }
 
 /// Starts `job` in a new process group, as `run_as` when given, with
-/// `rlimits`.
-pub fn spawn(job: &ValidJob, run_as: Option<&Account>, rlimits: Rlimits) -> io::Result<Started> {
+/// `rlimits`, in the cgroup whose `cgroup.procs` is open as `cgroup`.
+pub fn spawn(
+    job: &ValidJob,
+    run_as: Option<&Account>,
+    rlimits: Rlimits,
+    cgroup: Option<RawFd>,
+) -> io::Result<Started> {
     let env = super::environment::for_job(&job.spec, run_as);
     let by_fd = job
         .program
@@ -54,10 +59,15 @@ pub fn spawn(job: &ValidJob, run_as: Option<&Account>, rlimits: Rlimits) -> io::
     let mut command = command(job, run_as, env);
     let umask = Mode::from_bits_truncate((job.spec.umask & 0o777) as _);
     // SAFETY: the closure runs between fork and exec, so it may only make
-    // async-signal-safe calls: umask, setrlimit and prctl are plain system
-    // calls, and their nix wrappers allocate nothing.
+    // async-signal-safe calls: write, umask, setrlimit and prctl are plain
+    // system calls, and their nix wrappers allocate nothing.
     unsafe {
         command.pre_exec(move || {
+            // First, so that nothing the job starts is outside its cgroup;
+            // a job that cannot join it does not run.
+            if let Some(procs) = cgroup {
+                super::cgroup::join(procs)?;
+            }
             nix::sys::stat::umask(umask);
             rlimits.apply()?;
             // If the daemon dies hard (SIGKILL, OOM), the job's leader dies

@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use tonic::{Status, Streaming};
 
 use super::admission::{SlotGuard, Ticket};
+use super::cgroup::JobCgroup;
 use super::error::JobError;
 use super::group_keeper::KeptGroup;
 use super::limits::{Exceeded, JobLimits, Rlimits};
@@ -117,11 +118,22 @@ struct Running {
     started_at: Instant,
 }
 
-/// A job's process group, killed when this is dropped, and only then
-/// released from the group keeper.
+/// A job's process group and cgroup, killed when this is dropped, and
+/// only then released from the group keeper.
 struct Group {
     pgid: u32,
+    /// Dropped after the group is killed: ends what left the group.
+    cgroup: Option<JobCgroup>,
     _kept: Option<KeptGroup>,
+}
+
+impl Group {
+    /// Whether a fork of the job failed at the process limit.
+    fn hit_process_limit(&self) -> bool {
+        self.cgroup
+            .as_ref()
+            .is_some_and(JobCgroup::hit_process_limit)
+    }
 }
 
 impl Drop for Group {
@@ -159,10 +171,17 @@ impl Running {
         out: &Outbound,
         started_at: Instant,
     ) -> std::io::Result<Running> {
-        let started = process::spawn(job, ctx.run_as.as_ref(), Rlimits::for_job(&ctx.limits))?;
+        let cgroup = match &ctx.cgroups {
+            Some(cgroups) => Some(cgroups.for_job(ctx.limits.processes)?),
+            None => None,
+        };
+        let rlimits = Rlimits::for_job(&ctx.limits);
+        let procs = cgroup.as_ref().map(JobCgroup::procs_fd);
+        let started = process::spawn(job, ctx.run_as.as_ref(), rlimits, procs)?;
         let pid = started.pid;
         let group = Group {
             pgid: pid,
+            cgroup,
             _kept: ctx.groups.as_ref().map(|keeper| keeper.keep(pid)),
         };
         let accepted = Accepted {
@@ -264,15 +283,24 @@ impl Running {
             control: _,
             started_at,
         } = self;
-        // Whatever the leader left running in its group goes with it: a
-        // node must not collect stray processes from finished jobs.
+        // A job that failed because a fork hit the process limit is told so.
+        let killed = match (ended.killed, &ended.reaped, limits.processes) {
+            (None, Ok(reaped), Some(max))
+                if reaped.status != Ok(0) && group.hit_process_limit() =>
+            {
+                Some(Kill::Limit(Exceeded::Processes(max)))
+            }
+            (killed, _, _) => killed,
+        };
+        // Whatever the leader left running in its group or cgroup goes with
+        // it: a node must not collect stray processes from finished jobs.
         drop(group);
         drop(input);
         // However slow the client, it gets what the job wrote.
         output.drain().await;
         drop(memory);
         drop(slot);
-        end::exit_message(ended.reaped, started_at, ended.killed, limits)
+        end::exit_message(ended.reaped, started_at, killed, limits)
     }
 }
 

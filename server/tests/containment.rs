@@ -1,0 +1,175 @@
+//! Containment against real `mexecd` processes (as root, running jobs as
+//! the job account) and real clients: nothing a job starts outlives it,
+//! whether it leaves its process group and session or the daemon dies,
+//! and a job cannot fork without bound.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mexec_testkit::{bin, is_root, job_dir, processes_with_arg, skip, wait_until, Executor};
+
+/// `mexec --no-local -- ARGS` at `node`, run in `cwd`.
+fn mexec(node: &Executor, cwd: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(bin("mexec"));
+    command
+        .current_dir(cwd)
+        .env("MEXEC_NODES", node.node())
+        .env("MEXEC_STATE_DIR", cwd)
+        .env_remove("MEXEC_GATEKEEPER")
+        .env_remove("MEXEC_CONFIG")
+        .env_remove("MEXEC_TOKEN_FILE")
+        .args(["--no-local", "--"])
+        .args(args);
+    command
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// A sleep length no other test or process uses, so that the processes a
+/// job left are found by it.
+fn marker(n: u32) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{}.{nanos:09}", 1000 + n)
+}
+
+/// Containment needs the privilege to put jobs apart; these tests run as
+/// root, as CI does.
+fn privileged() -> bool {
+    if !is_root() {
+        skip("containment tests need root");
+        return false;
+    }
+    true
+}
+
+fn none_left(marker: &str) -> bool {
+    wait_until(Duration::from_secs(10), || {
+        processes_with_arg(marker).is_empty()
+    })
+}
+
+#[test]
+fn processes_that_leave_the_jobs_group_and_session_end_with_the_job() {
+    if !privileged() {
+        return;
+    }
+    let node = Executor::start("n1", 2, &[]);
+    let dir = job_dir();
+    let (one, two) = (marker(1), marker(2));
+    let script = format!(
+        "exec 3>&1 >/dev/null 2>&1; setsid sh -c 'sleep {one}' & (setsid sleep {two} &) & \
+         sleep 0.3; echo started >&3"
+    );
+    let output = mexec(&node, dir.path(), &["sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(text(&output).contains("started"), "{}", text(&output));
+    for marker in [&one, &two] {
+        assert!(
+            none_left(marker),
+            "a process of the job outlived it: {:?}",
+            processes_with_arg(marker)
+        );
+    }
+}
+
+#[test]
+fn processes_that_left_the_jobs_group_end_when_the_daemon_is_killed() {
+    if !privileged() {
+        return;
+    }
+    let mut node = Executor::start("n1", 2, &[]);
+    let dir = job_dir();
+    let (one, two) = (marker(3), marker(4));
+    let script = format!("setsid sh -c 'sleep {one}' & (setsid sleep {two} &) & sleep 1000");
+    let mut client = mexec(&node, dir.path(), &["sh", "-c", &script])
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            !processes_with_arg(&one).is_empty() && !processes_with_arg(&two).is_empty()
+        }),
+        "the job did not start its processes"
+    );
+    node.signal(9);
+    node.wait_exit(Duration::from_secs(10))
+        .expect("daemon gone");
+    for marker in [&one, &two] {
+        assert!(
+            none_left(marker),
+            "a process of the job outlived the daemon: {:?}",
+            processes_with_arg(marker)
+        );
+    }
+    let _ = client.kill();
+    let _ = client.wait();
+}
+
+#[test]
+fn a_left_over_process_cannot_watch_the_next_job() {
+    if !privileged() {
+        return;
+    }
+    let node = Executor::start("n1", 1, &[]);
+    let dir = job_dir();
+    let spy = marker(5);
+    // The first job leaves a process that copies every environment it can
+    // read from /proc; the second, run as the same account, holds a secret
+    // in its own.
+    let script = format!(
+        "setsid sh -c 'while :; do cat /proc/[0-9]*/environ >> spied 2>/dev/null; sleep 0.05; done' \
+         {spy} >/dev/null 2>&1 & echo started"
+    );
+    let first = mexec(&node, dir.path(), &["sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(first.status.success(), "{}", text(&first));
+    let second = mexec(&node, dir.path(), &["sleep", "1"])
+        .env("SECRET_TOKEN", "hunter2-secret")
+        .output()
+        .unwrap();
+    assert!(second.status.success(), "{}", text(&second));
+    let spied = std::fs::read(dir.path().join("spied")).unwrap_or_default();
+    let left = processes_with_arg(&spy);
+    assert!(left.is_empty(), "the first job's process ran on: {left:?}");
+    assert!(
+        !String::from_utf8_lossy(&spied).contains("hunter2-secret"),
+        "the first job read the second job's secret"
+    );
+}
+
+#[test]
+fn a_job_that_forks_without_bound_is_stopped_and_the_node_keeps_working() {
+    if !privileged() {
+        return;
+    }
+    let node = Executor::start("n1", 2, &[]);
+    let dir = job_dir();
+    let bomb = marker(6);
+    let script = format!("for i in $(seq 500); do sleep {bomb} & done; wait");
+    let output = mexec(&node, dir.path(), &["sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "{}", text(&output));
+    assert!(
+        none_left(&bomb),
+        "the job's processes outlived it: {} left",
+        processes_with_arg(&bomb).len()
+    );
+    let next = mexec(&node, dir.path(), &["echo", "still here"])
+        .output()
+        .unwrap();
+    assert!(next.status.success(), "{}", text(&next));
+    assert!(text(&next).contains("still here"), "{}", text(&next));
+}
