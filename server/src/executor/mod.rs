@@ -19,6 +19,8 @@
 //! - `policy`: the programs this node is allowed to run.
 //! - `load`: the load report.
 //! - `membership`: joining a gatekeeper and streaming our load to it.
+//! - `lease_check`: the gatekeeper's lease tickets, checked before a job
+//!   of a member node is admitted.
 //! - `error`: refusals and their gRPC statuses.
 
 mod account;
@@ -28,6 +30,7 @@ mod environment;
 mod error;
 pub mod group_keeper;
 mod job;
+pub mod lease_check;
 mod limits;
 mod load;
 mod membership;
@@ -56,6 +59,7 @@ pub use admission::{Admission, Counts};
 pub use config::{Flags, Settings, SettingsError};
 pub use error::JobError;
 pub use group_keeper::GroupKeeper;
+pub use lease_check::{DirectJobs, LeaseCheck};
 pub use limits::JobLimits;
 pub use memory::MemoryWatch;
 pub use policy::{CommandPolicy, Program};
@@ -90,6 +94,8 @@ pub struct NodeContext {
     pub streams: Arc<PeerStreams>,
     /// Kills the jobs' process groups if the daemon dies without doing it.
     pub groups: Option<Arc<GroupKeeper>>,
+    /// The gatekeeper's key, and the lease tickets used.
+    pub lease: LeaseCheck,
 }
 
 impl NodeContext {
@@ -178,6 +184,7 @@ fn node_context(
         start_timeout: settings.daemon.start_timeout,
         streams: PeerStreams::new(settings.max_streams_per_peer),
         groups: watchers.groups,
+        lease: LeaseCheck::new(settings.gatekeeper.as_deref(), settings.direct_jobs),
     }
 }
 
