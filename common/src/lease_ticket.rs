@@ -53,7 +53,13 @@ impl Secret {
     }
 
     /// A ticket for one job of `user` on `node`, good until `expires_unix_ms`.
-    pub fn ticket(&self, node: &str, user: &str, lease_id: u64, expires_unix_ms: u64) -> LeaseTicket {
+    pub fn ticket(
+        &self,
+        node: &str,
+        user: &str,
+        lease_id: u64,
+        expires_unix_ms: u64,
+    ) -> LeaseTicket {
         let key = NodeKey::new(&self.node_key_bytes(node)).expect("an HMAC-SHA256 is a key");
         key.sign(node, user, lease_id, expires_unix_ms)
     }
@@ -151,7 +157,9 @@ mod tests {
         // what is signed.
         assert_ne!(signed("ab", "c", 1, 1), signed("a", "bc", 1, 1));
         let other = Secret::from_bytes(b"another gatekeeper");
-        assert!(!NodeKey::new(&other.node_key_bytes("n1")).unwrap().verify(&ticket));
+        assert!(!NodeKey::new(&other.node_key_bytes("n1"))
+            .unwrap()
+            .verify(&ticket));
         assert!(NodeKey::new(b"short").is_none());
     }
 }

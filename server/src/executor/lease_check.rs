@@ -119,9 +119,6 @@ impl LeaseCheck {
             )
         };
         let ticket = ticket.ok_or_else(|| refuse("the job came without a lease ticket"))?;
-        if !state.signed(ticket) {
-            return Err(refuse("the ticket is not signed by this node's gatekeeper"));
-        }
         if ticket.node != node {
             return Err(refuse(&format!("the ticket is for node {}", ticket.node)));
         }
@@ -134,15 +131,28 @@ impl LeaseCheck {
         }
         let life = LIFE.as_millis() as u64;
         if ticket.expires_unix_ms > now_ms.saturating_add(life + skew) {
-            return Err(refuse("the ticket expires too far ahead (are the clocks set?)"));
+            return Err(refuse(
+                "the ticket expires too far ahead (are the clocks set?)",
+            ));
         }
-        state.use_once(ticket, now_ms.saturating_sub(skew)).map_err(refuse)
+        // The fields first, for a message that says what is wrong; none of
+        // them counts until the MAC says the gatekeeper wrote them.
+        if !state.signed(ticket) {
+            return Err(refuse("the ticket is not signed by this node's gatekeeper"));
+        }
+        state
+            .use_once(ticket, now_ms.saturating_sub(skew))
+            .map_err(refuse)
     }
 }
 
 impl State {
     fn signed(&mut self, ticket: &LeaseTicket) -> bool {
-        if self.previous.as_ref().is_some_and(|(_, until)| *until < Instant::now()) {
+        if self
+            .previous
+            .as_ref()
+            .is_some_and(|(_, until)| *until < Instant::now())
+        {
             self.previous = None;
         }
         self.current.iter().any(|k| k.verify(ticket))
@@ -161,7 +171,8 @@ impl State {
                 return Err("too many tickets used lately to remember another");
             }
         }
-        self.used.insert(ticket.mac.to_vec(), ticket.expires_unix_ms);
+        self.used
+            .insert(ticket.mac.to_vec(), ticket.expires_unix_ms);
         Ok(())
     }
 }

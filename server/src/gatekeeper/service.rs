@@ -112,7 +112,11 @@ impl Gatekeeper for GatekeeperService {
                 // The node checks our lease tickets with it. The stream is
                 // one the node opened to us: under TLS it checked our
                 // certificate, and only a node certificate gets here.
-                lease_key: self.shared.lease_secret.node_key_bytes(&register.node).into(),
+                lease_key: self
+                    .shared
+                    .lease_secret
+                    .node_key_bytes(&register.node)
+                    .into(),
             }))
             .await;
         let shared = self.shared.clone();
