@@ -25,7 +25,7 @@ pub struct Lease {
     /// Where to reach its executor.
     pub addr: NodeAddr,
     /// What the node checks before it runs the job; sent with it.
-    pub ticket: Option<LeaseTicket>,
+    pub ticket: Option<Box<LeaseTicket>>,
     _requests: mpsc::Sender<AcquireRequest>,
     _responses: Streaming<AcquireResponse>,
 }
@@ -74,7 +74,7 @@ pub async fn acquire(
                 return Ok(Lease {
                     node: lease.node,
                     addr,
-                    ticket: lease.ticket,
+                    ticket: lease.ticket.map(Box::new),
                     _requests: requests,
                     _responses: responses,
                 });

@@ -61,7 +61,7 @@ enum Via {
     /// On the node the gatekeeper leased, by its name, with its ticket.
     Leased {
         node: String,
-        ticket: Option<LeaseTicket>,
+        ticket: Option<Box<LeaseTicket>>,
     },
     /// Through the relaying gatekeeper.
     Relayed,
@@ -74,7 +74,7 @@ impl Attempt {
             Via::Leased { node, ticket } => Target::Leased {
                 addr: &self.addr,
                 node,
-                ticket: ticket.as_ref(),
+                ticket: ticket.as_deref(),
             },
             Via::Relayed => Target::Relay(&self.addr),
         }
