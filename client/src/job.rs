@@ -136,6 +136,8 @@ impl Job {
             forward_stdin: self.forward_stdin,
             node_environment: view.node_environment,
             client_os: std::env::consts::OS.to_owned(),
+            // Only a lease has one (`node_run`).
+            lease: None,
         }
     }
 }

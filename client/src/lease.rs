@@ -6,7 +6,7 @@ use mexec_common::dial::dial;
 use mexec_common::nodes::NodeAddr;
 use mexec_proto::v1::gatekeeper_client::GatekeeperClient;
 use mexec_proto::v1::{
-    acquire_request, acquire_response, AcquireRequest, AcquireResponse, LeaseRequest,
+    acquire_request, acquire_response, AcquireRequest, AcquireResponse, LeaseRequest, LeaseTicket,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -24,6 +24,8 @@ pub struct Lease {
     pub node: String,
     /// Where to reach its executor.
     pub addr: NodeAddr,
+    /// What the node checks before it runs the job; sent with it.
+    pub ticket: Option<Box<LeaseTicket>>,
     _requests: mpsc::Sender<AcquireRequest>,
     _responses: Streaming<AcquireResponse>,
 }
@@ -72,6 +74,7 @@ pub async fn acquire(
                 return Ok(Lease {
                     node: lease.node,
                     addr,
+                    ticket: lease.ticket.map(Box::new),
                     _requests: requests,
                     _responses: responses,
                 });

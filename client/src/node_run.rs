@@ -10,7 +10,10 @@ use mexec_common::dial::dial_named;
 use mexec_common::nodes::NodeAddr;
 use mexec_proto::v1::executor_client::ExecutorClient;
 use mexec_proto::v1::gatekeeper_client::GatekeeperClient;
-use mexec_proto::v1::{run_request, run_response, Exit, RunRequest, RunResponse, Signal, StdinEof};
+use mexec_proto::v1::{
+    run_request, run_response, Exit, JobSpec, LeaseTicket, RunRequest, RunResponse, Signal,
+    StdinEof,
+};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -34,8 +37,13 @@ pub enum Target<'a> {
     /// Straight to an executor.
     Executor(&'a NodeAddr),
     /// Straight to the executor the gatekeeper leased a slot on, by name:
-    /// under TLS its certificate must name that node.
-    Leased { addr: &'a NodeAddr, node: &'a str },
+    /// under TLS its certificate must name that node. The ticket goes with
+    /// the job: a member node runs nothing without it.
+    Leased {
+        addr: &'a NodeAddr,
+        node: &'a str,
+        ticket: Option<&'a LeaseTicket>,
+    },
     /// Through the gatekeeper, which places the job and relays it.
     Relay(&'a NodeAddr),
 }
@@ -50,6 +58,13 @@ impl Target<'_> {
     fn node_name(&self) -> Option<&str> {
         match self {
             Target::Leased { node, .. } => Some(node),
+            Target::Executor(_) | Target::Relay(_) => None,
+        }
+    }
+
+    fn ticket(&self) -> Option<LeaseTicket> {
+        match self {
+            Target::Leased { ticket, .. } => ticket.cloned(),
             Target::Executor(_) | Target::Relay(_) => None,
         }
     }
@@ -71,7 +86,10 @@ pub async fn run_on(
     };
     let (requests, request_stream) = mpsc::channel::<RunRequest>(8);
     let start = RunRequest {
-        msg: Some(run_request::Msg::Start(job.spec())),
+        msg: Some(run_request::Msg::Start(JobSpec {
+            lease: target.ticket(),
+            ..job.spec()
+        })),
     };
     // Cannot fail: the receiver is alive and the channel empty.
     let _ = requests.try_send(start);

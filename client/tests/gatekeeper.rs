@@ -236,7 +236,9 @@ fn three_users_share_equally_and_a_late_small_build_starts_at_once() {
 
 #[test]
 fn a_draining_node_gets_nothing_new() {
-    let cluster = Cluster::start(&[2, 2], &[]);
+    // The long job below is placed straight on n1, past the gatekeeper:
+    // the nodes must allow direct jobs.
+    let cluster = Cluster::start_with(&[2, 2], &[], &["--direct-jobs", "allow"]);
     let dir = job_dir();
     let log = dir.path().join("jobs.jsonl");
     // A long job, placed straight on n1, holds it while it drains.

@@ -18,6 +18,8 @@
 //! - `load_query`: asking executors and the gatekeeper for their load.
 //! - `refusal`: the kinds of refusal a daemon sends, carried in a status's
 //!   metadata so clients never read English.
+//! - `lease_ticket`: the gatekeeper's signed, short-lived permission for
+//!   one job of one user on one node, and the keys that sign it.
 //! - `telemetry`: one `init_tracing()` for every binary.
 
 pub mod clock;
@@ -26,6 +28,7 @@ pub mod connector;
 pub mod dial;
 pub mod farm;
 pub mod host;
+pub mod lease_ticket;
 pub mod load_query;
 pub mod nodes;
 pub mod refusal;

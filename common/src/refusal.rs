@@ -37,11 +37,15 @@ pub enum Refusal {
     /// The gatekeeper tried the nodes it had for a relayed job and none
     /// started it: the job did not run anywhere.
     NoNode,
+    /// The node is a member of a gatekeeper's cluster and takes jobs only
+    /// with a valid lease ticket from it: none came, or it was for another
+    /// node or user, expired, used, or not signed with this node's key.
+    Lease,
 }
 
 impl Refusal {
     /// Every kind, for tests and exhaustive tables.
-    pub const ALL: [Refusal; 10] = [
+    pub const ALL: [Refusal; 11] = [
         Refusal::Busy,
         Refusal::Draining,
         Refusal::CwdMissing,
@@ -52,6 +56,7 @@ impl Refusal {
         Refusal::Malformed,
         Refusal::StartTimeout,
         Refusal::NoNode,
+        Refusal::Lease,
     ];
 
     /// The kind's name on the wire and in logs.
@@ -67,6 +72,7 @@ impl Refusal {
             Refusal::Malformed => "malformed",
             Refusal::StartTimeout => "start-timeout",
             Refusal::NoNode => "no-node",
+            Refusal::Lease => "lease",
         }
     }
 
@@ -88,6 +94,7 @@ impl Refusal {
             Refusal::Malformed => Code::InvalidArgument,
             Refusal::StartTimeout => Code::DeadlineExceeded,
             Refusal::NoNode => Code::Unavailable,
+            Refusal::Lease => Code::PermissionDenied,
         }
     }
 

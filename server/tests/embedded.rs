@@ -17,8 +17,8 @@ use mexec_proto::v1::executor_client::ExecutorClient;
 use mexec_proto::v1::gatekeeper_client::GatekeeperClient;
 use mexec_proto::v1::{
     acquire_request, acquire_response, exit, join_request, run_request, run_response,
-    AcquireRequest, EnvVar, JobSpec, JoinRequest, Lease, LeaseRequest, LoadReport, Register,
-    Release, RunRequest,
+    AcquireRequest, EnvVar, JobSpec, JoinRequest, Lease, LeaseRequest, LeaseTicket, LoadReport,
+    Register, Release, RunRequest,
 };
 use mexec_server::{executor, gatekeeper};
 use tokio::net::TcpListener;
@@ -121,10 +121,14 @@ fn script(script: &str, cwd: &std::path::Path) -> JobSpec {
     }
 }
 
-/// Runs a job that writes to both streams and exits 3; checks all of it.
-async fn run_a_job(channel: Channel, node: &str) {
+/// Runs a job that writes to both streams and exits 3, with the lease's
+/// ticket when it has one; checks all of it.
+async fn run_a_job(channel: Channel, node: &str, ticket: Option<LeaseTicket>) {
     let dir = mexec_testkit::job_dir();
-    let job = script("echo out; echo err >&2; exit 3", dir.path());
+    let job = JobSpec {
+        lease: ticket,
+        ..script("echo out; echo err >&2; exit 3", dir.path())
+    };
     let (tx, rx) = mpsc::channel(4);
     tx.send(RunRequest {
         msg: Some(run_request::Msg::Start(job)),
@@ -196,7 +200,7 @@ async fn take_a_lease(channel: Channel) -> Lease {
 #[tokio::test]
 async fn an_executor_runs_in_process_a_real_job_and_stops_on_shutdown() {
     let node = start_executor("embedded-node", None).await;
-    run_a_job(node.channel().await, "embedded-node").await;
+    run_a_job(node.channel().await, "embedded-node", None).await;
     node.stop().await;
 }
 
@@ -253,7 +257,8 @@ async fn an_executor_joins_a_gatekeeper_in_the_same_process_and_runs_the_leased_
     let lease = take_a_lease(gk.channel().await).await;
     assert_eq!(lease.node, "joined-node");
     assert_eq!(lease.address, node.addr.to_string());
-    run_a_job(node.channel().await, "joined-node").await;
+    // A member node runs the job with the lease's ticket, as a client sends it.
+    run_a_job(node.channel().await, "joined-node", lease.ticket).await;
     node.stop().await;
     gk.stop().await;
 }

@@ -539,6 +539,15 @@ pub struct GatedFarm {
 
 impl GatedFarm {
     pub fn start(slots: &[u32], gatekeeper_flags: &[&str]) -> GatedFarm {
+        GatedFarm::start_with(slots, gatekeeper_flags, &[])
+    }
+
+    /// Like `start`, with `executor_flags` for every executor.
+    pub fn start_with(
+        slots: &[u32],
+        gatekeeper_flags: &[&str],
+        executor_flags: &[&str],
+    ) -> GatedFarm {
         let gatekeeper = Gatekeeper::start(gatekeeper_flags);
         let mut cluster = GatedFarm {
             gatekeeper,
@@ -546,7 +555,7 @@ impl GatedFarm {
             state_dir: tempfile::tempdir().unwrap(),
         };
         for (i, s) in slots.iter().enumerate() {
-            cluster.add(&format!("n{}", i + 1), *s);
+            cluster.add_with(&format!("n{}", i + 1), *s, executor_flags);
         }
         let count = slots.len();
         assert!(

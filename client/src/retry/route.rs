@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use mexec_common::connector::Connector;
 use mexec_common::load_query;
 use mexec_common::nodes::NodeAddr;
-use mexec_proto::v1::Exit;
+use mexec_proto::v1::{Exit, LeaseTicket};
 
 use crate::job::Job;
 use crate::lease::{self, Lease};
@@ -58,8 +58,11 @@ pub(super) struct Attempt {
 enum Via {
     /// Placed by us over a node list.
     Direct,
-    /// On the node the gatekeeper leased, by its name.
-    Leased(String),
+    /// On the node the gatekeeper leased, by its name, with its ticket.
+    Leased {
+        node: String,
+        ticket: Option<Box<LeaseTicket>>,
+    },
     /// Through the relaying gatekeeper.
     Relayed,
 }
@@ -68,9 +71,10 @@ impl Attempt {
     pub(super) fn target(&self) -> Target<'_> {
         match &self.how {
             Via::Direct => Target::Executor(&self.addr),
-            Via::Leased(node) => Target::Leased {
+            Via::Leased { node, ticket } => Target::Leased {
                 addr: &self.addr,
                 node,
+                ticket: ticket.as_deref(),
             },
             Via::Relayed => Target::Relay(&self.addr),
         }
@@ -298,7 +302,10 @@ impl Leased {
                 ));
                 let attempt = Attempt {
                     addr: lease.addr.clone(),
-                    how: Via::Leased(lease.node.clone()),
+                    how: Via::Leased {
+                        node: lease.node.clone(),
+                        ticket: lease.ticket.clone(),
+                    },
                 };
                 self.lease = Some(lease);
                 Step::Run(attempt)

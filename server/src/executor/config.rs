@@ -11,6 +11,7 @@ use mexec_common::config_file::{self, ConfigFileError};
 use serde::Deserialize;
 
 use super::account::{self, Account, AccountError};
+use super::lease_check::DirectJobs;
 use super::limits::JobLimits;
 use crate::daemon::{
     non_empty, DaemonFile, DaemonFlags, DaemonSettings, DaemonSettingsError, NoOtherKeys, Role,
@@ -63,6 +64,11 @@ pub struct Flags {
     /// listen address, or the address the gatekeeper sees us from].
     #[arg(long, env = "MEXEC_ADVERTISE")]
     pub advertise: Option<String>,
+    /// With --gatekeeper: `lease` takes jobs only with the gatekeeper's
+    /// lease, so its per-user limits and fair share hold; `allow` also takes
+    /// jobs placed directly [default: lease].
+    #[arg(long, env = "MEXEC_DIRECT_JOBS", value_enum)]
+    pub direct_jobs: Option<DirectJobs>,
     /// Programs this node runs, by name or path, comma-separated [default: all].
     #[arg(long, env = "MEXEC_ALLOWED_PROGRAMS", value_delimiter = ',')]
     pub allowed_programs: Vec<String>,
@@ -121,6 +127,9 @@ pub struct FileConfig {
     /// "host:port" clients use to reach this node. Default: the listen
     /// address, or the address the gatekeeper sees us from.
     pub advertise: Option<String>,
+    /// With a gatekeeper: "lease" (jobs only with its lease) or "allow"
+    /// (direct jobs too). Default: "lease".
+    pub direct_jobs: Option<DirectJobs>,
     /// Programs this node runs, by name ("gcc") or path ("/usr/bin/gcc").
     /// Default: all.
     pub allowed_programs: Option<Vec<String>>,
@@ -166,6 +175,8 @@ pub struct Settings {
     pub gatekeeper: Option<String>,
     /// The address advertised to clients through the gatekeeper.
     pub advertise: Option<String>,
+    /// Whether, as a member, jobs without the gatekeeper's lease are taken.
+    pub direct_jobs: DirectJobs,
     /// Programs that may run here; empty admits all.
     pub allowed_programs: Vec<String>,
     /// What one job may use.
@@ -222,6 +233,7 @@ impl Settings {
             grace: Duration::from_secs(flags.grace_secs.or(file.grace_secs).unwrap_or(60)),
             gatekeeper: flags.gatekeeper.or(file.gatekeeper),
             advertise: flags.advertise.or(file.advertise),
+            direct_jobs: flags.direct_jobs.or(file.direct_jobs).unwrap_or_default(),
             allowed_programs: non_empty(flags.allowed_programs)
                 .or(file.allowed_programs)
                 .unwrap_or_default(),
@@ -425,6 +437,7 @@ mod tests {
                 "log-format MEXEC_LOG_FORMAT",
                 "gatekeeper MEXEC_GATEKEEPER",
                 "advertise MEXEC_ADVERTISE",
+                "direct-jobs MEXEC_DIRECT_JOBS",
                 "tls-ca MEXEC_TLS_CA",
                 "tls-cert MEXEC_TLS_CERT",
                 "tls-key MEXEC_TLS_KEY",
@@ -445,6 +458,7 @@ mod tests {
         let every_key = "listen = \"127.0.0.1:1\"\nslots = 1\nmax_queued = 1\nname = \"n\"\n\
             token_file = \"/t\"\ninsecure = false\nuser = \"u\"\ngrace_secs = 1\n\
             log_format = \"json\"\ngatekeeper = \"g:1\"\nadvertise = \"a:1\"\n\
+            direct_jobs = \"allow\"\n\
             tls_ca = \"/a\"\ntls_cert = \"/b\"\ntls_key = \"/c\"\nallowed_users = []\n\
             allowed_programs = []\nmax_wall_secs = 1\nmax_cpu_secs = 1\nmax_memory_mib = 1\n\
             max_address_space_mib = 1\nmax_output_mib = 1\nmax_open_files = 1\n\
@@ -453,5 +467,6 @@ mod tests {
             config_file::parse(std::path::Path::new("mexecd.toml"), every_key).unwrap();
         assert_eq!(file.daemon.token_file, Some("/t".into()));
         assert_eq!(file.max_streams_per_peer, Some(1));
+        assert_eq!(file.direct_jobs, Some(DirectJobs::Allow));
     }
 }

@@ -47,6 +47,8 @@ pub enum JobError {
     OptionDenied { program: String, option: String },
     #[error("has too many open streams from {peer} ({limit}); try again later")]
     TooManyStreams { peer: String, limit: usize },
+    #[error("{0}")]
+    Lease(String),
 }
 
 impl From<AdmissionRefusal> for JobError {
@@ -92,6 +94,7 @@ impl JobError {
             JobError::CwdDenied { .. } => Refusal::CwdDenied,
             JobError::Draining => Refusal::Draining,
             JobError::Full { .. } => Refusal::Busy,
+            JobError::Lease(_) => Refusal::Lease,
         })
     }
 

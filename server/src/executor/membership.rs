@@ -2,7 +2,8 @@
 //! its load (on every admission change, and at least every heartbeat, at
 //! the interval the gatekeeper asks for in its reply). A broken stream is
 //! retried with back-off, so executors re-register on their own after a
-//! gatekeeper restart; running jobs are not touched by any of it.
+//! gatekeeper restart; running jobs are not touched by any of it. The
+//! gatekeeper's first reply carries the key lease tickets are checked with.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,7 +50,10 @@ pub struct JoinConfig {
 pub async fn stay_joined(ctx: Arc<NodeContext>, config: JoinConfig) {
     let mut backoff = RETRY_FIRST;
     loop {
-        match join_once(&ctx, &config).await {
+        let joined = join_once(&ctx, &config).await;
+        // Until we join again, clients place directly (`lease_check`).
+        ctx.lease.left();
+        match joined {
             Ok(()) => backoff = RETRY_FIRST,
             Err(cause) => {
                 tracing::warn!(gatekeeper = %config.gatekeeper, %cause, "not joined; retrying");
@@ -92,6 +96,9 @@ async fn join_once(ctx: &NodeContext, config: &JoinConfig) -> Result<(), String>
             message = responses.message() => match message {
                 Ok(Some(reply)) => {
                     heartbeat = asked_heartbeat(&reply);
+                    if !reply.lease_key.is_empty() && !ctx.lease.joined(&reply.lease_key) {
+                        tracing::warn!(gatekeeper = %config.gatekeeper, "the gatekeeper's lease key is not a key; jobs need no lease");
+                    }
                     continue;
                 }
                 Ok(None) | Err(_) => {
@@ -126,7 +133,12 @@ mod tests {
 
     #[test]
     fn the_gatekeepers_heartbeat_is_used_within_bounds() {
-        let asked = |ms| asked_heartbeat(&JoinResponse { heartbeat_ms: ms });
+        let asked = |ms| {
+            asked_heartbeat(&JoinResponse {
+                heartbeat_ms: ms,
+                ..JoinResponse::default()
+            })
+        };
         assert_eq!(asked(0), DEFAULT_HEARTBEAT);
         assert_eq!(asked(250), Duration::from_millis(250));
         assert_eq!(asked(1), HEARTBEAT_RANGE.0);

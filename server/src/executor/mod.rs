@@ -21,6 +21,8 @@
 //! - `policy`: the programs this node is allowed to run.
 //! - `load`: the load report.
 //! - `membership`: joining a gatekeeper and streaming our load to it.
+//! - `lease_check`: the gatekeeper's lease tickets, checked before a job
+//!   of a member node is admitted.
 //! - `error`: refusals and their gRPC statuses.
 
 mod account;
@@ -31,6 +33,7 @@ mod environment;
 mod error;
 pub mod group_keeper;
 mod job;
+pub mod lease_check;
 mod limits;
 mod load;
 mod membership;
@@ -60,6 +63,7 @@ pub use cgroup::Cgroups;
 pub use config::{Flags, Settings, SettingsError};
 pub use error::JobError;
 pub use group_keeper::GroupKeeper;
+pub use lease_check::{DirectJobs, LeaseCheck};
 pub use limits::JobLimits;
 pub use memory::MemoryWatch;
 pub use policy::{CommandPolicy, Program};
@@ -96,6 +100,8 @@ pub struct NodeContext {
     pub groups: Option<Arc<GroupKeeper>>,
     /// The jobs' cgroups, where the node may make them.
     pub cgroups: Option<Arc<Cgroups>>,
+    /// The gatekeeper's key, and the lease tickets used.
+    pub lease: LeaseCheck,
 }
 
 impl NodeContext {
@@ -191,6 +197,7 @@ fn node_context(
         streams: PeerStreams::new(settings.max_streams_per_peer),
         groups: watchers.groups,
         cgroups: watchers.cgroups,
+        lease: LeaseCheck::new(settings.gatekeeper.as_deref(), settings.direct_jobs),
     }
 }
 

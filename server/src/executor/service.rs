@@ -97,6 +97,11 @@ async fn start_job(
     };
     // The certificate, not the client's claim, says whose job this is.
     spec.user = ctx.access.job_user(caller.as_ref(), &spec.user)?;
+    // A member node runs only what its gatekeeper leased, for that user.
+    let now = mexec_common::clock::now_ms();
+    ctx.lease
+        .check(&ctx.name, &spec.user, spec.lease.as_ref(), now)
+        .map_err(JobError::Lease)?;
     let valid = ValidJob::new(spec, ctx.policy.as_ref())?;
     let ticket = ctx.admission.admit()?;
     let (tx, rx) = mpsc::channel(job::OUTPUT_QUEUE);

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mexec_common::connector::{Connector, Timeouts};
+use mexec_common::lease_ticket::Secret;
 use mexec_proto::v1::gatekeeper_server::GatekeeperServer;
 use tokio::net::TcpListener;
 
@@ -58,6 +59,7 @@ pub async fn run(
         access: daemon.access(),
         streams: PeerStreams::new(MAX_STREAMS_PER_PEER),
         start_timeout: daemon.start_timeout,
+        lease_secret: Secret::generate(),
     });
     let reaper = tokio::spawn(expire_silent_nodes(shared.clone()));
     let gatekeeper = GatekeeperServer::new(service::GatekeeperService::new(shared))

@@ -146,9 +146,15 @@ async fn start_on_node(
         .await
         .map_err(|err| unreachable(lease, &err))?;
     let (to_node, requests) = mpsc::channel(8);
+    // Our own ticket for this node: whatever the client sent is not ours
+    // to pass on.
+    let spec = JobSpec {
+        lease: Some(shared.ticket(lease, &spec.user)),
+        ..spec.clone()
+    };
     let _ = to_node
         .send(RunRequest {
-            msg: Some(run_request::Msg::Start(spec.clone())),
+            msg: Some(run_request::Msg::Start(spec)),
         })
         .await;
     let from_node = ExecutorClient::new(channel)

@@ -109,6 +109,14 @@ impl Gatekeeper for GatekeeperService {
         let _ = tx
             .send(Ok(JoinResponse {
                 heartbeat_ms: HEARTBEAT.as_millis() as u32,
+                // The node checks our lease tickets with it. The stream is
+                // one the node opened to us: under TLS it checked our
+                // certificate, and only a node certificate gets here.
+                lease_key: self
+                    .shared
+                    .lease_secret
+                    .node_key_bytes(&register.node)
+                    .into(),
             }))
             .await;
         let shared = self.shared.clone();
@@ -140,7 +148,7 @@ impl Gatekeeper for GatekeeperService {
         let (tx, rx) = mpsc::channel(2);
         let shared = self.shared.clone();
         tokio::spawn(async move {
-            hold_lease(shared, id, grant, lease_request.want_nodes, inbound, tx).await;
+            hold_lease(shared, id, grant, lease_request, inbound, tx).await;
             drop(place);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -221,7 +229,7 @@ async fn hold_lease(
     shared: Arc<Shared>,
     id: u64,
     grant: oneshot::Receiver<Grant>,
-    want_nodes: bool,
+    request: LeaseRequest,
     mut inbound: Streaming<AcquireRequest>,
     tx: mpsc::Sender<Result<AcquireResponse, Status>>,
 ) {
@@ -234,7 +242,7 @@ async fn hold_lease(
     else {
         return;
     };
-    let members = if want_nodes {
+    let members = if request.want_nodes {
         shared.with(|c| c.members())
     } else {
         Vec::new()
@@ -244,6 +252,7 @@ async fn hold_lease(
         node: grant.node.clone(),
         address: grant.reach.clients.clone(),
         members,
+        ticket: Some(shared.ticket(&grant, &request.user)),
     };
     let _ = tx
         .send(Ok(response(acquire_response::Msg::Lease(lease))))

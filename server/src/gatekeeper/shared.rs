@@ -6,9 +6,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mexec_common::clock;
 use mexec_common::connector::Connector;
+use mexec_common::lease_ticket::{self, Secret};
 use mexec_common::refusal::Refusal;
-use mexec_proto::v1::Queued;
+use mexec_proto::v1::{LeaseTicket, Queued};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Status, Streaming};
 
@@ -29,6 +31,9 @@ pub struct Shared {
     pub streams: Arc<PeerStreams>,
     /// How long a caller has to send a stream's first message.
     pub start_timeout: Duration,
+    /// Signs lease tickets; drawn at each start, so a restart voids the
+    /// old tickets with the old leases.
+    pub lease_secret: Secret,
 }
 
 impl Shared {
@@ -44,6 +49,13 @@ impl Shared {
         self.access
             .job_user(caller, claimed)
             .map_err(|denied| Refusal::Denied.status(format!("gatekeeper: {denied}")))
+    }
+
+    /// The ticket a job of `user` needs to run on the node of `grant`.
+    pub fn ticket(&self, grant: &Grant, user: &str) -> LeaseTicket {
+        let expires = clock::now_ms() + lease_ticket::LIFE.as_millis() as u64;
+        self.lease_secret
+            .ticket(&grant.node, user, grant.lease_id, expires)
     }
 
     /// The first message of a stream, which must come within the start
