@@ -58,7 +58,9 @@ fn the_windows_client_under_wine_runs_a_relayed_job_on_linux_executors() {
     let Some(wine) = Wine::start() else {
         return;
     };
-    let farm = GatedFarm::start(&[2], &[]);
+    // The test also places directly on the member node (below), which a
+    // member node takes only when it allows direct jobs.
+    let farm = GatedFarm::start_with(&[2], &[], &["--direct-jobs", "allow"]);
     let tree = job_dir();
     let desktop = tree.path().join("desktop");
     let export = tree.path().join("export");

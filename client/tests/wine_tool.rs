@@ -6,7 +6,7 @@
 //! where Wine or MinGW is missing.
 
 use std::io::Write;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 
 use mexec_testkit::wine::{self, build_windows_program};
 use mexec_testkit::{job_dir, Farm};
@@ -81,6 +81,10 @@ fn a_windows_tool_runs_on_a_linux_executor_through_wine() {
     .output()
     .unwrap();
     assert!(boot.status.success(), "{boot:?}");
+    // Every process a job starts ends with the job (its cgroup), a
+    // wineserver too: jobs that share a prefix share a wineserver that the
+    // node keeps outside any job, as the README says a site should.
+    let server = persistent_wineserver(&prefix, dir.path());
 
     let mut child = mexec(&["--", "wine", "tile.exe", "tile-in.txt", "tile-out.txt"])
         .stdin(Stdio::piped())
@@ -134,5 +138,37 @@ fn a_windows_tool_runs_on_a_linux_executor_through_wine() {
             std::fs::read_to_string(work.join(format!("{item}.out"))).unwrap(),
             format!("{}\n", item.to_uppercase())
         );
+    }
+    drop(server);
+}
+
+/// A wineserver for `prefix`, started as the job account outside any job,
+/// that stays up (`-p`) until dropped.
+fn persistent_wineserver(prefix: &std::path::Path, home: &std::path::Path) -> Wineserver {
+    let mut command = Command::new("wineserver");
+    if mexec_testkit::is_root() {
+        command = Command::new("runuser");
+        command.args(["-u", mexec_testkit::JOB_USER, "--", "wineserver"]);
+    }
+    let status = command
+        .arg("-p")
+        .envs(wine::environment(prefix))
+        .env("HOME", home)
+        .status()
+        .unwrap();
+    assert!(status.success(), "wineserver -p: {status}");
+    Wineserver(command)
+}
+
+/// Stops its wineserver (`-k`) when dropped.
+struct Wineserver(Command);
+
+impl Drop for Wineserver {
+    fn drop(&mut self) {
+        let mut stop = Command::new(self.0.get_program());
+        stop.args(self.0.get_args().filter(|a| *a != "-p"))
+            .arg("-k")
+            .envs(self.0.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))));
+        let _ = stop.status();
     }
 }
