@@ -136,6 +136,7 @@ impl Job {
             forward_stdin: self.forward_stdin,
             node_environment: view.node_environment,
             client_os: std::env::consts::OS.to_owned(),
+            repeatable: self.repeatable && !self.forward_stdin,
         }
     }
 }

@@ -18,6 +18,7 @@ use tokio::net::unix::pipe;
 
 use super::account::Account;
 use super::limits::Rlimits;
+use super::priority::JobPriority;
 use super::valid_job::ValidJob;
 
 /// A started job process; its pid is also its process group id.
@@ -41,17 +42,23 @@ pub struct Reaped {
 }
 
 /// Starts `job` in a new process group, as `run_as` when given, with
-/// `rlimits`.
-pub fn spawn(job: &ValidJob, run_as: Option<&Account>, rlimits: Rlimits) -> io::Result<Started> {
+/// `rlimits`, at `priority`.
+pub fn spawn(
+    job: &ValidJob,
+    run_as: Option<&Account>,
+    rlimits: Rlimits,
+    priority: JobPriority,
+) -> io::Result<Started> {
     let mut command = command(job, run_as);
     let umask = Mode::from_bits_truncate((job.spec.umask & 0o777) as _);
     // SAFETY: the closure runs between fork and exec, so it may only make
-    // async-signal-safe calls: umask, setrlimit and prctl are plain system
-    // calls, and their nix wrappers allocate nothing.
+    // async-signal-safe calls: umask, setrlimit, prctl and the priority
+    // calls are plain system calls, and their wrappers allocate nothing.
     unsafe {
         command.pre_exec(move || {
             nix::sys::stat::umask(umask);
             rlimits.apply()?;
+            priority.apply();
             // If the daemon dies hard (SIGKILL, OOM), the job's leader dies
             // with it rather than run on unwatched (its children are not
             // covered). PDEATHSIG fires when the spawning *thread* ends;

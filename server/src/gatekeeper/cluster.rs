@@ -93,13 +93,20 @@ impl Node {
         self.leased.max(self.report.running + self.report.queued)
     }
 
-    fn has_free_slot(&self) -> bool {
-        !self.report.draining && self.busy() < self.report.slots
+    /// The slots the node offers now: fewer than it has on a desktop whose
+    /// owner is busy, none while the owner needs the whole machine.
+    fn offered(&self) -> u32 {
+        mexec_common::load_query::offered_slots(&self.report)
     }
 
-    /// Lower is better: busy slots plus load that is not ours, per slot.
+    fn has_free_slot(&self) -> bool {
+        !self.report.draining && self.busy() < self.offered()
+    }
+
+    /// Lower is better: busy slots plus load that is not ours, per offered
+    /// slot.
     fn score(&self) -> f64 {
-        (f64::from(self.busy()) + self.report.foreign_load) / f64::from(self.report.slots.max(1))
+        (f64::from(self.busy()) + self.report.foreign_load) / f64::from(self.offered().max(1))
     }
 }
 
@@ -649,5 +656,30 @@ mod tests {
         assert_eq!(SILENCE_LIMIT, Duration::from_secs(3));
         let later = Instant::now() + SILENCE_LIMIT + Duration::from_millis(10);
         assert_eq!(c.expire_silent(later), vec!["n".to_owned()]);
+    }
+
+    #[test]
+    fn a_desktop_gets_only_the_slots_it_offers_and_none_while_its_owner_works() {
+        let mut c = cluster(&[("farm", 2)]);
+        let desk = |offered| LoadReport {
+            slots: 4,
+            desktop: true,
+            offered_slots: offered,
+            ..LoadReport::default()
+        };
+        let conn = c.new_conn();
+        c.join("desk", Reach::same("desk:1"), conn, desk(1));
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            let (_, mut rx) = c.enqueue(want("u", "b")).unwrap();
+            got.push(rx.try_recv().map(|g| g.node).unwrap_or_default());
+        }
+        got.sort();
+        assert_eq!(got, ["", "desk", "farm", "farm"], "one waits: 3 slots offered");
+        let (_, mut waiting) = c.enqueue(want("u", "b")).unwrap();
+        c.report("desk", &Reach::same("desk:1"), conn, desk(0));
+        assert!(waiting.try_recv().is_err(), "the owner needs the desk");
+        c.report("desk", &Reach::same("desk:1"), conn, desk(4));
+        assert_eq!(waiting.try_recv().unwrap().node, "desk");
     }
 }

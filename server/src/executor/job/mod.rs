@@ -159,7 +159,8 @@ impl Running {
         out: &Outbound,
         started_at: Instant,
     ) -> std::io::Result<Running> {
-        let started = process::spawn(job, ctx.run_as.as_ref(), Rlimits::for_job(&ctx.limits))?;
+        let rlimits = Rlimits::for_job(&ctx.limits);
+        let started = process::spawn(job, ctx.run_as.as_ref(), rlimits, ctx.priority)?;
         let pid = started.pid;
         let group = Group {
             pgid: pid,
@@ -239,6 +240,11 @@ impl Running {
                     Err(_) => *memory = None,
                 },
                 _ = abort.wait_for(|abort| *abort), if killed.is_none() => {
+                    kill(pid, &mut killed, Kill::Shutdown)
+                }
+                // A desktop's owner wants the machine back: the job ends as
+                // on a node that shut down, so its client reruns it elsewhere.
+                _ = ctx.reclaimed(&job.spec), if killed.is_none() => {
                     kill(pid, &mut killed, Kill::Shutdown)
                 }
             }
