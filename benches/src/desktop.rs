@@ -93,7 +93,10 @@ fn owner(program: &Path, processes: usize, secs: f64) -> f64 {
         .into_iter()
         .map(|c| {
             let out = c.wait_with_output().expect("owner output");
-            String::from_utf8_lossy(&out.stdout).trim().parse::<u64>().unwrap_or(0)
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0)
         })
         .sum();
     units as f64 / secs
@@ -171,7 +174,10 @@ fn makers(
                 .args(["--no-local", "gcc", "-O2", "-c", "work.c", "-o"])
                 .arg(format!("o{n}.o"))
                 .env("MEXEC_NODES", format!("{node}/2"))
-                .env("MEXEC_STATE_DIR", dir.join(format!("state-{}", node.replace(':', "_"))))
+                .env(
+                    "MEXEC_STATE_DIR",
+                    dir.join(format!("state-{}", node.replace(':', "_"))),
+                )
                 .env_remove("MEXEC_GATEKEEPER")
                 .env_remove("MEXEC_CONFIG");
             c
@@ -248,7 +254,13 @@ pub fn run(smoke: bool) -> Desktop {
     let icecream = Icecream::start_with(2, None)
         .map_err(|why| missing.push(format!("icecream: {why}")))
         .ok();
-    let variants = makers(dir.path(), &desk, &plain, distccd.as_ref(), icecream.as_ref());
+    let variants = makers(
+        dir.path(),
+        &desk,
+        &plain,
+        distccd.as_ref(),
+        icecream.as_ref(),
+    );
     let mut measured: Vec<(Vec<f64>, usize, Vec<(f64, f64)>)> =
         vec![(Vec::new(), 0, Vec::new()); variants.len()];
     for round in 0..rounds {

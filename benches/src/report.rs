@@ -298,8 +298,11 @@ pub fn markdown(r: &Results) -> String {
 
 /// Section 7: the owner's throughput beside farm compiles.
 fn desktop_section(md: &mut String, d: &crate::desktop::Desktop) {
-    let _ = writeln!(md, "## 7. Desktop nodes: the owner's share
-");
+    let _ = writeln!(
+        md,
+        "## 7. Desktop nodes: the owner's share
+"
+    );
     let _ = writeln!(
         md,
         "The owner: {} CPU-bound processes (one per core) run as another account for {:.0} s, \

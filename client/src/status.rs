@@ -356,7 +356,10 @@ mod tests {
         let addr: NodeAddr = "127.0.0.1:1".parse().unwrap();
         let text = table(&[row(&addr, Ok(report.clone()))]);
         let line = text.lines().nth(1).unwrap();
-        assert!(line.contains("up, desktop: owner load 1.7, reclaiming"), "{line}");
+        assert!(
+            line.contains("up, desktop: owner load 1.7, reclaiming"),
+            "{line}"
+        );
         let cells: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(&cells[2..4], ["2", "0"], "{line}");
 

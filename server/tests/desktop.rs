@@ -9,8 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use mexec_proto::v1::executor_client::ExecutorClient;
 use mexec_proto::v1::{
-    run_request, run_response, EnvVar, JobSpec, LoadReport, RunRequest, RunResponse,
-    StatusRequest,
+    run_request, run_response, EnvVar, JobSpec, LoadReport, RunRequest, RunResponse, StatusRequest,
 };
 use mexec_testkit::owner::CpuHog;
 use mexec_testkit::{job_dir, wait_until, Executor};
@@ -72,7 +71,10 @@ fn status_now(executor: &Executor) -> LoadReport {
 async fn run(
     executor: &Executor,
     spec: JobSpec,
-) -> (mpsc::Sender<RunRequest>, Result<Streaming<RunResponse>, Status>) {
+) -> (
+    mpsc::Sender<RunRequest>,
+    Result<Streaming<RunResponse>, Status>,
+) {
     let (tx, rx) = mpsc::channel(4);
     tx.send(RunRequest {
         msg: Some(run_request::Msg::Start(spec)),
@@ -168,7 +170,11 @@ fn jobs_on_a_desktop_run_at_idle_cpu_and_io_priority() {
         (after_name[16].clone(), after_name[38].clone(), io)
     };
     let (nice, policy, io) = fields(&desk);
-    assert_eq!((nice.as_str(), policy.as_str()), ("19", "5"), "SCHED_IDLE is 5");
+    assert_eq!(
+        (nice.as_str(), policy.as_str()),
+        ("19", "5"),
+        "SCHED_IDLE is 5"
+    );
     assert!(io == "idle" || io == "no-ionice", "{io}");
     let (nice, policy, io) = fields(&plain);
     assert_eq!((nice.as_str(), policy.as_str()), ("0", "0"));
@@ -196,4 +202,13 @@ fn the_executors_own_jobs_are_not_the_owners_load() {
     assert!(report.owner_load < 3.5, "our jobs were counted: {report:?}");
     drop(jobs);
     assert!(wait_until(STATE_WAIT, || status_now(&desk).running == 0));
+}
+
+#[test]
+fn the_example_desktop_config_under_deploy_parses() {
+    let path = mexec_testkit::workspace_root().join("deploy/mexecd-desktop.toml");
+    let config: mexec_server::executor::config::FileConfig =
+        mexec_common::config_file::load(&path).expect("deploy/mexecd-desktop.toml parses");
+    assert_eq!((config.desktop, config.reclaim), (Some(true), Some(true)));
+    assert_eq!(config.reclaim_after_ms, Some(1000));
 }

@@ -300,11 +300,14 @@ mod tests {
             ..LoadReport::default()
         };
         p.record(0, &desk(0));
-        p.record(1, &LoadReport {
-            slots: 1,
-            running: 1,
-            ..LoadReport::default()
-        });
+        p.record(
+            1,
+            &LoadReport {
+                slots: 1,
+                running: 1,
+                ..LoadReport::default()
+            },
+        );
         // b is full and a is free but its owner needs it: b still first.
         assert_eq!(p.choose(&HashSet::new()).unwrap().index, 1);
         p.release(1);

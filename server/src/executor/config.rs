@@ -284,7 +284,10 @@ fn desktop_policy(
         (false, false) => return Ok(None),
         _ => {}
     }
-    let hold = flags.reclaim_after_ms.or(file.reclaim_after_ms).unwrap_or(1000);
+    let hold = flags
+        .reclaim_after_ms
+        .or(file.reclaim_after_ms)
+        .unwrap_or(1000);
     let min_available_bytes = flags
         .desktop_min_available_mib
         .or(file.desktop_min_available_mib)
@@ -459,9 +462,8 @@ mod tests {
     #[test]
     fn a_desktop_takes_its_policy_from_flags_over_the_file_and_reclaim_needs_it() {
         assert!(Settings::resolve(flags()).unwrap().desktop.is_none());
-        let (mut f, _dir) = flags_with_file(
-            "desktop = true\nreclaim = true\nreclaim_after_ms = 300\nslots = 2\n",
-        );
+        let (mut f, _dir) =
+            flags_with_file("desktop = true\nreclaim = true\nreclaim_after_ms = 300\nslots = 2\n");
         f.desktop.desktop_min_available_mib = Some(64);
         let d = Settings::resolve(f).unwrap().desktop.expect("a desktop");
         assert_eq!(d.reclaim_after, Some(Duration::from_millis(300)));

@@ -92,7 +92,8 @@ impl Desktop {
                 "desktop offer changed"
             );
         }
-        self.reclaiming.send_if_modified(|r| std::mem::replace(r, reclaiming) != reclaiming);
+        self.reclaiming
+            .send_if_modified(|r| std::mem::replace(r, reclaiming) != reclaiming);
         // Announces the change, so membership and WatchLoad report it now.
         admission.set_offered(slots);
     }
@@ -142,7 +143,9 @@ mod tests {
         assert_eq!(a.counts().offered, 0);
         let quick = Duration::from_millis(50);
         assert!(tokio::time::timeout(quick, d.reclaimed(true)).await.is_ok());
-        assert!(tokio::time::timeout(quick, d.reclaimed(false)).await.is_err());
+        assert!(tokio::time::timeout(quick, d.reclaimed(false))
+            .await
+            .is_err());
         let no_reclaim = desktop(None);
         no_reclaim.update(
             Offer {
@@ -151,6 +154,8 @@ mod tests {
             },
             &a,
         );
-        assert!(tokio::time::timeout(quick, no_reclaim.reclaimed(true)).await.is_err());
+        assert!(tokio::time::timeout(quick, no_reclaim.reclaimed(true))
+            .await
+            .is_err());
     }
 }

@@ -90,6 +90,9 @@ mod tests {
         let r = report("d1", counts, Some(&offer));
         assert!(r.desktop);
         assert_eq!((r.slots, r.offered_slots), (4, 1));
-        assert_eq!((r.offer_reason.as_str(), r.owner_load), ("owner load 2.6", 2.6));
+        assert_eq!(
+            (r.offer_reason.as_str(), r.owner_load),
+            ("owner load 2.6", 2.6)
+        );
     }
 }

@@ -93,13 +93,22 @@ impl OwnerTracker {
         let dt = self.last.map_or(SAMPLE_EVERY, |last| now - last);
         self.last = Some(now);
         let now_load = sample.owner_runnable.max(0.0);
-        let tau = if now_load > self.load { RISING } else { FALLING };
+        let tau = if now_load > self.load {
+            RISING
+        } else {
+            FALLING
+        };
         let weight = 1.0 - (-dt.as_secs_f64() / tau.as_secs_f64()).exp();
         self.load += (now_load - self.load) * weight;
         self.cpu_offer = offer_for(&self.policy, self.load, self.cpu_offer);
-        self.memory_short = memory_short(&self.policy, sample.mem_available_bytes, self.memory_short);
+        self.memory_short =
+            memory_short(&self.policy, sample.mem_available_bytes, self.memory_short);
         let wanted = self.memory_short || self.cpu_offer == 0;
-        self.wanted_since = if wanted { self.wanted_since.or(Some(now)) } else { None };
+        self.wanted_since = if wanted {
+            self.wanted_since.or(Some(now))
+        } else {
+            None
+        };
         let reclaiming = match (self.policy.reclaim_after, self.wanted_since) {
             (Some(hold), Some(since)) => now - since >= hold,
             _ => false,
@@ -226,9 +235,16 @@ mod tests {
             mem_available_bytes: Some(mib << 20),
         };
         let offer = t.sample(low(50), now);
-        assert_eq!((offer.slots, offer.reason.as_str()), (0, "memory: 50 MiB available"));
+        assert_eq!(
+            (offer.slots, offer.reason.as_str()),
+            (0, "memory: 50 MiB available")
+        );
         assert!(offer.reclaiming);
-        assert_eq!(t.sample(low(110), now + SAMPLE_EVERY).slots, 0, "within the margin");
+        assert_eq!(
+            t.sample(low(110), now + SAMPLE_EVERY).slots,
+            0,
+            "within the margin"
+        );
         assert_eq!(t.sample(low(200), now + SAMPLE_EVERY * 2).slots, 4);
     }
 }

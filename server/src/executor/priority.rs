@@ -61,7 +61,10 @@ mod tests {
     fn a_child_at_idle_priority_is_idle_for_cpu_and_io() {
         use std::os::unix::process::CommandExt;
         let mut command = std::process::Command::new("sh");
-        command.args(["-c", "cat /proc/self/stat; ionice -p $$ 2>/dev/null || true"]);
+        command.args([
+            "-c",
+            "cat /proc/self/stat; ionice -p $$ 2>/dev/null || true",
+        ]);
         // SAFETY: `apply` makes only async-signal-safe calls.
         unsafe {
             command.pre_exec(|| {
@@ -72,7 +75,12 @@ mod tests {
         let out = command.output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         let stat = text.lines().next().unwrap();
-        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
         // After the command name: nice is field 19 and policy field 41 of
         // the stat line, so 16 and 38 here.
         assert_eq!(fields[16], "19", "{stat}");

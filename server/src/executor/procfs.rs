@@ -100,7 +100,11 @@ pub fn runnable_tasks_in_tree(root: u32) -> u32 {
                 runnable += 1;
             }
             if let Ok(children) = std::fs::read_to_string(task.path().join("children")) {
-                stack.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+                stack.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok()),
+                );
             }
         }
     }
@@ -109,7 +113,12 @@ pub fn runnable_tasks_in_tree(root: u32) -> u32 {
 
 /// The state letter of a /proc/PID/stat line (R running, S sleeping, ...).
 fn stat_state(stat: &str) -> Option<char> {
-    stat.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
 }
 
 /// Every process of the node, by pid.

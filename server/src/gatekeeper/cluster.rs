@@ -675,7 +675,11 @@ mod tests {
             got.push(rx.try_recv().map(|g| g.node).unwrap_or_default());
         }
         got.sort();
-        assert_eq!(got, ["", "desk", "farm", "farm"], "one waits: 3 slots offered");
+        assert_eq!(
+            got,
+            ["", "desk", "farm", "farm"],
+            "one waits: 3 slots offered"
+        );
         let (_, mut waiting) = c.enqueue(want("u", "b")).unwrap();
         c.report("desk", &Reach::same("desk:1"), conn, desk(0));
         assert!(waiting.try_recv().is_err(), "the owner needs the desk");
