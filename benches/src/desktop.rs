@@ -157,6 +157,15 @@ fn load_avg() -> f64 {
 
 type Maker = Arc<dyn Fn(usize) -> Command + Send + Sync>;
 
+/// One variant's rounds: owner units per second, compiles finished, and
+/// the load average around each.
+#[derive(Debug, Clone, Default)]
+struct Rounds {
+    units: Vec<f64>,
+    compiles: usize,
+    load: Vec<(f64, f64)>,
+}
+
 /// The compile command of each variant.
 fn makers(
     dir: &Path,
@@ -261,8 +270,7 @@ pub fn run(smoke: bool) -> Desktop {
         distccd.as_ref(),
         icecream.as_ref(),
     );
-    let mut measured: Vec<(Vec<f64>, usize, Vec<(f64, f64)>)> =
-        vec![(Vec::new(), 0, Vec::new()); variants.len()];
+    let mut measured = vec![Rounds::default(); variants.len()];
     for round in 0..rounds {
         for (i, (name, maker)) in variants.iter().enumerate() {
             eprintln!("desktop: round {} of {rounds}: {name}", round + 1);
@@ -282,23 +290,23 @@ pub fn run(smoke: bool) -> Desktop {
             let after = load_avg();
             let compiles = stream.map_or(0, CompileStream::finish);
             let m = &mut measured[i];
-            m.0.push(units);
-            m.1 += compiles;
-            m.2.push((before, after));
+            m.units.push(units);
+            m.compiles += compiles;
+            m.load.push((before, after));
         }
     }
-    let alone = crate::stats::median(&measured[0].0);
+    let alone = crate::stats::median(&measured[0].units);
     let runs = variants
         .iter()
         .zip(measured)
-        .map(|((name, _), (units, compiles, load))| {
-            let units_per_s = crate::stats::median(&units);
+        .map(|((name, _), m)| {
+            let units_per_s = crate::stats::median(&m.units);
             OwnerRun {
                 variant: name.clone(),
                 units_per_s,
                 ratio: units_per_s / alone.max(1e-9),
-                compiles,
-                load,
+                compiles: m.compiles,
+                load: m.load,
             }
         })
         .collect();
