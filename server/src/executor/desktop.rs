@@ -79,7 +79,7 @@ impl Desktop {
     }
 
     fn update(&self, offer: Offer, admission: &Admission) {
-        let (slots, reclaiming) = (offer.slots, offer.reclaiming);
+        let (slots, reclaiming, owner_load) = (offer.slots, offer.reclaiming, offer.owner_load);
         let before = std::mem::replace(
             &mut *self.offer.lock().unwrap_or_else(|e| e.into_inner()),
             offer,
@@ -88,7 +88,7 @@ impl Desktop {
             tracing::info!(
                 offered = slots,
                 reclaiming,
-                owner_load = format!("{:.2}", before.owner_load),
+                owner_load = format!("{owner_load:.2}"),
                 "desktop offer changed"
             );
         }
