@@ -247,7 +247,7 @@ fn as_if_elsewhere(command: &mut Command) {
 
 /// Measures every variant, interleaved for `rounds` rounds.
 pub fn run(smoke: bool) -> Desktop {
-    let (secs, rounds) = if smoke { (2.0, 1) } else { (8.0, 3) };
+    let (secs, rounds) = if smoke { (2.0, 1) } else { (6.0, 5) };
     let processes = std::thread::available_parallelism().map_or(1, |n| n.get());
     let dir = job_dir();
     let program = build_owner(dir.path());

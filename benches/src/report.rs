@@ -315,7 +315,7 @@ fn desktop_section(md: &mut String, d: &crate::desktop::Desktop) {
     );
     let _ = writeln!(
         md,
-        "| farm work beside the owner | owner units/s | owner's share | target | compiles finished meanwhile | load average before → after, per round |"
+        "| farm work beside the owner | owner units/s | owner's share | target | compiles finished (2 s lead-in and the owner's run, all rounds) | load average before → after, per round |"
     );
     let _ = writeln!(md, "|---|---:|---:|---|---:|---|");
     for run in &d.runs {
