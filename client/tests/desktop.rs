@@ -77,7 +77,9 @@ fn rand_suffix() -> u128 {
 fn a_busy_owners_desk_offers_nothing_and_new_jobs_go_elsewhere_until_it_is_idle() {
     let _serial = one_at_a_time();
     let mut cluster = Cluster::start(&[1], &[]);
-    cluster.add_with("desk", 4, &["--desktop"]);
+    // Many slots for two cores, so that some are offered even while other
+    // work on a shared machine takes most of a core.
+    cluster.add_with("desk", 16, &["--desktop"]);
     let dir = job_dir();
     // Other work on the machine is an owner's load too: a shared machine
     // may keep some slots back, so "offers" here is "offers some".
@@ -120,7 +122,7 @@ fn reclaim_moves_a_long_repeatable_job_off_a_desk_and_its_build_succeeds() {
     let mut cluster = Cluster::start(&[], &[]);
     cluster.add_with(
         "desk",
-        2,
+        16,
         &["--desktop", "--reclaim", "--reclaim-after-ms", "300"],
     );
     let dir = job_dir();
@@ -128,9 +130,10 @@ fn reclaim_moves_a_long_repeatable_job_off_a_desk_and_its_build_succeeds() {
         .is_some_and(|n| n > 0)));
     let log = dir.path().join("build.log");
     // A build of two steps: a long repeatable one and one that needs it.
+    // `-n`: a job that may read stdin is repeatable only without it.
     let makefile = format!(
         "all: done.txt\n\
-         long.txt:\n\t{mexec} --retry --no-local sh -c 'sleep 6; echo long > long.txt'\n\
+         long.txt:\n\t{mexec} --retry -n --no-local sh -c 'sleep 6; echo long > long.txt'\n\
          done.txt: long.txt\n\t{mexec} --no-local sh -c 'cat long.txt > done.txt'\n",
         mexec = bin("mexec").display()
     );

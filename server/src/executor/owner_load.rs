@@ -9,7 +9,9 @@
 //! not bring farm work back at once. The node offers its slots in proportion to the
 //! cores the owner leaves free; a count changes only once the figure has
 //! moved `HYSTERESIS` past the point where rounding would change it, so a
-//! load hovering at a boundary does not flap the offer.
+//! load hovering at a boundary does not flap the offer, and grows only
+//! after `GROW_AFTER`, so an owner whose work comes and goes does not
+//! either.
 
 use std::time::{Duration, Instant};
 
@@ -23,6 +25,10 @@ pub const FALLING: Duration = Duration::from_millis(1500);
 /// How far past a rounding boundary the offer must be before it changes,
 /// in slots.
 pub const HYSTERESIS: f64 = 0.2;
+/// The offer shrinks at once but grows only once it could have grown for
+/// this long: an owner whose load comes and goes does not flap it, and a
+/// lease granted on a brief dip does not meet a refusal.
+pub const GROW_AFTER: Duration = Duration::from_secs(1);
 /// Memory counts as short again only once it is this much above the
 /// threshold, so one freed job does not flip it straight back.
 const MEMORY_RECOVERED: f64 = 1.25;
@@ -70,6 +76,8 @@ pub struct OwnerTracker {
     load: f64,
     last: Option<Instant>,
     cpu_offer: u32,
+    /// Since when the offer could have grown.
+    grow_since: Option<Instant>,
     memory_short: bool,
     /// Since when the owner has left no slot to offer (or memory is short).
     wanted_since: Option<Instant>,
@@ -83,6 +91,7 @@ impl OwnerTracker {
             load: 0.0,
             last: None,
             cpu_offer: policy.slots,
+            grow_since: None,
             memory_short: false,
             wanted_since: None,
         }
@@ -100,7 +109,7 @@ impl OwnerTracker {
         };
         let weight = 1.0 - (-dt.as_secs_f64() / tau.as_secs_f64()).exp();
         self.load += (now_load - self.load) * weight;
-        self.cpu_offer = offer_for(&self.policy, self.load, self.cpu_offer);
+        self.cpu_offer = self.damped(offer_for(&self.policy, self.load, self.cpu_offer), now);
         self.memory_short =
             memory_short(&self.policy, sample.mem_available_bytes, self.memory_short);
         let wanted = self.memory_short || self.cpu_offer == 0;
@@ -126,6 +135,24 @@ impl OwnerTracker {
             slots,
             reason,
             reclaiming,
+        }
+    }
+}
+
+impl OwnerTracker {
+    /// `proposed` applied at once when it shrinks the offer, after
+    /// `GROW_AFTER` when it grows it.
+    fn damped(&mut self, proposed: u32, now: Instant) -> u32 {
+        if proposed <= self.cpu_offer {
+            self.grow_since = None;
+            return proposed;
+        }
+        let since = *self.grow_since.get_or_insert(now);
+        if now - since >= GROW_AFTER {
+            self.grow_since = None;
+            proposed
+        } else {
+            self.cpu_offer
         }
     }
 }
@@ -246,5 +273,16 @@ mod tests {
             "within the margin"
         );
         assert_eq!(t.sample(low(200), now + SAMPLE_EVERY * 2).slots, 4);
+    }
+
+    #[test]
+    fn the_offer_grows_back_only_after_a_quiet_second() {
+        let mut t = OwnerTracker::new(policy(None));
+        let mut now = Instant::now();
+        assert_eq!(feed(&mut t, &mut now, 4.0, 5.0).slots, 0);
+        // The owner pauses for half a second, then is back: no flap.
+        assert_eq!(feed(&mut t, &mut now, 0.0, 0.5).slots, 0);
+        assert_eq!(feed(&mut t, &mut now, 4.0, 1.0).slots, 0);
+        assert!(feed(&mut t, &mut now, 0.0, 3.0).slots > 0);
     }
 }
