@@ -42,6 +42,12 @@ impl Icecream {
     /// built and installed before anything is timed. Err says why icecream
     /// cannot run here.
     pub fn start(slots: u32) -> Result<Icecream, String> {
+        Self::start_with(slots, Some(0))
+    }
+
+    /// Like `start`, with the remote daemon's jobs at `nice` (`None`: the
+    /// daemon's default, 5).
+    pub fn start_with(slots: u32, nice: Option<u32>) -> Result<Icecream, String> {
         for program in ["icecc", "iceccd", "icecc-scheduler", "unshare"] {
             if !on_path(program) {
                 return Err(format!("{program} is not installed"));
@@ -64,7 +70,8 @@ impl Icecream {
         let remote = format!(
             "mount -t tmpfs tmpfs /run/icecc && mount --bind {stat} /proc/stat && \
              exec iceccd -n mexec-bench -s {scheduler_ip} -N {REMOTE_NAME} -m {slots} \
-             --nice 0 -b {envs} -l {log}",
+             {nice} -b {envs} -l {log}",
+            nice = nice.map(|n| format!("--nice {n}")).unwrap_or_default(),
             stat = frozen_stat.display(),
             envs = dir.path().join("remote-envs").display(),
             log = dir.path().join("remote.log").display(),

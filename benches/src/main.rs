@@ -4,6 +4,8 @@
 //! Layout:
 //! - `overhead`, `build`, `sched`, `fairness`, `throughput`, `footprint`:
 //!   one section each, as in the benchmark issue.
+//! - `desktop`: what farm compiles on a desktop cost its owner, against a
+//!   plain node, distcc and icecream.
 //! - `peers`: distccd on loopback, the machine's description.
 //! - `icecream`: an icecream scheduler and daemon on hosts of their own.
 //! - `stats`: medians and percentiles.
@@ -11,6 +13,7 @@
 //! - `report`: BENCHMARKS.md.
 
 mod build;
+mod desktop;
 mod fairness;
 mod footprint;
 mod icecream;
@@ -37,7 +40,7 @@ struct Cli {
     #[arg(long)]
     smoke: bool,
     /// Sections to run (default: all): overhead, build, sched, fairness,
-    /// throughput, footprint.
+    /// throughput, footprint, desktop.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the JSON results.
@@ -74,6 +77,7 @@ pub struct Results {
     pub fairness: Option<Vec<fairness::FairnessRun>>,
     pub throughput: Option<throughput::Throughput>,
     pub footprint: Option<footprint::Footprint>,
+    pub desktop: Option<desktop::Desktop>,
     pub notes: String,
 }
 
@@ -108,6 +112,7 @@ fn main() {
         fairness: None,
         throughput: None,
         footprint: None,
+        desktop: None,
         notes,
     };
     if wanted("overhead") {
@@ -134,6 +139,10 @@ fn main() {
         section("footprint");
         results.footprint = Some(footprint::run(cli.smoke));
     }
+    if wanted("desktop") {
+        section("desktop");
+        results.desktop = Some(desktop::run(cli.smoke));
+    }
     // A partial run (--only) updates its sections of the earlier results
     // and keeps the others; each section is still one side-by-side run.
     if !cli.only.is_empty() {
@@ -149,6 +158,7 @@ fn main() {
             results.fairness = results.fairness.or(old.fairness);
             results.throughput = results.throughput.or(old.throughput);
             results.footprint = results.footprint.or(old.footprint);
+            results.desktop = results.desktop.or(old.desktop);
         }
     }
     let json = serde_json::to_string_pretty(&results).expect("results serialize");

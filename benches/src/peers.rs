@@ -36,6 +36,9 @@ impl Distccd {
         if mexec_testkit::is_root() {
             command.args(["--user", mexec_testkit::JOB_USER]);
         }
+        // Its own group: distccd's pre-forked workers outlive a killed
+        // parent, so the whole group goes on drop.
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let child = command.spawn().ok()?;
         let up = mexec_testkit::wait_until(Duration::from_secs(10), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
@@ -55,6 +58,10 @@ impl Distccd {
 
 impl Drop for Distccd {
     fn drop(&mut self) {
+        // SAFETY: kill has no memory effects; a negative pid names the group.
+        unsafe {
+            libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -138,6 +138,7 @@ impl Job {
             client_os: std::env::consts::OS.to_owned(),
             // Only a lease has one (`node_run`).
             lease: None,
+            repeatable: self.repeatable && !self.forward_stdin,
         }
     }
 }

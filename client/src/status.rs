@@ -1,4 +1,5 @@
-//! `mexec --status`: every node's load, as a table or JSON.
+//! `mexec --status`: every node's load, as a table or JSON. Desktop nodes
+//! show the slots they offer now and why (`OFFER`, and the state column).
 
 use mexec_common::connector::Connector;
 use mexec_common::farm::Farm;
@@ -72,6 +73,16 @@ pub struct NodeStatus {
     pub node: Option<String>,
     pub version: Option<String>,
     pub slots: Option<u32>,
+    /// Slots offered now: fewer than `slots` on a desktop whose owner works.
+    pub offered_slots: Option<u32>,
+    /// A desktop node, whose owner comes first.
+    pub desktop: Option<bool>,
+    /// Why a desktop offers fewer slots ("owner load 1.7"); empty when not.
+    pub offer_reason: Option<String>,
+    /// A desktop's owner's load, smoothed over about a second.
+    pub owner_load: Option<f64>,
+    /// Whether a desktop is giving its repeatable jobs back.
+    pub reclaiming: Option<bool>,
     pub running: Option<u32>,
     pub queued: Option<u32>,
     pub load_avg_1m: Option<f64>,
@@ -96,11 +107,16 @@ pub async fn collect(connector: &Connector, nodes: &[NodeAddr]) -> Vec<NodeStatu
 fn row(addr: &NodeAddr, answer: Result<LoadReport, String>) -> NodeStatus {
     match answer {
         Ok(r) => NodeStatus {
+            offered_slots: Some(load_query::offered_slots(&r)),
             address: addr.authority(),
             reachable: true,
             node: Some(r.node),
             version: Some(r.version),
             slots: Some(r.slots),
+            desktop: Some(r.desktop),
+            offer_reason: Some(r.offer_reason),
+            owner_load: Some(r.owner_load),
+            reclaiming: Some(r.reclaiming),
             running: Some(r.running),
             queued: Some(r.queued),
             load_avg_1m: Some(r.load_avg_1m),
@@ -117,6 +133,11 @@ fn row(addr: &NodeAddr, answer: Result<LoadReport, String>) -> NodeStatus {
             node: None,
             version: None,
             slots: None,
+            offered_slots: None,
+            desktop: None,
+            offer_reason: None,
+            owner_load: None,
+            reclaiming: None,
             running: None,
             queued: None,
             load_avg_1m: None,
@@ -133,10 +154,11 @@ fn row(addr: &NodeAddr, answer: Result<LoadReport, String>) -> NodeStatus {
 /// The table a person reads.
 pub fn table(rows: &[NodeStatus]) -> String {
     let mut text = format!(
-        "{:<22} {:<14} {:>5} {:>7} {:>6} {:>6} {:>8} {:>9} {:<8} {}\n",
+        "{:<22} {:<14} {:>5} {:>5} {:>7} {:>6} {:>6} {:>8} {:>9} {:<8} {}\n",
         "ADDRESS",
         "NODE",
         "SLOTS",
+        "OFFER",
         "RUNNING",
         "QUEUED",
         "LOAD",
@@ -146,18 +168,23 @@ pub fn table(rows: &[NodeStatus]) -> String {
         "STATE"
     );
     for r in rows {
-        let state = match (r.reachable, r.draining) {
-            (false, _) => format!("unreachable: {}", r.error.as_deref().unwrap_or("")),
-            (true, Some(true)) => "draining".to_owned(),
-            (true, _) => "up".to_owned(),
+        let state = match r.reachable {
+            false => format!("unreachable: {}", r.error.as_deref().unwrap_or("")),
+            true => state(
+                r.draining == Some(true),
+                r.desktop == Some(true),
+                r.offer_reason.as_deref().unwrap_or(""),
+                r.reclaiming == Some(true),
+            ),
         };
         let num = |v: Option<u32>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
         let float = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
         text.push_str(&format!(
-            "{:<22} {:<14} {:>5} {:>7} {:>6} {:>6} {:>8} {:>9} {:<8} {}\n",
+            "{:<22} {:<14} {:>5} {:>5} {:>7} {:>6} {:>6} {:>8} {:>9} {:<8} {}\n",
             r.address,
             r.node.as_deref().unwrap_or("-"),
             num(r.slots),
+            num(r.offered_slots),
             num(r.running),
             num(r.queued),
             float(r.load_avg_1m),
@@ -172,13 +199,31 @@ pub fn table(rows: &[NodeStatus]) -> String {
     text
 }
 
+/// A node's state column: up or draining, and for a desktop node what
+/// keeps it from offering all its slots.
+fn state(draining: bool, desktop: bool, reason: &str, reclaiming: bool) -> String {
+    let mut text = if draining { "draining" } else { "up" }.to_owned();
+    if desktop {
+        text.push_str(", desktop");
+        if !reason.is_empty() {
+            text.push_str(": ");
+            text.push_str(reason);
+        }
+        if reclaiming {
+            text.push_str(", reclaiming");
+        }
+    }
+    text
+}
+
 /// The gatekeeper's view: nodes, users and running jobs, as tables.
 pub fn cluster_table(reply: &mexec_proto::v1::ClusterStatusReply) -> String {
     let mut text = format!(
-        "{:<22} {:<14} {:>5} {:>7} {:>6} {:>6} {:>6} {:>8} {:<8} {}\n",
+        "{:<22} {:<14} {:>5} {:>5} {:>7} {:>6} {:>6} {:>6} {:>8} {:<8} {}\n",
         "ADDRESS",
         "NODE",
         "SLOTS",
+        "OFFER",
         "RUNNING",
         "QUEUED",
         "LEASED",
@@ -189,12 +234,18 @@ pub fn cluster_table(reply: &mexec_proto::v1::ClusterStatusReply) -> String {
     );
     for n in &reply.nodes {
         let load = n.load.clone().unwrap_or_default();
-        let state = if load.draining { "draining" } else { "up" };
+        let state = state(
+            load.draining,
+            load.desktop,
+            &load.offer_reason,
+            load.reclaiming,
+        );
         text.push_str(&format!(
-            "{:<22} {:<14} {:>5} {:>7} {:>6} {:>6} {:>6.2} {:>8.2} {:<8} {}\n",
+            "{:<22} {:<14} {:>5} {:>5} {:>7} {:>6} {:>6} {:>6.2} {:>8.2} {:<8} {}\n",
             n.address,
             load.node,
             load.slots,
+            load_query::offered_slots(&load),
             load.running,
             load.queued,
             n.leased,
@@ -260,6 +311,9 @@ pub fn cluster_json(reply: &mexec_proto::v1::ClusterStatusReply) -> serde_json::
                 "load_avg_1m": load.load_avg_1m, "foreign_load": load.foreign_load,
                 "draining": load.draining, "version": load.version,
                 "last_report_ms": n.last_report_ms,
+                "offered_slots": load_query::offered_slots(&load), "desktop": load.desktop,
+                "offer_reason": load.offer_reason, "owner_load": load.owner_load,
+                "reclaiming": load.reclaiming,
             })
         })
         .collect();
@@ -282,4 +336,52 @@ pub fn cluster_json(reply: &mexec_proto::v1::ClusterStatusReply) -> serde_json::
         "nodes": nodes, "users": users, "jobs": jobs,
         "queued": reply.queued, "max_queued": reply.max_queued, "version": reply.version,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_desktop_shows_what_it_offers_and_why() {
+        let report = LoadReport {
+            node: "desk".into(),
+            slots: 2,
+            desktop: true,
+            offered_slots: 0,
+            offer_reason: "owner load 1.7".into(),
+            reclaiming: true,
+            ..LoadReport::default()
+        };
+        let addr: NodeAddr = "127.0.0.1:1".parse().unwrap();
+        let text = table(&[row(&addr, Ok(report.clone()))]);
+        let line = text.lines().nth(1).unwrap();
+        assert!(
+            line.contains("up, desktop: owner load 1.7, reclaiming"),
+            "{line}"
+        );
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(&cells[2..4], ["2", "0"], "{line}");
+
+        let plain = LoadReport {
+            node: "farm".into(),
+            slots: 4,
+            ..LoadReport::default()
+        };
+        let row = row(&addr, Ok(plain));
+        assert_eq!((row.offered_slots, row.desktop), (Some(4), Some(false)));
+        assert!(table(&[row]).lines().nth(1).unwrap().ends_with(" up"));
+
+        let reply = mexec_proto::v1::ClusterStatusReply {
+            nodes: vec![mexec_proto::v1::NodeStatus {
+                load: Some(report),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(cluster_table(&reply).contains("desktop: owner load 1.7"));
+        let json = cluster_json(&reply);
+        assert_eq!(json["nodes"][0]["offered_slots"], 0);
+        assert_eq!(json["nodes"][0]["offer_reason"], "owner load 1.7");
+    }
 }

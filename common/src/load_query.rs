@@ -16,6 +16,17 @@ use crate::nodes::NodeAddr;
 /// How long the gatekeeper may take over the whole cluster's status.
 const CLUSTER_STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The slots a node offers now: all of them on a node of the farm (and
+/// from executors too old to send the field), fewer on a desktop node whose
+/// owner is busy.
+pub fn offered_slots(report: &LoadReport) -> u32 {
+    if report.desktop {
+        report.offered_slots.min(report.slots)
+    } else {
+        report.slots
+    }
+}
+
 /// Asks `node` for its load; the answer may take as long as a connection.
 pub async fn node_load(connector: &Connector, node: &NodeAddr) -> Result<LoadReport, String> {
     let channel = dial(connector, node).await?;

@@ -10,6 +10,7 @@
 //! - `c_project`: a vendored C source tree from the cargo registry.
 //! - `wait_until`: polling with a deadline instead of sleeps.
 //! - `wine`: Wine prefixes and MinGW builds for the Windows programs' tests.
+//! - `owner`: a desktop owner's CPU-bound work, as another account.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -20,6 +21,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub mod netns;
+pub mod owner;
 pub mod wine;
 
 /// The job account when tests run as root (executors refuse to run jobs as

@@ -182,6 +182,9 @@ impl Placement {
                 queued: report.queued,
                 foreign_load: report.foreign_load,
                 draining: report.draining,
+                offered: report
+                    .desktop
+                    .then(|| mexec_common::load_query::offered_slots(report)),
                 at_ms: now,
                 ours_then: node.reservations.len() as u32,
             });
@@ -194,8 +197,12 @@ fn view(addr: &NodeAddr, state: Option<&NodeState>, now: u64) -> NodeView {
     let fresh = state
         .and_then(|s| s.report)
         .filter(|r| now.saturating_sub(r.at_ms) < REPORT_TTL_MS);
-    let slots = fresh
-        .map(|r| r.slots)
+    // A desktop offering some of its slots counts as that many; one that
+    // offers none (its owner needs it) is tried only after every other node.
+    let offered = fresh.and_then(|r| r.offered);
+    let slots = offered
+        .filter(|s| *s > 0)
+        .or(fresh.map(|r| r.slots))
         .filter(|s| *s > 0)
         .or(addr.slots)
         .unwrap_or(GUESSED_SLOTS);
@@ -213,7 +220,7 @@ fn view(addr: &NodeAddr, state: Option<&NodeState>, now: u64) -> NodeView {
         ours,
         others,
         foreign,
-        avoid: down || draining,
+        avoid: down || draining || offered == Some(0),
     }
 }
 
@@ -280,5 +287,31 @@ mod tests {
         // Node a reports both its slots busy, one of them by our own
         // reservation; b reports only ours. The next job goes to b.
         assert_eq!(p.choose(&HashSet::new()).unwrap().index, 1);
+    }
+
+    #[test]
+    fn a_desktop_counts_its_offered_slots_and_one_offering_none_goes_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = placement(dir.path(), "a:1,b:2");
+        let desk = |offered| LoadReport {
+            slots: 8,
+            desktop: true,
+            offered_slots: offered,
+            ..LoadReport::default()
+        };
+        p.record(0, &desk(0));
+        p.record(
+            1,
+            &LoadReport {
+                slots: 1,
+                running: 1,
+                ..LoadReport::default()
+            },
+        );
+        // b is full and a is free but its owner needs it: b still first.
+        assert_eq!(p.choose(&HashSet::new()).unwrap().index, 1);
+        p.release(1);
+        p.record(0, &desk(8));
+        assert_eq!(p.choose(&HashSet::new()).unwrap().index, 0);
     }
 }

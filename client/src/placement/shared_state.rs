@@ -65,6 +65,10 @@ pub struct Snapshot {
     pub queued: u32,
     pub foreign_load: f64,
     pub draining: bool,
+    /// The slots a desktop node offers now (`None` for a node of the farm,
+    /// and in state files written before desktops).
+    #[serde(default)]
+    pub offered: Option<u32>,
     /// When it was fetched (ms since the epoch).
     pub at_ms: u64,
     /// Our reservations when it was fetched: the report already counts them.

@@ -1,5 +1,8 @@
 //! Admission: at most `slots` jobs run, at most `max_queued` wait, the rest
-//! are refused so the client goes elsewhere. Every change is announced so
+//! are refused so the client goes elsewhere. A desktop node may offer fewer
+//! slots than it has (`set_offered`): new jobs then start only while fewer
+//! than the offered number run, and with none offered nothing is admitted;
+//! running jobs are never stopped for it. Every change is announced so
 //! load watchers see it at once.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -12,6 +15,8 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 pub struct Admission {
     slots: u32,
     max_queued: u32,
+    /// Slots offered now: `slots`, or fewer on a desktop whose owner works.
+    offered: AtomicU32,
     permits: Arc<Semaphore>,
     running: AtomicU32,
     queued: AtomicU32,
@@ -55,6 +60,7 @@ pub struct QueueGuard {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {
     pub slots: u32,
+    pub offered: u32,
     pub running: u32,
     pub queued: u32,
     pub max_queued: u32,
@@ -68,6 +74,7 @@ impl Admission {
         Arc::new(Admission {
             slots,
             max_queued,
+            offered: AtomicU32::new(slots),
             permits: Arc::new(Semaphore::new(slots as usize)),
             running: AtomicU32::new(0),
             queued: AtomicU32::new(0),
@@ -83,7 +90,13 @@ impl Admission {
             return Err(Refusal::Draining);
         }
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
-            return Ok(Ticket::Slot(self.start(permit)));
+            if let Ok(slot) = self.try_start(permit) {
+                return Ok(Ticket::Slot(slot));
+            }
+        }
+        if self.offered() == 0 {
+            // A desktop whose owner needs it: nothing waits here either.
+            return Err(self.full());
         }
         let took_place = self
             .queued
@@ -92,10 +105,7 @@ impl Admission {
             })
             .is_ok();
         if !took_place {
-            return Err(Refusal::Full {
-                running: self.running.load(Ordering::Acquire),
-                queued: self.queued.load(Ordering::Acquire),
-            });
+            return Err(self.full());
         }
         self.announce();
         Ok(Ticket::Queued(QueueGuard {
@@ -103,13 +113,46 @@ impl Admission {
         }))
     }
 
-    fn start(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> SlotGuard {
-        self.running.fetch_add(1, Ordering::AcqRel);
+    fn full(&self) -> Refusal {
+        Refusal::Full {
+            running: self.running.load(Ordering::Acquire),
+            queued: self.queued.load(Ordering::Acquire),
+        }
+    }
+
+    /// Starts a job on `permit` if fewer than the offered slots are busy;
+    /// counting and checking are one step, so two jobs cannot both take
+    /// the last offered slot. The permit comes back when none is free.
+    fn try_start(
+        self: &Arc<Self>,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<SlotGuard, OwnedSemaphorePermit> {
+        let counted = self
+            .running
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
+                (r < self.offered()).then_some(r + 1)
+            });
+        if counted.is_err() {
+            return Err(permit);
+        }
         self.announce();
-        SlotGuard {
+        Ok(SlotGuard {
             admission: self.clone(),
             _permit: permit,
+        })
+    }
+
+    /// Offers `offered` of the slots (at most all of them); announced when
+    /// it changes.
+    pub fn set_offered(&self, offered: u32) {
+        let offered = offered.min(self.slots);
+        if self.offered.swap(offered, Ordering::AcqRel) != offered {
+            self.announce();
         }
+    }
+
+    fn offered(&self) -> u32 {
+        self.offered.load(Ordering::Acquire)
     }
 
     /// Stops admitting; queued jobs are told to go elsewhere.
@@ -127,6 +170,7 @@ impl Admission {
     pub fn counts(&self) -> Counts {
         Counts {
             slots: self.slots,
+            offered: self.offered(),
             running: self.running.load(Ordering::Acquire),
             queued: self.queued.load(Ordering::Acquire),
             max_queued: self.max_queued,
@@ -161,7 +205,8 @@ impl Admission {
 
 impl QueueGuard {
     /// Waits for a slot (first come, first served). Returns `None` when the
-    /// node starts draining first: the job should go elsewhere.
+    /// node starts draining, or stops offering slots, first: the job should
+    /// go elsewhere.
     pub async fn wait_for_slot(self) -> Option<SlotGuard> {
         let admission = self.admission.clone();
         let mut changes = admission.subscribe();
@@ -169,8 +214,9 @@ impl QueueGuard {
         // semaphore's first-come, first-served queue.
         let acquire = admission.permits.clone().acquire_owned();
         tokio::pin!(acquire);
-        let permit = loop {
-            if admission.is_draining() {
+        let gone = |a: &Admission| a.is_draining() || a.offered() == 0;
+        let mut permit = loop {
+            if gone(&admission) {
                 return None;
             }
             tokio::select! {
@@ -179,9 +225,20 @@ impl QueueGuard {
                 _ = changes.changed() => {}
             }
         };
-        // The job leaves the queue (dropping self) as it takes the slot.
+        // With fewer slots offered than there are, the first in the queue
+        // holds its permit until one of the offered slots frees.
+        let slot = loop {
+            match admission.try_start(permit) {
+                Ok(slot) => break slot,
+                Err(back) => permit = back,
+            }
+            if gone(&admission) || changes.changed().await.is_err() {
+                return None;
+            }
+        };
+        // The job leaves the queue (dropping self) as it has taken the slot.
         drop(self);
-        Some(admission.start(permit))
+        Some(slot)
     }
 }
 
@@ -252,5 +309,36 @@ mod tests {
         drop(slot);
         idle.await.unwrap();
         assert_eq!(a.counts().running, 0);
+    }
+
+    #[tokio::test]
+    async fn fewer_offered_slots_admit_fewer_and_none_admits_nothing() {
+        let a = Admission::new(3, 2);
+        a.set_offered(1);
+        let first = a.admit().unwrap();
+        assert!(matches!(first, Ticket::Slot(_)));
+        let Ticket::Queued(q) = a.admit().unwrap() else {
+            panic!("one slot offered: the second job waits")
+        };
+        let waiter = tokio::spawn(q.wait_for_slot());
+        drop(first);
+        let second = waiter.await.unwrap().expect("the offered slot freed");
+        assert_eq!(a.counts().running, 1);
+
+        // Running jobs stay when the offer falls to nothing; waiting ones
+        // and new ones go elsewhere.
+        let Ticket::Queued(q) = a.admit().unwrap() else {
+            panic!("third job must queue")
+        };
+        let waiter = tokio::spawn(q.wait_for_slot());
+        a.set_offered(0);
+        assert!(waiter.await.unwrap().is_none());
+        assert!(matches!(a.admit(), Err(Refusal::Full { running: 1, .. })));
+        let c = a.counts();
+        assert_eq!((c.running, c.queued, c.offered), (1, 0, 0));
+        drop(second);
+        a.set_offered(7);
+        assert_eq!(a.counts().offered, 3, "never more than the slots");
+        assert!(matches!(a.admit().unwrap(), Ticket::Slot(_)));
     }
 }

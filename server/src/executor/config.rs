@@ -13,6 +13,7 @@ use serde::Deserialize;
 use super::account::{self, Account, AccountError};
 use super::lease_check::DirectJobs;
 use super::limits::JobLimits;
+use super::owner_load::DesktopPolicy;
 use crate::daemon::{
     non_empty, DaemonFile, DaemonFlags, DaemonSettings, DaemonSettingsError, NoOtherKeys, Role,
     DEFAULT_MAX_STREAMS_PER_PEER,
@@ -74,6 +75,8 @@ pub struct Flags {
     pub allowed_programs: Vec<String>,
     #[command(flatten)]
     pub limits: LimitFlags,
+    #[command(flatten)]
+    pub desktop: DesktopFlags,
     /// Streams one peer address may hold open at once [default: 1024].
     #[arg(long, env = "MEXEC_MAX_STREAMS_PER_PEER")]
     pub max_streams_per_peer: Option<usize>,
@@ -103,6 +106,27 @@ pub struct LimitFlags {
     /// Processes a job may have at once; 0 is no limit [default: 256].
     #[arg(long, env = "MEXEC_MAX_PROCESSES")]
     pub max_processes: Option<u64>,
+}
+
+/// The flags of a desktop node, whose owner comes first.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DesktopFlags {
+    /// A desktop node: jobs run at idle CPU and I/O priority, and the slots
+    /// offered shrink as the owner's own load grows, down to none.
+    #[arg(long, env = "MEXEC_DESKTOP")]
+    pub desktop: bool,
+    /// With --desktop: when the owner needs the whole machine (or memory is
+    /// short) for the hold time, repeatable jobs are stopped and rerun by
+    /// their clients elsewhere.
+    #[arg(long, env = "MEXEC_RECLAIM")]
+    pub reclaim: bool,
+    /// The hold time of --reclaim, in milliseconds [default: 1000].
+    #[arg(long, env = "MEXEC_RECLAIM_AFTER_MS")]
+    pub reclaim_after_ms: Option<u64>,
+    /// With --desktop: below this much available memory, MiB, the node
+    /// admits nothing [default: 1/10 of RAM].
+    #[arg(long, env = "MEXEC_DESKTOP_MIN_AVAILABLE_MIB")]
+    pub desktop_min_available_mib: Option<u64>,
 }
 
 /// The TOML config file of `mexecd`. Every field is optional; the shared
@@ -151,6 +175,17 @@ pub struct FileConfig {
     pub max_stdin_bytes_per_sec: Option<u64>,
     /// Streams one peer address may hold open at once. Default: 1024.
     pub max_streams_per_peer: Option<usize>,
+    /// A desktop node: jobs at idle priority, slots offered shrink with the
+    /// owner's load. Default: false.
+    pub desktop: Option<bool>,
+    /// With `desktop`: give repeatable jobs back when the owner needs the
+    /// whole machine for `reclaim_after_ms`. Default: false.
+    pub reclaim: Option<bool>,
+    /// The hold time of `reclaim`, in milliseconds. Default: 1000.
+    pub reclaim_after_ms: Option<u64>,
+    /// With `desktop`: below this much available memory (MiB) admit
+    /// nothing. Default: 1/10 of RAM.
+    pub desktop_min_available_mib: Option<u64>,
     /// Any other key is refused.
     #[serde(flatten)]
     _other: NoOtherKeys,
@@ -183,6 +218,8 @@ pub struct Settings {
     pub limits: JobLimits,
     /// Streams one peer address may hold open.
     pub max_streams_per_peer: usize,
+    /// A desktop node's policy; `None` for a node of the farm.
+    pub desktop: Option<DesktopPolicy>,
 }
 
 /// Why the settings were refused.
@@ -196,6 +233,8 @@ pub enum SettingsError {
     Account(#[from] AccountError),
     #[error("--slots must be at least 1")]
     NoSlots,
+    #[error("--reclaim gives a desktop's jobs back to its owner: it needs --desktop")]
+    ReclaimWithoutDesktop,
     #[error(
         "mexecd runs as root, and jobs never run as root: give --user NAME (an unprivileged \
          account that can write the shared tree) for jobs to run as"
@@ -213,7 +252,6 @@ impl Settings {
     pub fn resolve(flags: Flags) -> Result<Settings, SettingsError> {
         let file: FileConfig = config_file::load_or_default(flags.daemon.config.as_deref(), None)?;
         let limits = job_limits(&flags.limits, &file);
-        let daemon = DaemonSettings::resolve(flags.daemon, file.daemon, ROLE)?;
         let slots = flags
             .slots
             .or(file.slots)
@@ -221,6 +259,8 @@ impl Settings {
         if slots == 0 {
             return Err(SettingsError::NoSlots);
         }
+        let desktop = desktop_policy(&flags.desktop, &file, slots)?;
+        let daemon = DaemonSettings::resolve(flags.daemon, file.daemon, ROLE)?;
         Ok(Settings {
             daemon,
             slots,
@@ -243,8 +283,39 @@ impl Settings {
                 .or(file.max_streams_per_peer)
                 .unwrap_or(DEFAULT_MAX_STREAMS_PER_PEER)
                 .max(1),
+            desktop,
         })
     }
+}
+
+/// A desktop node's policy from its flags over the file, if it is one.
+fn desktop_policy(
+    flags: &DesktopFlags,
+    file: &FileConfig,
+    slots: u32,
+) -> Result<Option<DesktopPolicy>, SettingsError> {
+    let desktop = flags.desktop || file.desktop.unwrap_or(false);
+    let reclaim = flags.reclaim || file.reclaim.unwrap_or(false);
+    match (desktop, reclaim) {
+        (false, true) => return Err(SettingsError::ReclaimWithoutDesktop),
+        (false, false) => return Ok(None),
+        _ => {}
+    }
+    let hold = flags
+        .reclaim_after_ms
+        .or(file.reclaim_after_ms)
+        .unwrap_or(1000);
+    let min_available_bytes = flags
+        .desktop_min_available_mib
+        .or(file.desktop_min_available_mib)
+        .map(|mib| mib << 20)
+        .unwrap_or_else(|| super::procfs::meminfo_bytes("MemTotal").unwrap_or(0) / 10);
+    Ok(Some(DesktopPolicy {
+        slots,
+        cores: mexec_common::host::cpu_count(),
+        min_available_bytes,
+        reclaim_after: reclaim.then(|| Duration::from_millis(hold)),
+    }))
 }
 
 /// The account jobs run as: jobs never run as root, and only root can
@@ -408,6 +479,22 @@ mod tests {
     }
 
     #[test]
+    fn a_desktop_takes_its_policy_from_flags_over_the_file_and_reclaim_needs_it() {
+        assert!(Settings::resolve(flags()).unwrap().desktop.is_none());
+        let (mut f, _dir) =
+            flags_with_file("desktop = true\nreclaim = true\nreclaim_after_ms = 300\nslots = 2\n");
+        f.desktop.desktop_min_available_mib = Some(64);
+        let d = Settings::resolve(f).unwrap().desktop.expect("a desktop");
+        assert_eq!(d.reclaim_after, Some(Duration::from_millis(300)));
+        assert_eq!((d.slots, d.min_available_bytes), (2, 64 << 20));
+
+        let mut f = flags();
+        f.desktop.reclaim = true;
+        let err = Settings::resolve(f).unwrap_err().to_string();
+        assert!(err.contains("needs --desktop"), "{err}");
+    }
+
+    #[test]
     fn root_needs_an_account_for_jobs_and_others_run_jobs_as_themselves() {
         let result = Settings::resolve(Flags::default());
         if account::running_as_root() {
@@ -452,6 +539,10 @@ mod tests {
                 "max-processes MEXEC_MAX_PROCESSES",
                 "start-timeout-secs MEXEC_START_TIMEOUT_SECS",
                 "max-streams-per-peer MEXEC_MAX_STREAMS_PER_PEER",
+                "desktop MEXEC_DESKTOP",
+                "reclaim MEXEC_RECLAIM",
+                "reclaim-after-ms MEXEC_RECLAIM_AFTER_MS",
+                "desktop-min-available-mib MEXEC_DESKTOP_MIN_AVAILABLE_MIB",
             ],
         );
 
@@ -462,7 +553,9 @@ mod tests {
             tls_ca = \"/a\"\ntls_cert = \"/b\"\ntls_key = \"/c\"\nallowed_users = []\n\
             allowed_programs = []\nmax_wall_secs = 1\nmax_cpu_secs = 1\nmax_memory_mib = 1\n\
             max_address_space_mib = 1\nmax_output_mib = 1\nmax_open_files = 1\n\
-            max_processes = 1\nmax_stdin_bytes_per_sec = 1\nstart_timeout_secs = 1\nmax_streams_per_peer = 1\n";
+            max_processes = 1\nmax_stdin_bytes_per_sec = 1\nstart_timeout_secs = 1\nmax_streams_per_peer = 1\n\
+            desktop = true\nreclaim = true\nreclaim_after_ms = 1\n\
+            desktop_min_available_mib = 1\n";
         let file: FileConfig =
             config_file::parse(std::path::Path::new("mexecd.toml"), every_key).unwrap();
         assert_eq!(file.daemon.token_file, Some("/t".into()));

@@ -1,13 +1,16 @@
 //! What the node's load looks like: our counters plus the machine's own
-//! load average and free memory.
+//! load average and free memory, and on a desktop node what it offers now
+//! and why.
 
 use mexec_proto::v1::LoadReport;
 
 use super::admission::Counts;
+use super::owner_load::Offer;
 use super::procfs;
 
-/// Builds a load report from the admission counters and the machine.
-pub fn report(node: &str, counts: Counts) -> LoadReport {
+/// Builds a load report from the admission counters and the machine; a
+/// desktop node passes its offer.
+pub fn report(node: &str, counts: Counts, desktop: Option<&Offer>) -> LoadReport {
     let load_avg_1m = procfs::load_average_1m().unwrap_or(0.0);
     LoadReport {
         node: node.to_owned(),
@@ -24,6 +27,11 @@ pub fn report(node: &str, counts: Counts) -> LoadReport {
         os: std::env::consts::OS.to_owned(),
         arch: std::env::consts::ARCH.to_owned(),
         jobs_done: counts.jobs_done,
+        desktop: desktop.is_some(),
+        offered_slots: counts.offered,
+        offer_reason: desktop.map(|d| d.reason.clone()).unwrap_or_default(),
+        owner_load: desktop.map_or(0.0, |d| d.owner_load),
+        reclaiming: desktop.is_some_and(|d| d.reclaiming),
     }
 }
 
@@ -47,15 +55,44 @@ mod tests {
     fn a_report_carries_the_counters() {
         let counts = Counts {
             slots: 4,
+            offered: 4,
             running: 1,
             queued: 2,
             max_queued: 4,
             jobs_done: 9,
             draining: true,
         };
-        let r = report("n1", counts);
+        let r = report("n1", counts, None);
         assert_eq!((r.slots, r.running, r.queued, r.jobs_done), (4, 1, 2, 9));
         assert!(r.draining && r.cores >= 1 && r.mem_available_bytes > 0);
         assert_eq!(r.os, "linux");
+        assert!(!r.desktop && r.offer_reason.is_empty());
+        assert_eq!(r.offered_slots, 4);
+    }
+
+    #[test]
+    fn a_desktop_report_says_what_it_offers_and_why() {
+        let counts = Counts {
+            slots: 4,
+            offered: 1,
+            running: 0,
+            queued: 0,
+            max_queued: 4,
+            jobs_done: 0,
+            draining: false,
+        };
+        let offer = Offer {
+            owner_load: 2.6,
+            slots: 1,
+            reason: "owner load 2.6".into(),
+            reclaiming: false,
+        };
+        let r = report("d1", counts, Some(&offer));
+        assert!(r.desktop);
+        assert_eq!((r.slots, r.offered_slots), (4, 1));
+        assert_eq!(
+            (r.offer_reason.as_str(), r.owner_load),
+            ("owner load 2.6", 2.6)
+        );
     }
 }

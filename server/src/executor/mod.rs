@@ -23,12 +23,17 @@
 //! - `membership`: joining a gatekeeper and streaming our load to it.
 //! - `lease_check`: the gatekeeper's lease tickets, checked before a job
 //!   of a member node is admitted.
+//! - `desktop`: a desktop node's sampler of its owner's load, its offer and
+//!   the reclaim of repeatable jobs.
+//! - `owner_load`: what a desktop offers, decided from samples (no I/O).
+//! - `priority`: the CPU and I/O priority jobs run at.
 //! - `error`: refusals and their gRPC statuses.
 
 mod account;
 mod admission;
 mod cgroup;
 pub mod config;
+mod desktop;
 mod environment;
 mod error;
 pub mod group_keeper;
@@ -38,8 +43,10 @@ mod limits;
 mod load;
 mod membership;
 mod memory;
+mod owner_load;
 mod pace;
 mod policy;
+mod priority;
 mod process;
 mod procfs;
 mod service;
@@ -66,7 +73,9 @@ pub use group_keeper::GroupKeeper;
 pub use lease_check::{DirectJobs, LeaseCheck};
 pub use limits::JobLimits;
 pub use memory::MemoryWatch;
+pub use owner_load::DesktopPolicy;
 pub use policy::{CommandPolicy, Program};
+pub use priority::JobPriority;
 pub use valid_job::{validate, ValidJob};
 
 use crate::auth::Access;
@@ -102,12 +111,26 @@ pub struct NodeContext {
     pub cgroups: Option<Arc<Cgroups>>,
     /// The gatekeeper's key, and the lease tickets used.
     pub lease: LeaseCheck,
+    /// On a desktop node, its owner's load and what it offers.
+    pub desktop: Option<Arc<desktop::Desktop>>,
+    /// The CPU and I/O priority jobs run at.
+    pub priority: JobPriority,
 }
 
 impl NodeContext {
     /// The node's load now.
     pub fn load_report(&self) -> LoadReport {
-        load::report(&self.name, self.admission.counts())
+        let offer = self.desktop.as_ref().map(|d| d.offer());
+        load::report(&self.name, self.admission.counts(), offer.as_ref())
+    }
+
+    /// Resolves when the job of `spec` is to be given back to a desktop's
+    /// owner (reclaim, for repeatable jobs); never on a plain node.
+    pub async fn reclaimed(&self, spec: &mexec_proto::v1::JobSpec) {
+        match &self.desktop {
+            Some(desktop) => desktop.reclaimed(spec.repeatable).await,
+            None => std::future::pending().await,
+        }
     }
 }
 
@@ -160,6 +183,10 @@ pub async fn run(
 ) -> Result<(), tonic::transport::Error> {
     let (abort_tx, abort_rx) = watch::channel(false);
     let ctx = Arc::new(node_context(&settings, watchers, abort_rx));
+    let sampler = ctx
+        .desktop
+        .as_ref()
+        .map(|desktop| desktop.start(ctx.admission.clone()));
     let membership = settings.gatekeeper.clone().map(|gatekeeper| {
         let config = join_config(&settings, gatekeeper, listener.local_addr().ok());
         tokio::spawn(membership::stay_joined(ctx.clone(), config))
@@ -173,8 +200,8 @@ pub async fn run(
         settings.name.clone(),
     );
     let result = daemon::serve(listener, &settings.daemon, executor, shutdown, drain).await;
-    if let Some(membership) = membership {
-        membership.abort();
+    for task in [membership, sampler].into_iter().flatten() {
+        task.abort();
     }
     result
 }
@@ -198,6 +225,12 @@ fn node_context(
         groups: watchers.groups,
         cgroups: watchers.cgroups,
         lease: LeaseCheck::new(settings.gatekeeper.as_deref(), settings.direct_jobs),
+        desktop: settings.desktop.map(desktop::Desktop::new),
+        priority: if settings.desktop.is_some() {
+            JobPriority::Idle
+        } else {
+            JobPriority::Normal
+        },
     }
 }
 

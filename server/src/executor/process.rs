@@ -20,6 +20,7 @@ use tokio::net::unix::pipe;
 use super::account::Account;
 use super::limits::Rlimits;
 use super::policy::Program;
+use super::priority::JobPriority;
 use super::valid_job::ValidJob;
 
 /// A started job process; its pid is also its process group id.
@@ -43,12 +44,14 @@ pub struct Reaped {
 }
 
 /// Starts `job` in a new process group, as `run_as` when given, with
-/// `rlimits`, in the cgroup whose `cgroup.procs` is open as `cgroup`.
+/// `rlimits`, at `priority`, in the cgroup whose `cgroup.procs` is open as
+/// `cgroup`.
 pub fn spawn(
     job: &ValidJob,
     run_as: Option<&Account>,
     rlimits: Rlimits,
     cgroup: Option<RawFd>,
+    priority: JobPriority,
 ) -> io::Result<Started> {
     let env = super::environment::for_job(&job.spec, run_as);
     let by_fd = job
@@ -59,8 +62,9 @@ pub fn spawn(
     let mut command = command(job, run_as, env);
     let umask = Mode::from_bits_truncate((job.spec.umask & 0o777) as _);
     // SAFETY: the closure runs between fork and exec, so it may only make
-    // async-signal-safe calls: write, umask, setrlimit and prctl are plain
-    // system calls, and their nix wrappers allocate nothing.
+    // async-signal-safe calls: write, umask, setrlimit, prctl and the
+    // priority calls are plain system calls, and their wrappers allocate
+    // nothing.
     unsafe {
         command.pre_exec(move || {
             // First, so that nothing the job starts is outside its cgroup;
@@ -70,6 +74,7 @@ pub fn spawn(
             }
             nix::sys::stat::umask(umask);
             rlimits.apply()?;
+            priority.apply();
             // If the daemon dies hard (SIGKILL, OOM), the job's leader dies
             // with it rather than run on unwatched (its children are not
             // covered). PDEATHSIG fires when the spawning *thread* ends;

@@ -73,6 +73,54 @@ pub fn children(pid: u32) -> Vec<u32> {
     found
 }
 
+/// Tasks runnable now on the whole machine (`procs_running` of /proc/stat,
+/// the figure the load average is made from, unaveraged).
+pub fn runnable_tasks() -> Option<u32> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("procs_running "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Runnable tasks (threads in state R) of process `root` and all its
+/// descendants; the tree is followed through the children lists, so this
+/// needs `lists_children`.
+pub fn runnable_tasks_in_tree(root: u32) -> u32 {
+    let mut runnable = 0;
+    let mut stack = vec![root];
+    while let Some(pid) = stack.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            if stat_state(&stat) == Some('R') {
+                runnable += 1;
+            }
+            if let Ok(children) = std::fs::read_to_string(task.path().join("children")) {
+                stack.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok()),
+                );
+            }
+        }
+    }
+    runnable
+}
+
+/// The state letter of a /proc/PID/stat line (R running, S sleeping, ...).
+fn stat_state(stat: &str) -> Option<char> {
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
 /// Every process of the node, by pid.
 pub fn pids() -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -122,5 +170,14 @@ mod tests {
         assert!(group_and_resident_pages(me).is_some());
         assert!(load_average_1m().is_some_and(|load| load >= 0.0));
         assert!(page_size() >= 4096);
+    }
+
+    #[test]
+    fn runnable_tasks_count_the_reader_itself() {
+        assert!(runnable_tasks().is_some_and(|n| n >= 1));
+        if lists_children() {
+            assert!(runnable_tasks_in_tree(std::process::id()) >= 1);
+        }
+        assert_eq!(stat_state("7 (a) b) R 1 2"), Some('R'));
     }
 }

@@ -102,13 +102,20 @@ impl Node {
         self.leased.max(self.report.running + self.report.queued)
     }
 
-    fn has_free_slot(&self) -> bool {
-        !self.report.draining && self.busy() < self.report.slots
+    /// The slots the node offers now: fewer than it has on a desktop whose
+    /// owner is busy, none while the owner needs the whole machine.
+    fn offered(&self) -> u32 {
+        mexec_common::load_query::offered_slots(&self.report)
     }
 
-    /// Lower is better: busy slots plus load that is not ours, per slot.
+    fn has_free_slot(&self) -> bool {
+        !self.report.draining && self.busy() < self.offered()
+    }
+
+    /// Lower is better: busy slots plus load that is not ours, per offered
+    /// slot.
     fn score(&self) -> f64 {
-        (f64::from(self.busy()) + self.report.foreign_load) / f64::from(self.report.slots.max(1))
+        (f64::from(self.busy()) + self.report.foreign_load) / f64::from(self.offered().max(1))
     }
 }
 
@@ -719,5 +726,37 @@ mod tests {
         assert!(c.leave("n", restarted));
         c.join("n", Reach::same("10.0.0.9:7460"), thief, report(2))
             .unwrap();
+    }
+
+    #[test]
+    fn a_desktop_gets_only_the_slots_it_offers_and_none_while_its_owner_works() {
+        let mut c = cluster(&[("farm", 2)]);
+        let desk = |offered| LoadReport {
+            slots: 4,
+            desktop: true,
+            offered_slots: offered,
+            ..LoadReport::default()
+        };
+        let conn = c.new_conn();
+        c.join("desk", Reach::same("desk:1"), conn, desk(1))
+            .unwrap();
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            let (_, mut rx) = c.enqueue(want("u", "b")).unwrap();
+            got.push(rx.try_recv().map(|g| g.node).unwrap_or_default());
+        }
+        got.sort();
+        assert_eq!(
+            got,
+            ["", "desk", "farm", "farm"],
+            "one waits: 3 slots offered"
+        );
+        let (_, mut waiting) = c.enqueue(want("u", "b")).unwrap();
+        c.report("desk", &Reach::same("desk:1"), conn, desk(0))
+            .unwrap();
+        assert!(waiting.try_recv().is_err(), "the owner needs the desk");
+        c.report("desk", &Reach::same("desk:1"), conn, desk(4))
+            .unwrap();
+        assert_eq!(waiting.try_recv().unwrap().node, "desk");
     }
 }

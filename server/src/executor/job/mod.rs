@@ -177,7 +177,7 @@ impl Running {
         };
         let rlimits = Rlimits::for_job(&ctx.limits);
         let procs = cgroup.as_ref().map(JobCgroup::procs_fd);
-        let started = process::spawn(job, ctx.run_as.as_ref(), rlimits, procs)?;
+        let started = process::spawn(job, ctx.run_as.as_ref(), rlimits, procs, ctx.priority)?;
         let pid = started.pid;
         let group = Group {
             pgid: pid,
@@ -258,6 +258,11 @@ impl Running {
                     Err(_) => *memory = None,
                 },
                 _ = abort.wait_for(|abort| *abort), if killed.is_none() => {
+                    kill(pid, &mut killed, Kill::Shutdown)
+                }
+                // A desktop's owner wants the machine back: the job ends as
+                // on a node that shut down, so its client reruns it elsewhere.
+                _ = ctx.reclaimed(&job.spec), if killed.is_none() => {
                     kill(pid, &mut killed, Kill::Shutdown)
                 }
             }
