@@ -102,7 +102,10 @@ fn owner(program: &Path, processes: usize, secs: f64) -> f64 {
     units as f64 / secs
 }
 
-/// Two clients compiling in a loop (as `make -j2` would) until stopped.
+/// How many clients compile at once beside the owner.
+pub const COMPILE_CLIENTS: usize = 2;
+
+/// Clients compiling in a loop (as `make -j2` would) until stopped.
 struct CompileStream {
     stop: Arc<AtomicBool>,
     done: Arc<AtomicUsize>,
@@ -113,7 +116,7 @@ impl CompileStream {
     fn start(make: Arc<dyn Fn(usize) -> Command + Send + Sync>) -> CompileStream {
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicUsize::new(0));
-        let threads = (0..2)
+        let threads = (0..COMPILE_CLIENTS)
             .map(|t| {
                 let (stop, done, make) = (stop.clone(), done.clone(), make.clone());
                 std::thread::spawn(move || {
