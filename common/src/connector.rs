@@ -62,15 +62,6 @@ impl Connector {
         }
     }
 
-    /// The same TLS set-up and token with other timeouts (a role that
-    /// connects to several kinds of peer).
-    pub fn with_timeouts(&self, timeouts: Timeouts) -> Connector {
-        Connector {
-            timeouts,
-            ..self.clone()
-        }
-    }
-
     pub fn tls(&self) -> Option<&Tls> {
         self.tls.as_ref()
     }

@@ -15,15 +15,8 @@ use mexec_testkit::{bin, job_dir, wait_until, Executor};
 const DEADLINE: Duration = Duration::from_secs(10);
 
 fn mexec(node: &Executor, cwd: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(bin("mexec"));
+    let mut command = node.mexec(cwd, &["-n", "--"]);
     command
-        .current_dir(cwd)
-        .env("MEXEC_NODES", node.node())
-        .env("MEXEC_STATE_DIR", cwd)
-        .env_remove("MEXEC_GATEKEEPER")
-        .env_remove("MEXEC_CONFIG")
-        .env_remove("MEXEC_TOKEN_FILE")
-        .args(["-n", "--no-local", "--"])
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -7,20 +7,12 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mexec_testkit::{bin, is_root, job_dir, processes_with_arg, skip, wait_until, Executor};
+use mexec_testkit::{is_root, job_dir, processes_with_arg, skip, wait_until, Executor};
 
 /// `mexec --no-local -- ARGS` at `node`, run in `cwd`.
 fn mexec(node: &Executor, cwd: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(bin("mexec"));
-    command
-        .current_dir(cwd)
-        .env("MEXEC_NODES", node.node())
-        .env("MEXEC_STATE_DIR", cwd)
-        .env_remove("MEXEC_GATEKEEPER")
-        .env_remove("MEXEC_CONFIG")
-        .env_remove("MEXEC_TOKEN_FILE")
-        .args(["--no-local", "--"])
-        .args(args);
+    let mut command = node.mexec(cwd, &["--"]);
+    command.args(args);
     command
 }
 

@@ -261,6 +261,22 @@ impl Executor {
         self.addr.to_string()
     }
 
+    /// `mexec --no-local ARGS` aimed at this executor alone, run in `cwd`
+    /// (which also holds the client's placement state).
+    pub fn mexec(&self, cwd: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new(bin("mexec"));
+        command
+            .current_dir(cwd)
+            .env("MEXEC_NODES", self.node())
+            .env("MEXEC_STATE_DIR", cwd)
+            .env_remove("MEXEC_GATEKEEPER")
+            .env_remove("MEXEC_CONFIG")
+            .env_remove("MEXEC_TOKEN_FILE")
+            .arg("--no-local")
+            .args(args);
+        command
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
