@@ -8,25 +8,40 @@
 //! The daemon makes one directory of its own, `mexecd-PID`, below its own
 //! cgroup in the pids hierarchy (cgroup v1) or the unified one (v2, where
 //! `pids.max` exists only if the pids controller can be enabled there), and
-//! one `job-N` below that per job. The child joins its cgroup before exec by
-//! writing "0" (itself) to the `cgroup.procs` the daemon opened for it, so
-//! not even its first fork escapes. Without a writable cgroup hierarchy
-//! (an unprivileged daemon, a container without one) jobs run as before,
-//! contained by their process group only, and the daemon says so at start.
+//! one `job-N` below that per job. Nothing the job runs may start outside
+//! it, so the job's first process is in it before exec: on v1 it is born
+//! there, forked by a spawner thread that waits inside the cgroup
+//! (`spawner` says why); on v2 it joins by writing "0" (itself) to the
+//! `cgroup.procs` the daemon opened for it. Without a writable cgroup
+//! hierarchy (an unprivileged daemon, a container without one) jobs run as
+//! before, contained by their process group only, and the daemon says so
+//! at start.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use super::spawner::Spawners;
+
 /// The daemon's directory of job cgroups.
 #[derive(Debug)]
 pub struct Cgroups {
+    jobs: Arc<JobDirs>,
+    /// On cgroup v1: the threads that fork jobs inside their cgroups.
+    spawners: Option<Spawners>,
+}
+
+/// Where job cgroups are made, and how they are numbered.
+#[derive(Debug)]
+pub struct JobDirs {
     dir: PathBuf,
     /// Whether job cgroups have `pids.max`.
     limits_processes: bool,
@@ -37,8 +52,20 @@ pub struct Cgroups {
 #[derive(Debug)]
 pub struct JobCgroup {
     dir: PathBuf,
-    /// `cgroup.procs`, opened for the child to join by.
-    procs: File,
+    /// `cgroup.procs`, opened for the child to join by (v2).
+    procs: Option<File>,
+    /// On v1: shared with the spawner thread that forked the job from
+    /// inside this cgroup, which removes it if the job ends first.
+    handoff: Option<Arc<Handoff>>,
+}
+
+/// Who removes a v1 job cgroup: its spawner thread holds it until it has
+/// moved on, so whichever of the job's end and the thread's leaving comes
+/// last removes it.
+#[derive(Debug, Default)]
+pub struct Handoff {
+    ended: AtomicBool,
+    spawner_left: AtomicBool,
 }
 
 impl Cgroups {
@@ -55,15 +82,17 @@ impl Cgroups {
             // enabled here, which needs it enabled in our own cgroup.
             let limits_processes =
                 !v2 || std::fs::write(dir.join("cgroup.subtree_control"), "+pids").is_ok();
-            Some(Cgroups {
+            let jobs = Arc::new(JobDirs {
                 dir,
                 limits_processes,
                 next: AtomicU64::new(1),
-            })
+            });
+            let spawners = (!v2).then(|| Spawners::start(jobs.clone(), &base));
+            Some(Cgroups { jobs, spawners })
         });
         match &found {
-            Some(cgroups) if !cgroups.limits_processes => tracing::warn!(
-                dir = %cgroups.dir.display(),
+            Some(cgroups) if !cgroups.jobs.limits_processes => tracing::warn!(
+                dir = %cgroups.jobs.dir.display(),
                 "the pids controller is not available: no process limit for jobs"
             ),
             Some(_) => {}
@@ -77,24 +106,69 @@ impl Cgroups {
 
     /// The directory the group keeper cleans up if the daemon dies.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.jobs.dir
     }
 
-    /// A new, empty cgroup for a job that may have `max_processes` at once.
-    pub fn for_job(&self, max_processes: Option<u64>) -> io::Result<JobCgroup> {
+    /// Spawns the command `prepare` makes inside a new, empty cgroup for a
+    /// job that may have `max_processes` at once. `prepare` gets the
+    /// descriptor its child must join by (v2), or `None` where the child
+    /// is born in the cgroup (v1).
+    pub async fn spawn(
+        &self,
+        max_processes: Option<u64>,
+        prepare: impl FnOnce(Option<RawFd>) -> io::Result<Command>,
+    ) -> io::Result<(Child, JobCgroup)> {
+        match &self.spawners {
+            Some(spawners) => spawners.spawn(max_processes, prepare(None)?).await,
+            None => {
+                let cgroup = self.jobs.for_job(max_processes)?;
+                let child = prepare(cgroup.procs.as_ref().map(AsRawFd::as_raw_fd))?.spawn()?;
+                Ok((child, cgroup))
+            }
+        }
+    }
+}
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        // The spawner threads first: they leave their cgroups as they stop.
+        drop(self.spawners.take());
+        end_all(&self.jobs.dir);
+    }
+}
+
+impl JobDirs {
+    /// The directory of the next job's cgroup, made now and empty.
+    pub fn make(&self) -> io::Result<PathBuf> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let dir = self.dir.join(format!("job-{n}"));
         std::fs::create_dir(&dir)?;
+        Ok(dir)
+    }
+
+    /// Sets the process limit of the job cgroup `dir`, where there is one.
+    pub fn limit_processes(&self, dir: &Path, max_processes: Option<u64>) -> io::Result<()> {
+        match (max_processes, self.limits_processes) {
+            (Some(max), true) => std::fs::write(dir.join("pids.max"), max.to_string()),
+            _ => Ok(()),
+        }
+    }
+
+    /// A new, empty cgroup for a job that joins it by `cgroup.procs`.
+    fn for_job(&self, max_processes: Option<u64>) -> io::Result<JobCgroup> {
+        let dir = self.make()?;
         let made = (|| {
-            if let (Some(max), true) = (max_processes, self.limits_processes) {
-                std::fs::write(dir.join("pids.max"), max.to_string())?;
-            }
+            self.limit_processes(&dir, max_processes)?;
             OpenOptions::new()
                 .write(true)
                 .open(dir.join("cgroup.procs"))
         })();
         match made {
-            Ok(procs) => Ok(JobCgroup { dir, procs }),
+            Ok(procs) => Ok(JobCgroup {
+                dir,
+                procs: Some(procs),
+                handoff: None,
+            }),
             Err(err) => {
                 let _ = std::fs::remove_dir(&dir);
                 Err(err)
@@ -103,16 +177,15 @@ impl Cgroups {
     }
 }
 
-impl Drop for Cgroups {
-    fn drop(&mut self) {
-        end_all(&self.dir);
-    }
-}
-
 impl JobCgroup {
-    /// The descriptor the child joins by (see `join`).
-    pub fn procs_fd(&self) -> RawFd {
-        self.procs.as_raw_fd()
+    /// The cgroup `dir` a spawner thread forked the job in, shared with it
+    /// by `handoff`.
+    pub fn handed_off(dir: PathBuf, handoff: Arc<Handoff>) -> JobCgroup {
+        JobCgroup {
+            dir,
+            procs: None,
+            handoff: Some(handoff),
+        }
     }
 
     /// Whether a fork of the job failed at the process limit.
@@ -127,7 +200,37 @@ impl JobCgroup {
 
 impl Drop for JobCgroup {
     fn drop(&mut self) {
-        end(&self.dir);
+        match &self.handoff {
+            Some(handoff) => handoff.job_ended(&self.dir),
+            None => end(&self.dir),
+        }
+    }
+}
+
+impl Handoff {
+    /// The job is over: its processes are killed now; the cgroup is removed
+    /// now if the spawner thread has left it, else by that thread.
+    fn job_ended(&self, dir: &Path) {
+        self.ended.store(true, Ordering::SeqCst);
+        if self.spawner_left.load(Ordering::SeqCst) {
+            end(dir);
+        } else {
+            kill_all(dir);
+        }
+    }
+
+    /// The spawner thread has moved out of `dir`: it removes the cgroup if
+    /// the job has ended (or never came).
+    pub fn spawner_left(&self, dir: &Path) {
+        self.spawner_left.store(true, Ordering::SeqCst);
+        if self.ended.load(Ordering::SeqCst) {
+            end(dir);
+        }
+    }
+
+    /// Marks a cgroup no job was started in as ended.
+    pub fn unused(&self) {
+        self.ended.store(true, Ordering::SeqCst);
     }
 }
 
@@ -153,18 +256,32 @@ pub fn end(dir: &Path) {
     let _ = std::fs::write(dir.join("cgroup.kill"), "1");
     let deadline = Instant::now() + END_WAIT;
     loop {
-        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-        let pids: Vec<i32> = procs.lines().filter_map(|l| l.parse().ok()).collect();
-        for pid in &pids {
-            // A process that has just exited gives ESRCH, which is fine.
-            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
-        }
+        let pids = kill_all(dir);
         // Removal succeeds once the last process has exited.
         if std::fs::remove_dir(dir).is_ok() || !dir.exists() || Instant::now() >= deadline {
             return;
         }
         std::thread::sleep(Duration::from_millis(if pids.is_empty() { 5 } else { 1 }));
     }
+}
+
+/// Kills every process in the cgroup `dir` but the daemon, and returns
+/// the pids it found. On v1 the daemon is listed while one of its spawner
+/// threads waits in the cgroup; it is this process, or the parent of this
+/// one in the group keeper, which ends the cgroups while the daemon exits.
+fn kill_all(dir: &Path) -> Vec<i32> {
+    let spared = [std::process::id() as i32, nix::unistd::getppid().as_raw()];
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    let pids: Vec<i32> = procs
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .filter(|pid| !spared.contains(pid))
+        .collect();
+    for pid in &pids {
+        // A process that has just exited gives ESRCH, which is fine.
+        let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+    }
+    pids
 }
 
 /// Ends every job cgroup below `dir`, then `dir` itself.

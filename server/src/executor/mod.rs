@@ -14,6 +14,8 @@
 //! - `memory`: the node's watcher of each job's resident memory.
 //! - `cgroup`: each job in a cgroup of its own, ended with the job; the
 //!   process limit.
+//! - `spawner`: on cgroup v1, the threads that fork jobs from inside their
+//!   cgroups, so that no job waits for a move between cgroups.
 //! - `group_keeper`: the process that kills the jobs' groups and cgroups if
 //!   the daemon dies without doing it.
 //! - `procfs`: what the executor reads from /proc.
@@ -50,6 +52,7 @@ mod priority;
 mod process;
 mod procfs;
 mod service;
+mod spawner;
 mod valid_job;
 
 use std::future::Future;

@@ -43,23 +43,25 @@ pub struct Reaped {
     pub max_rss_kib: u64,
 }
 
-/// Starts `job` in a new process group, as `run_as` when given, with
-/// `rlimits`, at `priority`, in the cgroup whose `cgroup.procs` is open as
-/// `cgroup`.
-pub fn spawn(
+/// The command that starts `job` in a new process group, as `run_as` when
+/// given, with `rlimits`, at `priority`, joining the cgroup whose
+/// `cgroup.procs` is open as `join` (cgroup v2; on v1 the child is born in
+/// its cgroup, see `spawner`). Spawn it on any thread, then hand the child
+/// to `started` on the runtime.
+pub fn command(
     job: &ValidJob,
     run_as: Option<&Account>,
     rlimits: Rlimits,
-    cgroup: Option<RawFd>,
+    join: Option<RawFd>,
     priority: JobPriority,
-) -> io::Result<Started> {
+) -> io::Result<Command> {
     let env = super::environment::for_job(&job.spec, run_as);
     let by_fd = job
         .program
         .as_ref()
         .map(|program| ExecByFd::new(program, &job.argv, &env))
         .transpose()?;
-    let mut command = command(job, run_as, env);
+    let mut command = plain_command(job, run_as, env);
     let umask = Mode::from_bits_truncate((job.spec.umask & 0o777) as _);
     // SAFETY: the closure runs between fork and exec, so it may only make
     // async-signal-safe calls: write, umask, setrlimit, prctl and the
@@ -69,7 +71,7 @@ pub fn spawn(
         command.pre_exec(move || {
             // First, so that nothing the job starts is outside its cgroup;
             // a job that cannot join it does not run.
-            if let Some(procs) = cgroup {
+            if let Some(procs) = join {
                 super::cgroup::join(procs)?;
             }
             nix::sys::stat::umask(umask);
@@ -77,9 +79,9 @@ pub fn spawn(
             priority.apply();
             // If the daemon dies hard (SIGKILL, OOM), the job's leader dies
             // with it rather than run on unwatched (its children are not
-            // covered). PDEATHSIG fires when the spawning *thread* ends;
-            // mexecd spawns from its single runtime thread, which lives as
-            // long as the daemon.
+            // covered). PDEATHSIG fires when the spawning *thread* ends:
+            // jobs are spawned from the runtime thread or from a spawner
+            // thread, and both live as long as the daemon's executor.
             #[cfg(target_os = "linux")]
             let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
             close_inherited_on_exec();
@@ -89,7 +91,12 @@ pub fn spawn(
             }
         });
     }
-    let mut child = command.spawn()?;
+    Ok(command)
+}
+
+/// The job's process, spawned from `command`, with its pipes made
+/// asynchronous: call on the runtime.
+pub fn started(mut child: Child) -> io::Result<Started> {
     let pid = child.id();
     match pipes(&mut child) {
         // `child` is dropped without waiting: `reap` owns the exit status.
@@ -109,7 +116,7 @@ pub fn spawn(
 
 /// The command for `job`: its argv, environment, cwd and account, in a
 /// process group of its own, with its standard streams piped.
-fn command(job: &ValidJob, run_as: Option<&Account>, env: Vec<(OsString, OsString)>) -> Command {
+fn plain_command(job: &ValidJob, run_as: Option<&Account>, env: Vec<(OsString, OsString)>) -> Command {
     // With a checked program, the child execs it by descriptor from
     // `pre_exec` (`ExecByFd`) and never reaches the exec Command would do.
     let mut command = match &job.program {

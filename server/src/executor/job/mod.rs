@@ -171,13 +171,17 @@ impl Running {
         out: &Outbound,
         started_at: Instant,
     ) -> std::io::Result<Running> {
-        let cgroup = match &ctx.cgroups {
-            Some(cgroups) => Some(cgroups.for_job(ctx.limits.processes)?),
-            None => None,
-        };
         let rlimits = Rlimits::for_job(&ctx.limits);
-        let procs = cgroup.as_ref().map(JobCgroup::procs_fd);
-        let started = process::spawn(job, ctx.run_as.as_ref(), rlimits, procs, ctx.priority)?;
+        let command =
+            |join| process::command(job, ctx.run_as.as_ref(), rlimits, join, ctx.priority);
+        let (child, cgroup) = match &ctx.cgroups {
+            Some(cgroups) => {
+                let (child, cgroup) = cgroups.spawn(ctx.limits.processes, command).await?;
+                (child, Some(cgroup))
+            }
+            None => (command(None)?.spawn()?, None),
+        };
+        let started = process::started(child)?;
         let pid = started.pid;
         let group = Group {
             pgid: pid,
