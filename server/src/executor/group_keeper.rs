@@ -130,7 +130,7 @@ pub fn serve_if_keeper() {
         let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
     }
     if let Some(cgroups) = std::env::var_os(CGROUPS_ENV) {
-        super::cgroup::end_all(Path::new(&cgroups));
+        super::job_cgroup::end_all(Path::new(&cgroups));
     }
     std::process::exit(0);
 }

@@ -8,12 +8,15 @@
 //! - `job`: one admitted job's steps: start, supervise, finish.
 //! - `environment`: the variables a job starts with.
 //! - `process`: spawning, signalling and reaping a job's process group.
+//! - `launch`: the fork and exec of a job's first process (into its
+//!   cgroup v2 by `clone3`).
 //! - `account`: the account jobs run as.
 //! - `admission`: slots, the bounded queue and draining.
 //! - `limits`: the resources a job may use.
 //! - `memory`: the node's watcher of each job's resident memory.
 //! - `cgroup`: each job in a cgroup of its own, ended with the job; the
 //!   process limit.
+//! - `job_cgroup`: one job's cgroup, made, limited and ended.
 //! - `spawner`: on cgroup v1, the threads that fork jobs from inside their
 //!   cgroups, so that no job waits for a move between cgroups.
 //! - `group_keeper`: the process that kills the jobs' groups and cgroups if
@@ -40,6 +43,8 @@ mod environment;
 mod error;
 pub mod group_keeper;
 mod job;
+mod job_cgroup;
+mod launch;
 pub mod lease_check;
 mod limits;
 mod load;

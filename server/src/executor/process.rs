@@ -1,25 +1,21 @@
 //! Starting a job's process and reaping it: its own process group, the
 //! client's cwd, environment and umask, the configured account, pipes for
-//! the three standard streams, and `wait4` for its resource use.
+//! the three standard streams (the fork and exec are `launch`'s), and
+//! `wait4` for its resource use.
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::sys::signal::{killpg, Signal};
-use nix::sys::stat::Mode;
 use nix::unistd::Pid;
 use tokio::net::unix::pipe;
 
 use super::account::Account;
+use super::launch::{Launch, Spawned};
 use super::limits::Rlimits;
-use super::policy::Program;
 use super::priority::JobPriority;
 use super::valid_job::ValidJob;
 
@@ -43,63 +39,31 @@ pub struct Reaped {
     pub max_rss_kib: u64,
 }
 
-/// The command that starts `job` in a new process group, as `run_as` when
-/// given, with `rlimits`, at `priority`, joining the cgroup whose
-/// `cgroup.procs` is open as `join` (cgroup v2; on v1 the child is born in
-/// its cgroup, see `spawner`). Spawn it on any thread, then hand the child
-/// to `started` on the runtime.
-pub fn command(
+/// The launch of `job` in a new process group, as `run_as` when given,
+/// with `rlimits`, at `priority`: spawn it (into the job's cgroup) on any
+/// thread, then hand what it started to `started` on the runtime.
+pub fn launch(
     job: &ValidJob,
     run_as: Option<&Account>,
     rlimits: Rlimits,
-    join: Option<RawFd>,
     priority: JobPriority,
-) -> io::Result<Command> {
+) -> io::Result<Launch> {
     let env = super::environment::for_job(&job.spec, run_as);
-    let by_fd = job
-        .program
-        .as_ref()
-        .map(|program| ExecByFd::new(program, &job.argv, &env))
-        .transpose()?;
-    let mut command = plain_command(job, run_as, env);
-    let umask = Mode::from_bits_truncate((job.spec.umask & 0o777) as _);
-    // SAFETY: the closure runs between fork and exec, so it may only make
-    // async-signal-safe calls: write, umask, setrlimit, prctl and the
-    // priority calls are plain system calls, and their wrappers allocate
-    // nothing.
-    unsafe {
-        command.pre_exec(move || {
-            // First, so that nothing the job starts is outside its cgroup;
-            // a job that cannot join it does not run.
-            if let Some(procs) = join {
-                super::cgroup::join(procs)?;
-            }
-            nix::sys::stat::umask(umask);
-            rlimits.apply()?;
-            priority.apply();
-            // If the daemon dies hard (SIGKILL, OOM), the job's leader dies
-            // with it rather than run on unwatched (its children are not
-            // covered). PDEATHSIG fires when the spawning *thread* ends:
-            // jobs are spawned from the runtime thread or from a spawner
-            // thread, and both live as long as the daemon's executor.
-            #[cfg(target_os = "linux")]
-            let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-            close_inherited_on_exec();
-            match &by_fd {
-                Some(by_fd) => Err(by_fd.exec()),
-                None => Ok(()),
-            }
-        });
-    }
-    Ok(command)
+    Launch::new(job, &env, run_as, rlimits, priority)
 }
 
-/// The job's process, spawned from `command`, with its pipes made
-/// asynchronous: call on the runtime.
-pub fn started(mut child: Child) -> io::Result<Started> {
-    let pid = child.id();
-    match pipes(&mut child) {
-        // `child` is dropped without waiting: `reap` owns the exit status.
+/// The job's process with its pipes made asynchronous: call on the
+/// runtime. On failure the process is killed and reaped.
+pub fn started(spawned: Spawned) -> io::Result<Started> {
+    let pid = spawned.pid;
+    let pipes = (|| {
+        let stdin = spawned.stdin.map(pipe::Sender::from_owned_fd).transpose()?;
+        let stdout = pipe::Receiver::from_owned_fd(spawned.stdout)?;
+        let stderr = pipe::Receiver::from_owned_fd(spawned.stderr)?;
+        io::Result::Ok((stdin, stdout, stderr))
+    })();
+    match pipes {
+        // `reap` owns the exit status.
         Ok((stdin, stdout, stderr)) => Ok(Started {
             pid,
             stdin,
@@ -108,152 +72,10 @@ pub fn started(mut child: Child) -> io::Result<Started> {
         }),
         Err(err) => {
             kill_group(pid);
-            let _ = child.wait();
+            let _ = wait4(pid);
             Err(err)
         }
     }
-}
-
-/// The command for `job`: its argv, environment, cwd and account, in a
-/// process group of its own, with its standard streams piped.
-fn plain_command(job: &ValidJob, run_as: Option<&Account>, env: Vec<(OsString, OsString)>) -> Command {
-    // With a checked program, the child execs it by descriptor from
-    // `pre_exec` (`ExecByFd`) and never reaches the exec Command would do.
-    let mut command = match &job.program {
-        Some(program) => Command::new(&program.path),
-        None => Command::new(&job.argv[0]),
-    };
-    command
-        .args(&job.argv[1..])
-        .env_clear()
-        .envs(env)
-        .current_dir(&job.cwd)
-        // The job leads its own group, so signals and kills reach everything
-        // it starts, and nothing of the daemon's.
-        .process_group(0)
-        .stdin(if job.spec.forward_stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(account) = run_as {
-        command.uid(account.uid).gid(account.gid);
-    }
-    command
-}
-
-/// The exec of a program the command policy opened: its descriptor, and
-/// argv and envp as C arrays, built before the fork because the child may
-/// not allocate.
-struct ExecByFd {
-    fd: RawFd,
-    script: bool,
-    _strings: Vec<CString>,
-    argv: Vec<*const libc::c_char>,
-    envp: Vec<*const libc::c_char>,
-}
-
-// SAFETY: the pointers point into `_strings`, owned alongside them and
-// never changed; the child only reads them.
-unsafe impl Send for ExecByFd {}
-unsafe impl Sync for ExecByFd {}
-
-impl ExecByFd {
-    fn new(program: &Program, argv: &[OsString], env: &[(OsString, OsString)]) -> io::Result<Self> {
-        let c = |bytes: Vec<u8>| {
-            CString::new(bytes).map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "nul byte in argument or variable",
-                )
-            })
-        };
-        let mut args = vec![c(program.argv0.as_bytes().to_vec())?];
-        for arg in &argv[1..] {
-            args.push(c(arg.as_bytes().to_vec())?);
-        }
-        let mut vars = Vec::with_capacity(env.len());
-        for (name, value) in env {
-            vars.push(c([name.as_bytes(), b"=", value.as_bytes()].concat())?);
-        }
-        let pointers = |strings: &[CString]| {
-            let mut p: Vec<_> = strings.iter().map(|s| s.as_ptr()).collect();
-            p.push(std::ptr::null());
-            p
-        };
-        let (argv, envp) = (pointers(&args), pointers(&vars));
-        args.extend(vars);
-        Ok(ExecByFd {
-            fd: program.fd.as_raw_fd(),
-            script: program.script,
-            _strings: args,
-            argv,
-            envp,
-        })
-    }
-
-    /// In the forked child: execs the program; returns only the error.
-    fn exec(&self) -> io::Error {
-        // SAFETY: `fd` stays open until the spawn returns (the job owns it).
-        let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
-        if self.script {
-            // The interpreter opens the script as /dev/fd/N after the exec.
-            if let Err(err) = fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty())) {
-                return err.into();
-            }
-        }
-        // Through libc: nix's fexecve builds its arrays, which allocates,
-        // and a forked child of a threaded daemon must not.
-        // SAFETY: both arrays are null-terminated and point at C strings
-        // that outlive the call.
-        unsafe { libc::fexecve(self.fd, self.argv.as_ptr(), self.envp.as_ptr()) };
-        io::Error::last_os_error()
-    }
-}
-
-/// Marks every descriptor above the standard three close-on-exec, so the
-/// job inherits none of the daemon's (a library's socket, a descriptor the
-/// daemon itself inherited). Marked, not closed: the pipe on which the
-/// child reports a failed exec must stay open until the exec.
-fn close_inherited_on_exec() {
-    // Through libc: nix has no close_range. CLOSE_RANGE_CLOEXEC needs
-    // Linux 5.11; before that each descriptor is marked in turn.
-    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
-    // SAFETY: close_range only changes descriptor flags.
-    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) };
-    if rc == 0 {
-        return;
-    }
-    for raw in 3..FALLBACK_FDS {
-        // SAFETY: fcntl on a descriptor that is not open fails with EBADF
-        // and does nothing else.
-        let fd = unsafe { BorrowedFd::borrow_raw(raw) };
-        let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
-    }
-}
-
-/// How many descriptors the fallback of `close_inherited_on_exec` covers:
-/// the default open-files limit of a job.
-const FALLBACK_FDS: RawFd = 4096;
-
-type Pipes = (Option<pipe::Sender>, pipe::Receiver, pipe::Receiver);
-
-/// The child's pipes, made asynchronous.
-fn pipes(child: &mut Child) -> io::Result<Pipes> {
-    let stdin = child
-        .stdin
-        .take()
-        .map(|s| pipe::Sender::from_owned_fd(OwnedFd::from(s)))
-        .transpose()?;
-    let stdout = pipe::Receiver::from_owned_fd(OwnedFd::from(
-        child.stdout.take().expect("stdout is piped"),
-    ))?;
-    let stderr = pipe::Receiver::from_owned_fd(OwnedFd::from(
-        child.stderr.take().expect("stderr is piped"),
-    ))?;
-    Ok((stdin, stdout, stderr))
 }
 
 /// Waits for `pid` to exit and collects its resource use. Runs on the

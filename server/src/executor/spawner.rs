@@ -18,14 +18,14 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-use super::cgroup::{Handoff, JobCgroup, JobDirs};
+use super::job_cgroup::{Handoff, JobCgroup, JobDirs};
+use super::launch::{Entry, Launch, Spawned};
 
 /// How many threads wait, each in a fresh cgroup: as many jobs may start
 /// at once without waiting for a move. More start after a grace period.
@@ -47,13 +47,12 @@ struct Ready {
     task: std::sync::mpsc::SyncSender<Task>,
 }
 
-/// A command to spawn, with the job's process limit, and where the child
-/// goes.
+/// A job to spawn, with its process limit, and where the child goes.
 #[derive(Debug)]
 struct Task {
-    command: Command,
+    launch: Launch,
     max_processes: Option<u64>,
-    reply: oneshot::Sender<io::Result<Child>>,
+    reply: oneshot::Sender<io::Result<Spawned>>,
 }
 
 impl Spawners {
@@ -77,13 +76,13 @@ impl Spawners {
         }
     }
 
-    /// Spawns `command` inside a fresh job cgroup with `max_processes` as
+    /// Spawns `launch` inside a fresh job cgroup with `max_processes` as
     /// its limit: the child and its cgroup.
     pub async fn spawn(
         &self,
         max_processes: Option<u64>,
-        command: Command,
-    ) -> io::Result<(Child, JobCgroup)> {
+        launch: Launch,
+    ) -> io::Result<(Spawned, JobCgroup)> {
         let ready = self.ready.lock().await.recv().await.ok_or_else(|| {
             io::Error::other("no spawner thread is left to start jobs in their cgroups")
         })?;
@@ -92,7 +91,7 @@ impl Spawners {
         let cgroup = JobCgroup::handed_off(ready.dir, ready.handoff);
         let (reply, child) = oneshot::channel();
         let task = Task {
-            command,
+            launch,
             max_processes,
             reply,
         };
@@ -191,22 +190,22 @@ impl Inside {
     }
 }
 
-/// Spawns the task's command from inside the cgroup `dir`, where this
+/// Spawns the task's job from inside the cgroup `dir`, where this
 /// thread is, and hands the child over; returns the job's process limit.
 fn fork(jobs: &JobDirs, dir: &Path, task: Task) -> Option<u64> {
     // One more than the job's limit while this thread is counted too.
     let limited = jobs.limit_processes(dir, task.max_processes.map(|max| max + 1));
     let Task {
-        mut command,
+        launch,
         reply,
         max_processes,
     } = task;
-    let spawned = limited.and_then(|()| command.spawn());
-    if let Err(Ok(mut child)) = reply.send(spawned) {
+    let spawned = limited.and_then(|()| launch.spawn(Entry::Inherited));
+    if let Err(Ok(orphan)) = reply.send(spawned) {
         // Nobody waits for it (the start was cancelled): it must not run
         // unwatched.
-        super::process::kill_group(child.id());
-        let _ = child.wait();
+        super::process::kill_group(orphan.pid);
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(orphan.pid as i32), None);
     }
     max_processes
 }

@@ -22,9 +22,10 @@ use tokio::task::JoinHandle;
 use tonic::{Status, Streaming};
 
 use super::admission::{SlotGuard, Ticket};
-use super::cgroup::JobCgroup;
 use super::error::JobError;
 use super::group_keeper::KeptGroup;
+use super::job_cgroup::JobCgroup;
+use super::launch::Entry;
 use super::limits::{Exceeded, JobLimits, Rlimits};
 use super::memory::Watch;
 use super::process;
@@ -172,16 +173,15 @@ impl Running {
         started_at: Instant,
     ) -> std::io::Result<Running> {
         let rlimits = Rlimits::for_job(&ctx.limits);
-        let command =
-            |join| process::command(job, ctx.run_as.as_ref(), rlimits, join, ctx.priority);
-        let (child, cgroup) = match &ctx.cgroups {
+        let launch = process::launch(job, ctx.run_as.as_ref(), rlimits, ctx.priority)?;
+        let (spawned, cgroup) = match &ctx.cgroups {
             Some(cgroups) => {
-                let (child, cgroup) = cgroups.spawn(ctx.limits.processes, command).await?;
-                (child, Some(cgroup))
+                let (spawned, cgroup) = cgroups.spawn(ctx.limits.processes, launch).await?;
+                (spawned, Some(cgroup))
             }
-            None => (command(None)?.spawn()?, None),
+            None => (launch.spawn(Entry::Inherited)?, None),
         };
-        let started = process::started(child)?;
+        let started = process::started(spawned)?;
         let pid = started.pid;
         let group = Group {
             pgid: pid,
