@@ -165,3 +165,78 @@ fn a_job_that_forks_without_bound_is_stopped_and_the_node_keeps_working() {
     assert!(next.status.success(), "{}", text(&next));
     assert!(text(&next).contains("still here"), "{}", text(&next));
 }
+
+/// The line of the /proc/self/cgroup a job printed for the v1 pids
+/// hierarchy (`pids`) or for the unified one.
+fn cgroup_line<'a>(printed: &'a str, pids: bool) -> Option<&'a str> {
+    printed.lines().find(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers) = (parts.next(), parts.next().unwrap_or(""));
+        if pids {
+            controllers.split(',').any(|c| c == "pids")
+        } else {
+            controllers.is_empty()
+        }
+    })
+}
+
+/// Each way of putting a job's first process into its cgroup: on cgroup v1
+/// (a spawner thread that waits in the fresh cgroup), and on the unified
+/// hierarchy (clone3 into it), which `MEXEC_CGROUP=unified` picks on a
+/// host that has both. The job is in its own `job-N` cgroup from its first
+/// instruction, and what it leaves behind ends with it.
+#[test]
+fn jobs_start_inside_their_own_cgroup_in_either_hierarchy() {
+    if !privileged() {
+        return;
+    }
+    let has_unified = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .contains(" - cgroup2 ");
+    let has_pids_v1 = std::fs::read_to_string("/proc/self/cgroup")
+        .unwrap()
+        .lines()
+        .any(|l| {
+            l.split(':')
+                .nth(1)
+                .is_some_and(|c| c.split(',').any(|c| c == "pids"))
+        });
+    for (hierarchy, pids) in [("v1", true), ("unified", false)] {
+        if (pids && !has_pids_v1) || (!pids && !has_unified) {
+            eprintln!("no {hierarchy} cgroup hierarchy here: that way is not tried");
+            continue;
+        }
+        let mut command = Command::new(mexec_testkit::bin("mexecd"));
+        command.env("MEXEC_CGROUP", hierarchy);
+        let node = Executor::start_with(command, "n1", 2, &[]);
+        let dir = job_dir();
+        let left = marker(7);
+        let script =
+            format!("cat /proc/self/cgroup; exec >/dev/null 2>&1; setsid sleep {left} & sleep 0.2");
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let output = mexec(&node, dir.path(), &["sh", "-c", &script])
+                .output()
+                .unwrap();
+            assert!(output.status.success(), "{}", text(&output));
+            let printed = text(&output);
+            let line = cgroup_line(&printed, pids)
+                .unwrap_or_else(|| panic!("{hierarchy}: no cgroup line in {printed}"))
+                .to_owned();
+            assert!(
+                line.contains("/mexecd-") && line.rsplit('/').next().unwrap().starts_with("job-"),
+                "{hierarchy}: the job ran outside a job cgroup: {line}"
+            );
+            seen.push(line);
+        }
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 3, "{hierarchy}: jobs shared a cgroup: {seen:?}");
+        assert!(
+            none_left(&left),
+            "{hierarchy}: a process of the job outlived it: {:?}",
+            processes_with_arg(&left)
+        );
+        println!("{hierarchy}: each job in a cgroup of its own: {seen:?}");
+    }
+}
