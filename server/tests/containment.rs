@@ -168,7 +168,7 @@ fn a_job_that_forks_without_bound_is_stopped_and_the_node_keeps_working() {
 
 /// The line of the /proc/self/cgroup a job printed for the v1 pids
 /// hierarchy (`pids`) or for the unified one.
-fn cgroup_line<'a>(printed: &'a str, pids: bool) -> Option<&'a str> {
+fn cgroup_line(printed: &str, pids: bool) -> Option<&str> {
     printed.lines().find(|line| {
         let mut parts = line.splitn(3, ':');
         let (_, controllers) = (parts.next(), parts.next().unwrap_or(""));
