@@ -14,7 +14,7 @@ use std::time::Duration;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::stat::Mode;
-use nix::unistd::Pid;
+use nix::unistd::{setgid, setgroups, setuid, Gid, Pid, Uid};
 use tokio::net::unix::pipe;
 
 use super::account::Account;
@@ -43,28 +43,32 @@ pub struct Reaped {
     pub max_rss_kib: u64,
 }
 
-/// Starts `job` in a new process group, as `run_as` when given, with
-/// `rlimits`, at `priority`, in the cgroup whose `cgroup.procs` is open as
-/// `cgroup`.
+/// Starts `job` in a new process group, as its account (`job.run_as`)
+/// when it has one, with `rlimits`, at `priority`, in the cgroup whose
+/// `cgroup.procs` is open as `cgroup`.
 pub fn spawn(
     job: &ValidJob,
-    run_as: Option<&Account>,
     rlimits: Rlimits,
     cgroup: Option<RawFd>,
     priority: JobPriority,
 ) -> io::Result<Started> {
-    let env = super::environment::for_job(&job.spec, run_as);
+    let run_as = job.run_as.as_ref();
+    let env = super::environment::for_job(&job.spec, run_as, job.as_submitter);
     let by_fd = job
         .program
         .as_ref()
         .map(|program| ExecByFd::new(program, &job.argv, &env))
         .transpose()?;
+    // Built before the fork: the child may not allocate.
+    let switch = run_as
+        .map(|account| Switch::new(account, &job.cwd))
+        .transpose()?;
     let mut command = command(job, run_as, env);
     let umask = Mode::from_bits_truncate((job.spec.umask & 0o777) as _);
     // SAFETY: the closure runs between fork and exec, so it may only make
-    // async-signal-safe calls: write, umask, setrlimit, prctl and the
-    // priority calls are plain system calls, and their wrappers allocate
-    // nothing.
+    // async-signal-safe calls: write, umask, setrlimit, prctl, setgroups,
+    // setgid, setuid, chdir and the priority calls are plain system calls,
+    // and their wrappers allocate nothing (`Switch` is built before).
     unsafe {
         command.pre_exec(move || {
             // First, so that nothing the job starts is outside its cgroup;
@@ -75,11 +79,17 @@ pub fn spawn(
             nix::sys::stat::umask(umask);
             rlimits.apply()?;
             priority.apply();
+            // After the calls above that need root; before the working
+            // directory, which the account must be able to enter itself.
+            if let Some(switch) = &switch {
+                switch.apply()?;
+            }
             // If the daemon dies hard (SIGKILL, OOM), the job's leader dies
             // with it rather than run on unwatched (its children are not
             // covered). PDEATHSIG fires when the spawning *thread* ends;
             // mexecd spawns from its single runtime thread, which lives as
-            // long as the daemon.
+            // long as the daemon. After the switch of account: a change of
+            // credentials clears the parent-death signal.
             #[cfg(target_os = "linux")]
             let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
             close_inherited_on_exec();
@@ -116,11 +126,14 @@ fn command(job: &ValidJob, run_as: Option<&Account>, env: Vec<(OsString, OsStrin
         Some(program) => Command::new(&program.path),
         None => Command::new(&job.argv[0]),
     };
+    command.args(&job.argv[1..]).env_clear().envs(env);
+    // Run as an account, the child enters the directory only once it is
+    // that account (`Switch`): entered as root, a directory the account may
+    // not reach (inside another user's private home) would be open to it.
+    if run_as.is_none() {
+        command.current_dir(&job.cwd);
+    }
     command
-        .args(&job.argv[1..])
-        .env_clear()
-        .envs(env)
-        .current_dir(&job.cwd)
         // The job leads its own group, so signals and kills reach everything
         // it starts, and nothing of the daemon's.
         .process_group(0)
@@ -131,10 +144,39 @@ fn command(job: &ValidJob, run_as: Option<&Account>, env: Vec<(OsString, OsStrin
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if let Some(account) = run_as {
-        command.uid(account.uid).gid(account.gid);
-    }
     command
+}
+
+/// Becoming the job's account in the forked child: its groups, gid and
+/// uid, then its working directory, all built before the fork.
+struct Switch {
+    groups: Vec<Gid>,
+    gid: Gid,
+    uid: Uid,
+    cwd: CString,
+}
+
+impl Switch {
+    fn new(account: &Account, cwd: &Path) -> io::Result<Switch> {
+        Ok(Switch {
+            groups: account.groups.iter().copied().map(Gid::from_raw).collect(),
+            gid: Gid::from_raw(account.gid),
+            uid: Uid::from_raw(account.uid),
+            cwd: CString::new(cwd.as_os_str().as_bytes())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "nul byte in cwd"))?,
+        })
+    }
+
+    /// In the child: drops root for good (groups first, uid last, since
+    /// each needs the privilege the next gives up), then enters the
+    /// working directory as the account. Allocates nothing.
+    fn apply(&self) -> io::Result<()> {
+        setgroups(&self.groups)?;
+        setgid(self.gid)?;
+        setuid(self.uid)?;
+        nix::unistd::chdir(self.cwd.as_c_str())?;
+        Ok(())
+    }
 }
 
 /// The exec of a program the command policy opened: its descriptor, and
@@ -306,16 +348,16 @@ pub fn program_exists(program: &[u8], path: Option<&[u8]>, cwd: &Path) -> bool {
 }
 
 /// Whether `account` may enter `dir`: search permission on it and every
-/// ancestor, judged from mode bits for its uid and primary group (jobs run
-/// without supplementary groups). ACLs are not consulted; this explains a
-/// failure after the fact, it does not grant anything.
+/// ancestor, judged from mode bits for its uid and groups. ACLs are not
+/// consulted; this explains a failure after the fact, it does not grant
+/// anything.
 pub fn can_enter(dir: &Path, account: &Account) -> bool {
     use std::os::unix::fs::MetadataExt;
     dir.ancestors().all(|d| match d.metadata() {
         Ok(meta) => {
             let bit = if meta.uid() == account.uid {
                 0o100
-            } else if meta.gid() == account.gid {
+            } else if meta.gid() == account.gid || account.groups.contains(&meta.gid()) {
                 0o010
             } else {
                 0o001

@@ -65,7 +65,7 @@ pub async fn start_failed(
     err: &std::io::Error,
     out: &Outbound,
 ) {
-    match start_failure(ctx.run_as.as_ref(), job, err) {
+    match start_failure(job.run_as.as_ref(), job, err) {
         Ok(exit) => {
             log_job(ctx, job, started_at, &exit);
             let _ = out.send(Ok(response(run_response::Msg::Exit(exit)))).await;

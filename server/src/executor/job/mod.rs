@@ -177,7 +177,7 @@ impl Running {
         };
         let rlimits = Rlimits::for_job(&ctx.limits);
         let procs = cgroup.as_ref().map(JobCgroup::procs_fd);
-        let started = process::spawn(job, ctx.run_as.as_ref(), rlimits, procs, ctx.priority)?;
+        let started = process::spawn(job, rlimits, procs, ctx.priority)?;
         let pid = started.pid;
         let group = Group {
             pgid: pid,
