@@ -241,7 +241,7 @@ pub enum IdentityError {
     #[error("{0}")]
     Denied(#[from] UserDenied),
     #[error(
-        "user `{0}` is only claimed, not proven: this node needs a user certificate \
+        "user `{0}` is only claimed, not proven: give a user certificate \
          (mutual TLS, --tls-cert) or a MUNGE credential (--munge)"
     )]
     Unproven(String),
@@ -257,14 +257,15 @@ pub enum IdentityError {
 }
 
 impl IdentityError {
-    /// The refusal: denied for a known user not allowed, unauthenticated
-    /// for a missing, false or reused proof.
+    /// The refusal: denied for a known caller not allowed (the allow list,
+    /// a relay not trusted), unauthenticated for a missing, false or reused
+    /// proof.
     pub fn refusal(&self) -> Refusal {
         match self {
-            IdentityError::Denied(_) | IdentityError::UnknownUid(_) => Refusal::Denied,
-            IdentityError::Unproven(_)
-            | IdentityError::Munge(_)
-            | IdentityError::UntrustedRelay(_) => Refusal::Unauthenticated,
+            IdentityError::Denied(_)
+            | IdentityError::UnknownUid(_)
+            | IdentityError::UntrustedRelay(_) => Refusal::Denied,
+            IdentityError::Unproven(_) | IdentityError::Munge(_) => Refusal::Unauthenticated,
         }
     }
 }
@@ -314,7 +315,7 @@ mod tests {
         assert_eq!(relayed.proof, Proof::Relayed("node certificate gk".into()));
         let err = user(&access, Some(&other), "alice").await.unwrap_err();
         assert_eq!(err, IdentityError::UntrustedRelay("n2".into()));
-        assert_eq!(err.refusal(), Refusal::Unauthenticated);
+        assert_eq!(err.refusal(), Refusal::Denied);
         let err = user(&access, Some(&Caller::Unverified), "alice")
             .await
             .unwrap_err();

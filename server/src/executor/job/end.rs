@@ -191,6 +191,7 @@ fn log_job(ctx: &NodeContext, job: &ValidJob, started_at: Instant, exit: &Exit) 
         build_id = %Escaped(&spec.build_id),
         argv0 = %Escaped(&job.argv0),
         program = program.as_deref(),
+        run_as = job.run_as.as_ref().map(|account| account.name.as_str()),
         node = %ctx.name,
         duration_ms = started_at.elapsed().as_millis() as u64,
         status,
