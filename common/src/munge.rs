@@ -7,7 +7,7 @@
 //! `libmunge2`), not linked: mexec builds without it, and only a process
 //! given `--munge` needs it.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -123,7 +123,8 @@ fn library_gone(join: tokio::task::JoinError) -> MungeError {
     MungeError::Library(format!("the call did not finish: {join}"))
 }
 
-fn message(text: Option<&CStr>, code: i32) -> MungeError {
+#[cfg(unix)]
+fn message(text: Option<&std::ffi::CStr>, code: i32) -> MungeError {
     MungeError::Munge {
         code,
         message: text
@@ -138,6 +139,7 @@ mod ffi {
     //! nix has no `dlopen`.
 
     use std::ffi::{c_char, c_int, c_void, CStr};
+    use std::mem::transmute;
     use std::sync::OnceLock;
 
     use super::{message, Decoded, MungeError};
@@ -145,21 +147,29 @@ mod ffi {
     type Ctx = *mut c_void;
     const MUNGE_OPT_SOCKET: c_int = 8;
 
+    type CtxCreate = unsafe extern "C" fn() -> Ctx;
+    type CtxDestroy = unsafe extern "C" fn(Ctx);
+    type CtxSet = unsafe extern "C" fn(Ctx, c_int, ...) -> c_int;
+    type CtxStrerror = unsafe extern "C" fn(Ctx) -> *const c_char;
+    type Encode = unsafe extern "C" fn(*mut *mut c_char, Ctx, *const c_void, c_int) -> c_int;
+    type Decode = unsafe extern "C" fn(
+        *const c_char,
+        Ctx,
+        *mut *mut c_void,
+        *mut c_int,
+        *mut libc::uid_t,
+        *mut libc::gid_t,
+    ) -> c_int;
+    type Strerror = unsafe extern "C" fn(c_int) -> *const c_char;
+
     pub struct Library {
-        ctx_create: unsafe extern "C" fn() -> Ctx,
-        ctx_destroy: unsafe extern "C" fn(Ctx),
-        ctx_set: unsafe extern "C" fn(Ctx, c_int, ...) -> c_int,
-        ctx_strerror: unsafe extern "C" fn(Ctx) -> *const c_char,
-        encode: unsafe extern "C" fn(*mut *mut c_char, Ctx, *const c_void, c_int) -> c_int,
-        decode: unsafe extern "C" fn(
-            *const c_char,
-            Ctx,
-            *mut *mut c_void,
-            *mut c_int,
-            *mut libc::uid_t,
-            *mut libc::gid_t,
-        ) -> c_int,
-        strerror: unsafe extern "C" fn(c_int) -> *const c_char,
+        ctx_create: CtxCreate,
+        ctx_destroy: CtxDestroy,
+        ctx_set: CtxSet,
+        ctx_strerror: CtxStrerror,
+        encode: Encode,
+        decode: Decode,
+        strerror: Strerror,
     }
 
     static LIBRARY: OnceLock<Result<Library, String>> = OnceLock::new();
@@ -191,13 +201,13 @@ mod ffi {
         // field's type spells out.
         unsafe {
             Ok(Library {
-                ctx_create: std::mem::transmute::<*mut c_void, _>(symbol(c"munge_ctx_create")?),
-                ctx_destroy: std::mem::transmute::<*mut c_void, _>(symbol(c"munge_ctx_destroy")?),
-                ctx_set: std::mem::transmute::<*mut c_void, _>(symbol(c"munge_ctx_set")?),
-                ctx_strerror: std::mem::transmute::<*mut c_void, _>(symbol(c"munge_ctx_strerror")?),
-                encode: std::mem::transmute::<*mut c_void, _>(symbol(c"munge_encode")?),
-                decode: std::mem::transmute::<*mut c_void, _>(symbol(c"munge_decode")?),
-                strerror: std::mem::transmute::<*mut c_void, _>(symbol(c"munge_strerror")?),
+                ctx_create: transmute::<*mut c_void, CtxCreate>(symbol(c"munge_ctx_create")?),
+                ctx_destroy: transmute::<*mut c_void, CtxDestroy>(symbol(c"munge_ctx_destroy")?),
+                ctx_set: transmute::<*mut c_void, CtxSet>(symbol(c"munge_ctx_set")?),
+                ctx_strerror: transmute::<*mut c_void, CtxStrerror>(symbol(c"munge_ctx_strerror")?),
+                encode: transmute::<*mut c_void, Encode>(symbol(c"munge_encode")?),
+                decode: transmute::<*mut c_void, Decode>(symbol(c"munge_decode")?),
+                strerror: transmute::<*mut c_void, Strerror>(symbol(c"munge_strerror")?),
             })
         }
     }

@@ -125,14 +125,18 @@ impl Access {
         credential: &str,
     ) -> Result<Identity, IdentityError> {
         let identity = match (&self.munge, credential.is_empty()) {
-            (Some(munge), false) => self.from_munge(munge, credential).await?,
-            _ => self.from_caller(caller, claimed)?,
+            (Some(munge), false) => self.proven_by_munge(munge, credential).await?,
+            _ => self.proven_by_caller(caller, claimed)?,
         };
         self.allow(&identity.user)?;
         Ok(identity)
     }
 
-    async fn from_munge(&self, munge: &Munge, credential: &str) -> Result<Identity, IdentityError> {
+    async fn proven_by_munge(
+        &self,
+        munge: &Munge,
+        credential: &str,
+    ) -> Result<Identity, IdentityError> {
         let decoded = munge
             .decode_async(credential.to_owned())
             .await
@@ -159,7 +163,7 @@ impl Access {
         }
     }
 
-    fn from_caller(
+    fn proven_by_caller(
         &self,
         caller: Option<&Caller>,
         claimed: &str,
