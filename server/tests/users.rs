@@ -372,7 +372,12 @@ fn text(bytes: &[u8]) -> String {
 /// leased, bob relayed when `bob_relays`, and the other way round when
 /// not), and each build must match the same user's plain local build:
 /// the same objects, byte for byte, owned by the user, with the same mode.
-fn two_users_build_at_once(cluster: &Cluster, tree: &Tree, label: &str, bob_relays: bool) {
+fn two_users_build_at_once(
+    cluster: &Cluster,
+    tree: &Tree,
+    label: &str,
+    bob_relays: bool,
+) -> Vec<(User, Objects)> {
     let users = [User::new(ALICE, tree, label), User::new(BOB, tree, label)];
     let mut local = Vec::new();
     for user in &users {
@@ -480,6 +485,55 @@ fn two_users_build_at_once(cluster: &Cluster, tree: &Tree, label: &str, bob_rela
             user.account.name
         );
     }
+    users.into_iter().zip(local).collect()
+}
+
+/// `user` builds again with `mpmake --munge` (which passes MUNGE on to the
+/// `mexec` it starts): the same objects as the local build, the user's.
+fn mpmake_rebuild(cluster: &Cluster, user: &User, local: &Objects) {
+    let dir = user.dir.join("bzip2");
+    let clean = user
+        .account
+        .command("make")
+        .current_dir(&dir)
+        .arg("clean")
+        .output()
+        .unwrap();
+    ok(&clean, "make clean");
+    let before = cluster.jobs_run_as(&user.account.name);
+    let mut command = user.account.command("sh");
+    command.current_dir(&dir).args([
+        "-c",
+        &format!(
+            "umask 027; exec {} --munge --quiet libbz2.a bzip2",
+            bin("mpmake").display()
+        ),
+    ]);
+    cluster.aim(
+        &mut command,
+        &user.account.name,
+        &user.home,
+        Some(&user.account),
+    );
+    // Only the flag turns MUNGE on here.
+    command.env_remove("MEXEC_MUNGE");
+    ok(&command.output().unwrap(), "mpmake --munge");
+    let remote = objects(&dir);
+    assert_eq!(
+        &remote, local,
+        "mpmake's objects differ from the local build's"
+    );
+    let ran = cluster.jobs_run_as(&user.account.name) - before;
+    assert!(
+        ran >= local.len(),
+        "{ran} jobs ran as {}",
+        user.account.name
+    );
+    println!(
+        "mpmake --munge as {}: {ran} jobs ran as the user; {} objects as the local build's",
+        user.account.name,
+        remote.len()
+    );
 }
 
 /// Alice's job cannot read or write in Bob's private directory: the same
@@ -684,7 +738,9 @@ fn two_users_build_as_themselves_with_munge() {
         return;
     };
     let tree = Tree::new();
-    two_users_build_at_once(&cluster, &tree, "munge", false);
+    let built = two_users_build_at_once(&cluster, &tree, "munge", false);
+    let (alice, local) = &built[0];
+    mpmake_rebuild(&cluster, alice, local);
     no_way_into_the_other_home(&cluster, &tree, "munge");
 }
 
