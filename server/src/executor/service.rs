@@ -109,7 +109,11 @@ async fn start_job(
         .map_err(JobError::Lease)?;
     // Whose account it runs as, settled before anything runs: an unknown
     // user, root or a system uid is refused here.
-    let run_as = ctx.run_as.for_user(&spec.user)?;
+    // NSS may ask a directory server (LDAP, NIS): off the runtime's threads.
+    let (accounts, user) = (ctx.run_as.clone(), spec.user.clone());
+    let run_as = tokio::task::spawn_blocking(move || accounts.for_user(&user))
+        .await
+        .map_err(|_| JobError::NoRequest)??;
     let mut valid = ValidJob::new(spec, ctx.policy.as_ref())?;
     valid.as_submitter = matches!(ctx.run_as, JobAccounts::Submitter { .. });
     valid.run_as = run_as;
