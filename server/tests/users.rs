@@ -866,3 +866,42 @@ async fn run_raw(
         }
     }
 }
+
+#[test]
+fn run_as_submitter_with_only_a_token_or_with_user_does_not_start() {
+    if !mexec_testkit::is_root() {
+        mexec_testkit::skip("run_as_submitter_...: mexecd refuses it without root first");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    write_token(&token, None);
+    let start = |args: &[&str]| {
+        let output = Command::new(bin("mexecd"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "mexecd {args:?} started");
+        text(&output.stderr)
+    };
+    let token_only = start(&[
+        "--run-as-submitter",
+        "--token-file",
+        &token.to_string_lossy(),
+    ]);
+    assert!(
+        token_only.contains("configure mutual TLS (--tls-ca") && token_only.contains("or --munge"),
+        "{token_only}"
+    );
+    let both = start(&["--run-as-submitter", "--user", "nobody"]);
+    assert!(both.contains("cannot be used with"), "{both}");
+    let neither = start(&[]);
+    assert!(neither.contains("give --run-as-submitter"), "{neither}");
+    println!("token only: {}", token_only.trim());
+    println!(
+        "--user with --run-as-submitter: {}",
+        both.lines().next().unwrap_or("")
+    );
+    println!("as root with neither: {}", neither.trim());
+}
