@@ -37,6 +37,13 @@ pub struct Flags {
     /// Your private key (PEM).
     #[arg(long, env = "MEXEC_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// Prove who you are with MUNGE: each job and lease carries a
+    /// credential from the local munged.
+    #[arg(long, env = "MEXEC_MUNGE", value_parser = boolish())]
+    pub munge: bool,
+    /// munged's socket [default: libmunge's, /run/munge/munge.socket.2].
+    #[arg(long, env = "MEXEC_MUNGE_SOCKET")]
+    pub munge_socket: Option<PathBuf>,
     /// Gatekeeper to ask for placement (host:port).
     #[arg(long, env = "MEXEC_GATEKEEPER")]
     pub gatekeeper: Option<String>,
@@ -136,6 +143,8 @@ impl Flags {
             tls_ca: path("MEXEC_TLS_CA"),
             tls_cert: path("MEXEC_TLS_CERT"),
             tls_key: path("MEXEC_TLS_KEY"),
+            munge: flag("MEXEC_MUNGE"),
+            munge_socket: path("MEXEC_MUNGE_SOCKET"),
             gatekeeper: text("MEXEC_GATEKEEPER"),
             relay: flag("MEXEC_RELAY"),
             no_local: flag("MEXEC_NO_LOCAL"),
@@ -163,6 +172,8 @@ impl Flags {
             tls_ca: self.tls_ca.clone(),
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
+            munge: self.munge,
+            munge_socket: self.munge_socket.clone(),
         }
     }
 }

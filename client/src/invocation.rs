@@ -118,6 +118,8 @@ const OUR_LONG_OPTIONS: &[&str] = &[
     "tls-ca",
     "tls-cert",
     "tls-key",
+    "munge",
+    "munge-socket",
     "gatekeeper",
     "relay",
     "no-local",

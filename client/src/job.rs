@@ -139,6 +139,8 @@ impl Job {
             // Only a lease has one (`node_run`).
             lease: None,
             repeatable: self.repeatable && !self.forward_stdin,
+            // Fresh for each attempt (`node_run`, `lease`): one decode each.
+            munge_credential: String::new(),
         }
     }
 }

@@ -42,6 +42,10 @@ pub async fn acquire(
         .await
         .map_err(NotStarted::Unreachable)?;
     let tls = connector.tls().is_some();
+    let munge_credential = connector
+        .credential()
+        .await
+        .map_err(|err| NotStarted::Refused(err.to_string()))?;
     let cache = MemberCache::for_gatekeeper(gatekeeper);
     let (requests, stream) = mpsc::channel(1);
     let _ = requests.try_send(AcquireRequest {
@@ -53,6 +57,7 @@ pub async fn acquire(
             program: job.program(),
             avoid: avoid.to_vec(),
             want_nodes: cache.is_stale(),
+            munge_credential,
         })),
     });
     let mut responses = GatekeeperClient::new(channel)

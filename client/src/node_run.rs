@@ -84,10 +84,15 @@ pub async fn run_on(
         Ok(channel) => channel,
         Err(cause) => return Outcome::NotStarted(NotStarted::Unreachable(cause)),
     };
+    let munge_credential = match connector.credential().await {
+        Ok(credential) => credential,
+        Err(err) => return Outcome::NotStarted(NotStarted::Refused(err.to_string())),
+    };
     let (requests, request_stream) = mpsc::channel::<RunRequest>(8);
     let start = RunRequest {
         msg: Some(run_request::Msg::Start(JobSpec {
             lease: target.ticket(),
+            munge_credential,
             ..job.spec()
         })),
     };

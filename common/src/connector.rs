@@ -12,6 +12,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
 use tonic::transport::Channel;
 
+use crate::munge::{Munge, MungeError};
 use crate::tls::{self, Tls};
 use crate::token::Token;
 
@@ -36,6 +37,7 @@ pub struct Connector {
     tls: Option<Tls>,
     token: Option<Token>,
     timeouts: Timeouts,
+    munge: Option<Munge>,
 }
 
 /// Why no channel could be opened.
@@ -59,6 +61,23 @@ impl Connector {
             tls,
             token,
             timeouts,
+            munge: None,
+        }
+    }
+
+    /// Jobs and leases sent through this connector carry a MUNGE
+    /// credential from `munge`.
+    pub fn with_munge(mut self, munge: Option<Munge>) -> Connector {
+        self.munge = munge;
+        self
+    }
+
+    /// A fresh MUNGE credential for one request (each is good for one
+    /// decode); empty without MUNGE.
+    pub async fn credential(&self) -> Result<String, MungeError> {
+        match &self.munge {
+            Some(munge) => munge.encode_async(Vec::new()).await,
+            None => Ok(String::new()),
         }
     }
 

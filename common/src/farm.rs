@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::config_file::{self, ConfigFileError};
 use crate::connector::{Connector, Timeouts};
+use crate::munge::{Munge, MungeError};
 use crate::nodes::{parse_node_list, NodeAddr, NodeParseError};
 use crate::tls::{Tls, TlsError, TlsPaths};
 use crate::token::{Token, TokenError};
@@ -38,6 +39,10 @@ pub struct FarmFlags {
     pub tls_ca: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Prove who we are with a MUNGE credential on every job and lease.
+    pub munge: bool,
+    /// munged's socket, when not libmunge's default.
+    pub munge_socket: Option<PathBuf>,
 }
 
 /// The client's TOML config file (`mexec` and `mpmake` read the same one).
@@ -55,6 +60,10 @@ pub struct FileConfig {
     pub tls_cert: Option<PathBuf>,
     /// Your private key. Default: none.
     pub tls_key: Option<PathBuf>,
+    /// Prove who you are with MUNGE. Default: false.
+    pub munge: Option<bool>,
+    /// munged's socket. Default: libmunge's (/run/munge/munge.socket.2).
+    pub munge_socket: Option<PathBuf>,
     /// Gatekeeper, "host:port". Default: none (place over `nodes`).
     pub gatekeeper: Option<NodeAddr>,
     /// Send whole jobs through the gatekeeper. Default: false.
@@ -90,6 +99,8 @@ pub struct Farm {
     pub token: Option<Token>,
     /// Mutual TLS, when configured.
     pub tls: Option<Tls>,
+    /// The local munged, when we prove who we are with MUNGE.
+    pub munge: Option<Munge>,
 }
 
 /// Why the farm's settings could not be used.
@@ -105,6 +116,8 @@ pub enum FarmError {
     Token(#[from] TokenError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("--munge / MEXEC_MUNGE: {0}")]
+    Munge(#[from] MungeError),
 }
 
 impl Farm {
@@ -139,11 +152,22 @@ impl Farm {
             Some(addr) => Some(addr.parse().map_err(FarmError::Gatekeeper)?),
             None => file.gatekeeper.take(),
         };
+        let munge = match flags.munge || file.munge.unwrap_or(false) {
+            true => Some(Munge::new(
+                flags
+                    .munge_socket
+                    .clone()
+                    .or(file.munge_socket.take())
+                    .as_deref(),
+            )?),
+            false => None,
+        };
         let farm = Farm {
             nodes,
             gatekeeper,
             token,
             tls,
+            munge,
         };
         Ok((farm, file))
     }
@@ -151,6 +175,7 @@ impl Farm {
     /// The connector every channel of a submitting client goes through.
     pub fn connector(&self) -> Connector {
         Connector::new(self.tls.clone(), self.token.clone(), CLIENT_TIMEOUTS)
+            .with_munge(self.munge.clone())
     }
 }
 

@@ -20,6 +20,8 @@
 //!   metadata so clients never read English.
 //! - `lease_ticket`: the gatekeeper's signed, short-lived permission for
 //!   one job of one user on one node, and the keys that sign it.
+//! - `munge`: MUNGE credentials through the node's munged (libmunge
+//!   loaded at run time).
 //! - `telemetry`: one `init_tracing()` for every binary.
 
 pub mod clock;
@@ -30,6 +32,7 @@ pub mod farm;
 pub mod host;
 pub mod lease_ticket;
 pub mod load_query;
+pub mod munge;
 pub mod nodes;
 pub mod refusal;
 pub mod telemetry;

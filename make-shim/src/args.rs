@@ -34,6 +34,12 @@ pub struct Cli {
     /// Your private key.
     #[arg(long, env = "MEXEC_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// Prove who you are with MUNGE (the mexec jobs make starts do too).
+    #[arg(long, env = "MEXEC_MUNGE")]
+    pub munge: bool,
+    /// munged's socket [default: libmunge's].
+    #[arg(long, env = "MEXEC_MUNGE_SOCKET")]
+    pub munge_socket: Option<PathBuf>,
     /// Print the cluster's capacity (for `ninja -j$(mpmake --print-jobs)`) and exit.
     #[arg(long)]
     pub print_jobs: bool,
@@ -67,6 +73,8 @@ impl Cli {
             tls_ca: self.tls_ca.clone(),
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
+            munge: self.munge,
+            munge_socket: self.munge_socket.clone(),
             config: std::env::var_os("MEXEC_CONFIG").map(PathBuf::from),
         }
     }

@@ -462,7 +462,10 @@ fn the_example_config_under_deploy_parses() {
     let config: mexec_server::executor::config::FileConfig =
         mexec_common::config_file::load(&path).expect("deploy/mexecd.toml parses");
     assert_eq!(config.slots, Some(8));
-    assert_eq!(config.user.as_deref(), Some("mexec"));
+    // The example is the set-up for many users: each job as its submitter.
+    assert_eq!(config.user, None);
+    assert_eq!(config.run_as_submitter, Some(true));
+    assert_eq!(config.min_uid, Some(1000));
 }
 
 #[tokio::test]

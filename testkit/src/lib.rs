@@ -11,6 +11,9 @@
 //! - `wait_until`: polling with a deadline instead of sleeps.
 //! - `wine`: Wine prefixes and MinGW builds for the Windows programs' tests.
 //! - `owner`: a desktop owner's CPU-bound work, as another account.
+//! - `accounts`: real user accounts (useradd) with private trees, and
+//!   commands run as them.
+//! - `munged`: a munged of the test's own (own key, own socket).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -20,6 +23,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+pub mod accounts;
+pub mod munged;
 pub mod netns;
 pub mod owner;
 pub mod wine;
@@ -233,7 +238,12 @@ impl Executor {
         command
             .args(["--name", name])
             .args(["--slots", &slots.to_string()])
-            .args(job_user_args())
+            // A daemon that runs each job as its submitter takes no --user.
+            .args(if extra.contains(&"--run-as-submitter") {
+                Vec::new()
+            } else {
+                job_user_args()
+            })
             .args(extra)
             .env("MEXEC_LOG", "info")
             .env_remove("MEXEC_NODES")

@@ -156,7 +156,7 @@ fn make_command(cli: &Cli, routing: &Routing, pool: Option<&TokenPool>) -> Comma
     let mut make = Command::new(&cli.make);
     make.args(&routing.make_args)
         .envs(routing.env.iter().cloned());
-    let farm_variables: [(&str, Option<&OsStr>); 6] = [
+    let farm_variables: [(&str, Option<&OsStr>); 8] = [
         ("MEXEC_NODES", cli.nodes.as_deref().map(OsStr::new)),
         (
             "MEXEC_GATEKEEPER",
@@ -172,6 +172,11 @@ fn make_command(cli: &Cli, routing: &Routing, pool: Option<&TokenPool>) -> Comma
             cli.tls_cert.as_deref().map(Path::as_os_str),
         ),
         ("MEXEC_TLS_KEY", cli.tls_key.as_deref().map(Path::as_os_str)),
+        ("MEXEC_MUNGE", cli.munge.then_some(OsStr::new("1"))),
+        (
+            "MEXEC_MUNGE_SOCKET",
+            cli.munge_socket.as_deref().map(Path::as_os_str),
+        ),
     ];
     for (var, value) in farm_variables {
         if let Some(value) = value {

@@ -31,7 +31,7 @@ async fn real_main() -> anyhow::Result<()> {
         listen = %bound,
         slots = settings.slots,
         max_queued = settings.max_queued,
-        run_as = settings.run_as.as_ref().map(|a| a.name.as_str()).unwrap_or("(self)"),
+        run_as = %settings.run_as.describe(),
         auth = settings.daemon.auth_mode(),
         allowed_users = users.map(|u| u.join(",")).unwrap_or_else(|| "(all)".into()),
         allowed_programs = if programs.is_empty() { "(all)".to_owned() } else { programs.join(",") },

@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use mexec_common::munge::{Munge, MungeError};
 use mexec_common::telemetry::LogFormat;
 use mexec_common::tls::{Tls, TlsError, TlsPaths};
 use mexec_common::token::{Token, TokenError};
@@ -61,6 +62,20 @@ pub struct DaemonFlags {
     /// executor, the job) [default: 10].
     #[arg(long, env = "MEXEC_START_TIMEOUT_SECS")]
     pub start_timeout_secs: Option<u64>,
+    /// Users prove who they are with MUNGE: requests carry a credential
+    /// from the client's munged, decoded here with this node's munged.
+    #[arg(long, env = "MEXEC_MUNGE")]
+    pub munge: bool,
+    /// With --munge: munged's socket [default: libmunge's,
+    /// /run/munge/munge.socket.2].
+    #[arg(long, env = "MEXEC_MUNGE_SOCKET")]
+    pub munge_socket: Option<PathBuf>,
+    /// Who may vouch for another user (relay a user's job): node
+    /// certificate names, or, with --munge, the account a MUNGE
+    /// credential was made by; comma-separated [default: any node
+    /// certificate, no MUNGE account; with --run-as-submitter, none].
+    #[arg(long, env = "MEXEC_RELAY_FROM", value_delimiter = ',')]
+    pub relay_from: Vec<String>,
 }
 
 /// The config-file keys both daemons take. Every one is optional.
@@ -84,6 +99,14 @@ pub struct DaemonFile {
     pub log_format: Option<LogFormat>,
     /// Seconds a caller has to send a stream's first message. Default: 10.
     pub start_timeout_secs: Option<u64>,
+    /// Prove users with MUNGE credentials. Default: false.
+    pub munge: Option<bool>,
+    /// munged's socket. Default: libmunge's (/run/munge/munge.socket.2).
+    pub munge_socket: Option<PathBuf>,
+    /// Node certificate names, or MUNGE accounts, that may vouch for
+    /// another user. Default: any node certificate (none with
+    /// `run_as_submitter`).
+    pub relay_from: Option<Vec<String>>,
 }
 
 /// Refuses every config key that no struct of the file claimed.
@@ -152,6 +175,10 @@ pub struct DaemonSettings {
     pub log_format: LogFormat,
     /// How long a caller has to send a stream's first message.
     pub start_timeout: Duration,
+    /// This node's munged, when users prove who they are with MUNGE.
+    pub munge: Option<Munge>,
+    /// Who may vouch for another user; `None`: any node certificate.
+    pub relay_from: Option<Vec<String>>,
     role: Role,
 }
 
@@ -162,6 +189,8 @@ pub enum DaemonSettingsError {
     Token(#[from] TokenError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("--munge: {0}")]
+    Munge(#[from] MungeError),
     #[error(
         "refusing to listen on {listen} without authentication: anyone who can reach it could \
          {exposes}. Give --token-file FILE (the cluster's shared token), listen on 127.0.0.1, \
@@ -217,6 +246,12 @@ impl DaemonSettings {
             });
         }
         let start_timeout_secs = flags.start_timeout_secs.or(file.start_timeout_secs);
+        let munge = match flags.munge || file.munge.unwrap_or(false) {
+            true => Some(Munge::new(
+                flags.munge_socket.or(file.munge_socket).as_deref(),
+            )?),
+            false => None,
+        };
         Ok(DaemonSettings {
             listen,
             token,
@@ -224,6 +259,8 @@ impl DaemonSettings {
             allowed_users: non_empty(flags.allowed_users).or(file.allowed_users),
             log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
             start_timeout: Duration::from_secs(start_timeout_secs.unwrap_or(10).max(1)),
+            munge,
+            relay_from: non_empty(flags.relay_from).or(file.relay_from),
             role,
         })
     }
@@ -235,12 +272,21 @@ impl DaemonSettings {
 
     /// How callers are authenticated, for the start-up log.
     pub fn auth_mode(&self) -> &'static str {
-        match (&self.tls, &self.token) {
-            (Some(_), Some(_)) => "mutual TLS and token",
-            (Some(_), None) => "mutual TLS",
-            (None, Some(_)) => "token",
-            (None, None) => "none",
+        match (&self.tls, &self.token, &self.munge) {
+            (Some(_), Some(_), None) => "mutual TLS and token",
+            (Some(_), None, None) => "mutual TLS",
+            (None, Some(_), None) => "token",
+            (None, None, None) => "none",
+            (Some(_), _, Some(_)) => "mutual TLS and MUNGE",
+            (None, Some(_), Some(_)) => "token and MUNGE",
+            (None, None, Some(_)) => "MUNGE",
         }
+    }
+
+    /// Whether a user's identity can be proven here (a client certificate
+    /// or a MUNGE credential), not merely claimed.
+    pub fn proves_users(&self) -> bool {
+        self.tls.is_some() || self.munge.is_some()
     }
 
     /// The checks in front of every call, from these settings.
@@ -250,6 +296,7 @@ impl DaemonSettings {
             self.tls.is_some(),
             self.allowed_users.clone(),
         )
+        .with_proof(self.munge.clone(), self.relay_from.clone())
     }
 
     /// Binds the listen address, warning first when the daemon is an open
@@ -340,6 +387,9 @@ mod tests {
                 "allowed-users MEXEC_ALLOWED_USERS",
                 "log-format MEXEC_LOG_FORMAT",
                 "start-timeout-secs MEXEC_START_TIMEOUT_SECS",
+                "munge MEXEC_MUNGE",
+                "munge-socket MEXEC_MUNGE_SOCKET",
+                "relay-from MEXEC_RELAY_FROM",
             ],
         );
         let parsed = <Flags as clap::Parser>::parse_from(["t", "--listen", "127.0.0.1:5"]);

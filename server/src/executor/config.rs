@@ -10,7 +10,7 @@ use clap::Parser;
 use mexec_common::config_file::{self, ConfigFileError};
 use serde::Deserialize;
 
-use super::account::{self, Account, AccountError};
+use super::account::{self, AccountError, JobAccounts};
 use super::lease_check::DirectJobs;
 use super::limits::JobLimits;
 use super::owner_load::DesktopPolicy;
@@ -52,9 +52,18 @@ pub struct Flags {
     /// This node's name in load reports and messages [default: the host name].
     #[arg(long, env = "MEXEC_NAME")]
     pub name: Option<String>,
-    /// Account jobs run as; required when mexecd starts as root.
-    #[arg(long, env = "MEXEC_USER")]
+    /// Account jobs run as; when mexecd starts as root, this or
+    /// --run-as-submitter is required.
+    #[arg(long, env = "MEXEC_USER", conflicts_with = "run_as_submitter")]
     pub user: Option<String>,
+    /// Run each job as the account of its submitter, as proven by the
+    /// client certificate (mutual TLS) or MUNGE; needs root.
+    #[arg(long, env = "MEXEC_RUN_AS_SUBMITTER")]
+    pub run_as_submitter: bool,
+    /// With --run-as-submitter: the lowest uid a job may run as
+    /// [default: 1000].
+    #[arg(long, env = "MEXEC_MIN_UID")]
+    pub min_uid: Option<u32>,
     /// Seconds running jobs may take to finish after SIGTERM [default: 60].
     #[arg(long, env = "MEXEC_GRACE_SECS")]
     pub grace_secs: Option<u64>,
@@ -144,6 +153,10 @@ pub struct FileConfig {
     pub name: Option<String>,
     /// Account jobs run as. Default: the daemon's own (refused for root).
     pub user: Option<String>,
+    /// Run each job as its proven submitter's account. Default: false.
+    pub run_as_submitter: Option<bool>,
+    /// With `run_as_submitter`: the lowest uid a job may run as. Default: 1000.
+    pub min_uid: Option<u32>,
     /// Seconds running jobs may take to finish after SIGTERM. Default: 60.
     pub grace_secs: Option<u64>,
     /// Gatekeeper to join, "host:port". Default: none.
@@ -202,8 +215,8 @@ pub struct Settings {
     pub max_queued: u32,
     /// Node name.
     pub name: String,
-    /// The account jobs run as; `None` runs them as the daemon's own user.
-    pub run_as: Option<Account>,
+    /// Whose account jobs run as.
+    pub run_as: JobAccounts,
     /// How long running jobs may take to finish after SIGTERM.
     pub grace: Duration,
     /// The gatekeeper to join, if any.
@@ -236,10 +249,24 @@ pub enum SettingsError {
     #[error("--reclaim gives a desktop's jobs back to its owner: it needs --desktop")]
     ReclaimWithoutDesktop,
     #[error(
-        "mexecd runs as root, and jobs never run as root: give --user NAME (an unprivileged \
-         account that can write the shared tree) for jobs to run as"
+        "mexecd runs as root, and jobs never run as root: give --run-as-submitter (each job \
+         runs as the user who sent it; needs mutual TLS or MUNGE) or --user NAME (one \
+         unprivileged account that can write the shared tree) for jobs to run as"
     )]
     RootWithoutUser,
+    #[error("--user and --run-as-submitter exclude each other: give one (user = and run_as_submitter = in the config file)")]
+    UserAndSubmitter,
+    #[error(
+        "--run-as-submitter needs mexecd to start as root (systemd: User=root with \
+         CAP_SETUID, CAP_SETGID and CAP_KILL, as deploy/mexecd.service grants)"
+    )]
+    SubmitterNeedsRoot,
+    #[error(
+        "--run-as-submitter needs proof of who the user is, and a token proves only that the \
+         caller knows the cluster's secret: configure mutual TLS (--tls-ca, --tls-cert, \
+         --tls-key, with a user certificate per user from `mexec-cert user`) or --munge"
+    )]
+    SubmitterWithoutProof,
     #[error(
         "--user {0} needs mexecd to start as root (to switch to that account); \
          start it as {0} instead, without --user"
@@ -261,6 +288,16 @@ impl Settings {
         }
         let desktop = desktop_policy(&flags.desktop, &file, slots)?;
         let daemon = DaemonSettings::resolve(flags.daemon, file.daemon, ROLE)?;
+        let submitter = flags.run_as_submitter || file.run_as_submitter.unwrap_or(false);
+        let min_uid = flags
+            .min_uid
+            .or(file.min_uid)
+            .unwrap_or(account::DEFAULT_MIN_UID);
+        let run_as = job_accounts(
+            flags.user.or(file.user),
+            submitter.then_some(min_uid),
+            &daemon,
+        )?;
         Ok(Settings {
             daemon,
             slots,
@@ -269,7 +306,7 @@ impl Settings {
                 .name
                 .or(file.name)
                 .unwrap_or_else(mexec_common::host::name),
-            run_as: job_account(flags.user.or(file.user))?,
+            run_as,
             grace: Duration::from_secs(flags.grace_secs.or(file.grace_secs).unwrap_or(60)),
             gatekeeper: flags.gatekeeper.or(file.gatekeeper),
             advertise: flags.advertise.or(file.advertise),
@@ -318,15 +355,25 @@ fn desktop_policy(
     }))
 }
 
-/// The account jobs run as: jobs never run as root, and only root can
-/// switch to another account.
-fn job_account(user: Option<String>) -> Result<Option<Account>, SettingsError> {
-    match (user, account::running_as_root()) {
-        (None, true) => Err(SettingsError::RootWithoutUser),
-        (None, false) => Ok(None),
-        (Some(user), true) => Ok(Some(account::lookup(&user)?)),
-        (Some(user), false) if user == account::current_user_name() => Ok(None),
-        (Some(user), false) => Err(SettingsError::UserNeedsRoot(user)),
+/// Whose account jobs run as: jobs never run as root, only root can switch
+/// to another account, and running each as its submitter needs a proof of
+/// who that is (`submitter_min_uid` is `Some` for `--run-as-submitter`).
+fn job_accounts(
+    user: Option<String>,
+    submitter_min_uid: Option<u32>,
+    daemon: &DaemonSettings,
+) -> Result<JobAccounts, SettingsError> {
+    let root = account::running_as_root();
+    match (user, submitter_min_uid) {
+        (Some(_), Some(_)) => Err(SettingsError::UserAndSubmitter),
+        (None, Some(_)) if !root => Err(SettingsError::SubmitterNeedsRoot),
+        (None, Some(_)) if !daemon.proves_users() => Err(SettingsError::SubmitterWithoutProof),
+        (None, Some(min_uid)) => Ok(JobAccounts::Submitter { min_uid }),
+        (None, None) if root => Err(SettingsError::RootWithoutUser),
+        (None, None) => Ok(JobAccounts::Own),
+        (Some(user), None) if root => Ok(JobAccounts::One(account::lookup(&user)?)),
+        (Some(user), None) if user == account::current_user_name() => Ok(JobAccounts::Own),
+        (Some(user), None) => Err(SettingsError::UserNeedsRoot(user)),
     }
 }
 
@@ -500,7 +547,32 @@ mod tests {
         if account::running_as_root() {
             assert!(matches!(result, Err(SettingsError::RootWithoutUser)));
         } else {
-            assert!(result.unwrap().run_as.is_none());
+            assert_eq!(result.unwrap().run_as, JobAccounts::Own);
+        }
+    }
+
+    #[test]
+    fn run_as_submitter_excludes_user_and_needs_root_and_a_proof() {
+        let mut f = Flags {
+            run_as_submitter: true,
+            ..Flags::default()
+        };
+        f.user = Some("nobody".into());
+        let err = Settings::resolve(f).unwrap_err();
+        assert!(matches!(err, SettingsError::UserAndSubmitter), "{err}");
+        let (mut f, _dir) = flags_with_file("run_as_submitter = true\nmin_uid = 2000\n");
+        f.user = None;
+        let err = Settings::resolve(f).unwrap_err();
+        if account::running_as_root() {
+            // Token mode (or none) proves no user.
+            assert!(matches!(err, SettingsError::SubmitterWithoutProof), "{err}");
+            assert!(
+                err.to_string().contains("configure mutual TLS (--tls-ca"),
+                "{err}"
+            );
+            assert!(err.to_string().contains("or --munge"), "{err}");
+        } else {
+            assert!(matches!(err, SettingsError::SubmitterNeedsRoot), "{err}");
         }
     }
 
@@ -520,6 +592,11 @@ mod tests {
                 "token-file MEXEC_TOKEN_FILE",
                 "insecure",
                 "user MEXEC_USER",
+                "run-as-submitter MEXEC_RUN_AS_SUBMITTER",
+                "min-uid MEXEC_MIN_UID",
+                "munge MEXEC_MUNGE",
+                "munge-socket MEXEC_MUNGE_SOCKET",
+                "relay-from MEXEC_RELAY_FROM",
                 "grace-secs MEXEC_GRACE_SECS",
                 "log-format MEXEC_LOG_FORMAT",
                 "gatekeeper MEXEC_GATEKEEPER",
@@ -555,7 +632,8 @@ mod tests {
             max_address_space_mib = 1\nmax_output_mib = 1\nmax_open_files = 1\n\
             max_processes = 1\nmax_stdin_bytes_per_sec = 1\nstart_timeout_secs = 1\nmax_streams_per_peer = 1\n\
             desktop = true\nreclaim = true\nreclaim_after_ms = 1\n\
-            desktop_min_available_mib = 1\n";
+            desktop_min_available_mib = 1\nrun_as_submitter = false\nmin_uid = 1000\n\
+            munge = false\nmunge_socket = \"/m\"\nrelay_from = [\"gk\"]\n";
         let file: FileConfig =
             config_file::parse(std::path::Path::new("mexecd.toml"), every_key).unwrap();
         assert_eq!(file.daemon.token_file, Some("/t".into()));

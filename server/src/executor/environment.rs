@@ -15,18 +15,40 @@ use super::account::Account;
 pub const NODE_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// The variables `spec` runs with, for a job run as `run_as` (or as the
-/// daemon's own account).
-pub fn for_job(spec: &JobSpec, run_as: Option<&Account>) -> Vec<(OsString, OsString)> {
+/// daemon's own account). A job run as its `submitter`'s own account gets
+/// that account's HOME, USER and LOGNAME, as a login would.
+pub fn for_job(
+    spec: &JobSpec,
+    run_as: Option<&Account>,
+    submitter: bool,
+) -> Vec<(OsString, OsString)> {
     let named = spec
         .env
         .iter()
         .map(|v| (bytes_os(&v.name), bytes_os(&v.value)));
-    if !spec.node_environment {
-        return named.collect();
+    let mut env: Vec<(OsString, OsString)> = if spec.node_environment {
+        let mut merged: BTreeMap<OsString, OsString> = node_defaults(run_as).into_iter().collect();
+        merged.extend(named);
+        merged.into_iter().collect()
+    } else {
+        named.collect()
+    };
+    if let (Some(account), true) = (run_as, submitter) {
+        env.retain(|(name, _)| !LOGIN_NAMES.iter().any(|login| name == login));
+        env.extend(login_variables(account));
     }
-    let mut env: BTreeMap<OsString, OsString> = node_defaults(run_as).into_iter().collect();
-    env.extend(named);
-    env.into_iter().collect()
+    env
+}
+
+/// What a login sets from the account.
+const LOGIN_NAMES: [&str; 3] = ["HOME", "USER", "LOGNAME"];
+
+fn login_variables(account: &Account) -> [(OsString, OsString); 3] {
+    [
+        ("HOME".into(), account.home.clone().into_os_string()),
+        ("USER".into(), account.name.clone().into()),
+        ("LOGNAME".into(), account.name.clone().into()),
+    ]
 }
 
 /// The job's PATH, as `for_job` would give it.
@@ -113,11 +135,7 @@ fn node_defaults(run_as: Option<&Account>) -> Vec<(OsString, OsString)> {
         ("SHELL".into(), "/bin/sh".into()),
     ];
     match run_as {
-        Some(account) => {
-            env.push(("HOME".into(), account.home.clone().into_os_string()));
-            env.push(("USER".into(), account.name.clone().into()));
-            env.push(("LOGNAME".into(), account.name.clone().into()));
-        }
+        Some(account) => env.extend(login_variables(account)),
         // Not root: jobs run as the daemon's own account.
         None => {
             for name in ["HOME", "USER", "LOGNAME"] {
@@ -158,7 +176,7 @@ mod tests {
             env: vec![var("PATH", "/opt/x"), var("A", "1")],
             ..JobSpec::default()
         };
-        let env = for_job(&spec, None);
+        let env = for_job(&spec, None, false);
         assert_eq!(env.len(), 2);
         assert_eq!(lookup(&env, "PATH"), Some(OsStr::new("/opt/x")));
         assert_eq!(job_path(&spec), Some("/opt/x".into()));
@@ -172,13 +190,14 @@ mod tests {
             uid: 1000,
             gid: 1000,
             home: "/home/builder".into(),
+            groups: vec![1000],
         };
         let spec = JobSpec {
             env: vec![var("LANG", "C.UTF-8"), var("HOME", "/tmp/h")],
             node_environment: true,
             ..JobSpec::default()
         };
-        let env = for_job(&spec, Some(&account));
+        let env = for_job(&spec, Some(&account), false);
         assert_eq!(lookup(&env, "PATH"), Some(OsStr::new(NODE_PATH)));
         assert_eq!(lookup(&env, "USER"), Some(OsStr::new("builder")));
         assert_eq!(lookup(&env, "LANG"), Some(OsStr::new("C.UTF-8")));
@@ -186,6 +205,11 @@ mod tests {
         assert_eq!(lookup(&env, "HOME"), Some(OsStr::new("/tmp/h")));
         assert_eq!(env.iter().filter(|(k, _)| k == "HOME").count(), 1);
         assert_eq!(job_path(&spec), Some(NODE_PATH.into()));
+        // Run as the submitter, the account's own values win.
+        let env = for_job(&spec, Some(&account), true);
+        assert_eq!(lookup(&env, "HOME"), Some(OsStr::new("/home/builder")));
+        assert_eq!(env.iter().filter(|(k, _)| k == "HOME").count(), 1);
+        assert_eq!(lookup(&env, "LOGNAME"), Some(OsStr::new("builder")));
     }
 
     #[test]
@@ -205,7 +229,7 @@ mod tests {
             ..JobSpec::default()
         };
         under_policy(&mut spec);
-        let env = for_job(&spec, None);
+        let env = for_job(&spec, None, false);
         let names: Vec<_> = env.iter().map(|(k, _)| k.to_string_lossy()).collect();
         assert_eq!(names, ["LANG", "LD_RUN_PATH", "PATH"]);
         assert_eq!(lookup(&env, "PATH"), Some(OsStr::new(NODE_PATH)));

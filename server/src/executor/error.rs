@@ -34,7 +34,9 @@ pub enum JobError {
     #[error(transparent)]
     TooLarge(#[from] crate::request_limits::TooLarge),
     #[error("{0}")]
-    UserDenied(#[from] crate::auth::UserDenied),
+    Identity(crate::auth::IdentityError),
+    #[error("{0}")]
+    NoAccount(#[from] super::account::AccountError),
     #[error(
         "program `{program}` is not allowed by this node's command policy \
          (allowed_programs: {policy})"
@@ -85,7 +87,8 @@ impl JobError {
             | JobError::RelativeCwd(_)
             | JobError::TooLarge(_) => Refusal::Malformed,
             JobError::StartTimeout(_) => Refusal::StartTimeout,
-            JobError::UserDenied(_)
+            JobError::Identity(identity) => identity.refusal(),
+            JobError::NoAccount(_)
             | JobError::ProgramDenied { .. }
             | JobError::OptionDenied { .. } => Refusal::Denied,
             JobError::TooManyStreams { .. } => Refusal::Limit,

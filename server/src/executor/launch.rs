@@ -59,7 +59,8 @@ pub struct Launch {
     program: Program,
     cwd: CString,
     forward_stdin: bool,
-    ids: Option<(libc::uid_t, libc::gid_t)>,
+    /// The job's account: uid, gid and supplementary groups.
+    ids: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
     umask: Mode,
     rlimits: Rlimits,
     priority: JobPriority,
@@ -159,7 +160,7 @@ impl Launch {
             program,
             cwd: c_string(job.cwd.as_os_str().as_bytes())?,
             forward_stdin: job.spec.forward_stdin,
-            ids: run_as.map(|account| (account.uid, account.gid)),
+            ids: run_as.map(|account| (account.uid, account.gid, account.groups.clone())),
             umask: Mode::from_bits_truncate((job.spec.umask & 0o777) as _),
             rlimits,
             priority,
@@ -280,27 +281,29 @@ impl Launch {
         // The job leads its own group, so signals and kills reach
         // everything it starts, and nothing of the daemon's.
         nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))?;
-        if let Some((uid, gid)) = self.ids {
-            // Root's supplementary groups must not go with the job.
-            // SAFETY: plain system calls.
+        // Still as root: any limit may be set.
+        nix::sys::stat::umask(self.umask);
+        self.rlimits.apply()?;
+        self.priority.apply();
+        if let Some((uid, gid, groups)) = &self.ids {
+            // The account's groups replace root's; groups first, uid last,
+            // since each needs the privilege the next gives up.
+            // SAFETY: plain system calls on data made before the fork.
             unsafe {
-                if libc::setgroups(0, std::ptr::null()) != 0
-                    || libc::setgid(gid) != 0
-                    || libc::setuid(uid) != 0
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(*gid) != 0
+                    || libc::setuid(*uid) != 0
                 {
                     return Err(io::Error::last_os_error());
                 }
             }
         }
-        // After the change of account: the job's account must be able to
-        // enter its directory.
+        // As the account: entered as root, a directory the account may not
+        // reach (inside another user's private home) would be open to it.
         // SAFETY: a C string that outlives the call.
         if unsafe { libc::chdir(self.cwd.as_ptr()) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        nix::sys::stat::umask(self.umask);
-        self.rlimits.apply()?;
-        self.priority.apply();
         // If the daemon dies hard (SIGKILL, OOM), the job's leader dies
         // with it rather than run on unwatched (its children are not
         // covered). PDEATHSIG fires when the forking *thread* ends: the

@@ -72,7 +72,7 @@ use mexec_proto::v1::LoadReport;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use account::{Account, AccountError};
+pub use account::{Account, AccountError, JobAccounts};
 pub use admission::{Admission, Counts};
 pub use cgroup::Cgroups;
 pub use config::{Flags, Settings, SettingsError};
@@ -97,8 +97,8 @@ pub struct NodeContext {
     pub name: String,
     /// Slots, queue and draining.
     pub admission: Arc<Admission>,
-    /// The account jobs run as, when the daemon started as root.
-    pub run_as: Option<Account>,
+    /// Whose account jobs run as.
+    pub run_as: JobAccounts,
     /// Flips to true when the grace period after SIGTERM is over.
     pub abort_all: watch::Receiver<bool>,
     /// Who may run jobs here, and as which user.
@@ -224,7 +224,11 @@ fn node_context(
         admission: Admission::new(settings.slots, settings.max_queued),
         run_as: settings.run_as.clone(),
         abort_all,
-        access: settings.daemon.access(),
+        access: match settings.run_as {
+            // Running a job as a user needs that user proven, not claimed.
+            JobAccounts::Submitter { .. } => settings.daemon.access().requiring_proof(),
+            _ => settings.daemon.access(),
+        },
         policy: CommandPolicy::new(&settings.allowed_programs),
         limits: settings.limits,
         memory: watchers.memory,

@@ -39,16 +39,13 @@ pub struct Reaped {
     pub max_rss_kib: u64,
 }
 
-/// The launch of `job` in a new process group, as `run_as` when given,
-/// with `rlimits`, at `priority`: spawn it (into the job's cgroup) on any
-/// thread, then hand what it started to `started` on the runtime.
-pub fn launch(
-    job: &ValidJob,
-    run_as: Option<&Account>,
-    rlimits: Rlimits,
-    priority: JobPriority,
-) -> io::Result<Launch> {
-    let env = super::environment::for_job(&job.spec, run_as);
+/// The launch of `job` in a new process group, as its account
+/// (`job.run_as`) when it has one, with `rlimits`, at `priority`: spawn it
+/// (into the job's cgroup) on any thread, then hand what it started to
+/// `started` on the runtime.
+pub fn launch(job: &ValidJob, rlimits: Rlimits, priority: JobPriority) -> io::Result<Launch> {
+    let run_as = job.run_as.as_ref();
+    let env = super::environment::for_job(&job.spec, run_as, job.as_submitter);
     Launch::new(job, &env, run_as, rlimits, priority)
 }
 
@@ -135,16 +132,16 @@ pub fn program_exists(program: &[u8], path: Option<&[u8]>, cwd: &Path) -> bool {
 }
 
 /// Whether `account` may enter `dir`: search permission on it and every
-/// ancestor, judged from mode bits for its uid and primary group (jobs run
-/// without supplementary groups). ACLs are not consulted; this explains a
-/// failure after the fact, it does not grant anything.
+/// ancestor, judged from mode bits for its uid and groups. ACLs are not
+/// consulted; this explains a failure after the fact, it does not grant
+/// anything.
 pub fn can_enter(dir: &Path, account: &Account) -> bool {
     use std::os::unix::fs::MetadataExt;
     dir.ancestors().all(|d| match d.metadata() {
         Ok(meta) => {
             let bit = if meta.uid() == account.uid {
                 0o100
-            } else if meta.gid() == account.gid {
+            } else if meta.gid() == account.gid || account.groups.contains(&meta.gid()) {
                 0o010
             } else {
                 0o001

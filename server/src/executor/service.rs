@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::error::JobError;
 use super::valid_job::ValidJob;
-use super::{job, NodeContext};
+use super::{job, JobAccounts, NodeContext};
 use crate::auth::Caller;
 use crate::daemon::{ResponseStream, StreamPlace};
 
@@ -96,13 +96,27 @@ async fn start_job(
         return Err(JobError::NoStart);
     };
     // The certificate, not the client's claim, says whose job this is.
-    spec.user = ctx.access.job_user(caller.as_ref(), &spec.user)?;
+    let identity = ctx
+        .access
+        .identify(caller.as_ref(), &spec.user, &spec.munge_credential)
+        .await
+        .map_err(JobError::Identity)?;
+    spec.user = identity.user;
     // A member node runs only what its gatekeeper leased, for that user.
     let now = mexec_common::clock::now_ms();
     ctx.lease
         .check(&ctx.name, &spec.user, spec.lease.as_ref(), now)
         .map_err(JobError::Lease)?;
-    let valid = ValidJob::new(spec, ctx.policy.as_ref())?;
+    // Whose account it runs as, settled before anything runs: an unknown
+    // user, root or a system uid is refused here.
+    // NSS may ask a directory server (LDAP, NIS): off the runtime's threads.
+    let (accounts, user) = (ctx.run_as.clone(), spec.user.clone());
+    let run_as = tokio::task::spawn_blocking(move || accounts.for_user(&user))
+        .await
+        .map_err(|_| JobError::NoRequest)??;
+    let mut valid = ValidJob::new(spec, ctx.policy.as_ref())?;
+    valid.as_submitter = matches!(ctx.run_as, JobAccounts::Submitter { .. });
+    valid.run_as = run_as;
     let ticket = ctx.admission.admit()?;
     let (tx, rx) = mpsc::channel(job::OUTPUT_QUEUE);
     tokio::spawn(async move {

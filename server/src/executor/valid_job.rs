@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use mexec_proto::v1::JobSpec;
 
+use super::account::Account;
 use super::environment;
 use super::error::JobError;
 use super::policy::{CommandPolicy, Program};
@@ -29,6 +30,12 @@ pub struct ValidJob {
     pub program: Option<Program>,
     /// `argv[0]` as text, for messages and the log.
     pub argv0: String,
+    /// The account the job runs as; `None` for the daemon's own. Looked up
+    /// (with its groups) at admission, so the spawn only applies it.
+    pub run_as: Option<Account>,
+    /// Whether `run_as` is the submitter's own account: then HOME, USER
+    /// and LOGNAME are the account's, whatever the client sent.
+    pub as_submitter: bool,
 }
 
 impl ValidJob {
@@ -51,6 +58,8 @@ impl ValidJob {
             argv,
             program,
             spec,
+            run_as: None,
+            as_submitter: false,
         })
     }
 

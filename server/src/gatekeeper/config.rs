@@ -184,6 +184,9 @@ mod tests {
                 "tls-key MEXEC_TLS_KEY",
                 "allowed-users MEXEC_ALLOWED_USERS",
                 "start-timeout-secs MEXEC_START_TIMEOUT_SECS",
+                "munge MEXEC_MUNGE",
+                "munge-socket MEXEC_MUNGE_SOCKET",
+                "relay-from MEXEC_RELAY_FROM",
             ],
         );
 

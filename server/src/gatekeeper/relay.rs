@@ -44,7 +44,11 @@ pub async fn start(
     request_limits::check_request(&spec)
         .map_err(|err| Refusal::Malformed.status(format!("gatekeeper: {err}")))?;
     // The executor trusts the user we name, so it must be the proven one.
-    spec.user = shared.job_user(caller.as_ref(), &spec.user)?;
+    spec.user = shared
+        .job_user(caller.as_ref(), &spec.user, &spec.munge_credential)
+        .await?;
+    // The client's credential is spent here; the node gets our own.
+    spec.munge_credential.clear();
     let wanted = Wanted {
         user: spec.user.clone(),
         build_id: spec.build_id.clone(),
@@ -131,6 +135,19 @@ async fn run_on_node(
     }
 }
 
+/// A MUNGE credential of ours saying we relay for `user`; empty without
+/// MUNGE (then our node certificate vouches).
+async fn vouch(shared: &Shared, user: &str) -> Result<String, String> {
+    let Some(munge) = shared.access.munge() else {
+        return Ok(String::new());
+    };
+    let payload = [crate::auth::RELAY_PAYLOAD, user.as_bytes()].concat();
+    munge
+        .encode_async(payload)
+        .await
+        .map_err(|err| format!("gatekeeper: cannot vouch for {user}: {err}"))
+}
+
 /// Opens the job's stream to the leased node and sends it the job; the
 /// error is why the node did not take it.
 async fn start_on_node(
@@ -147,9 +164,12 @@ async fn start_on_node(
         .map_err(|err| unreachable(lease, &err))?;
     let (to_node, requests) = mpsc::channel(8);
     // Our own ticket for this node: whatever the client sent is not ours
-    // to pass on.
+    // to pass on. With MUNGE, our own fresh credential vouches for the user
+    // we proved (the client's was spent on us, and could have expired in
+    // the queue).
     let spec = JobSpec {
         lease: Some(shared.ticket(lease, &spec.user)),
+        munge_credential: vouch(shared, &spec.user).await?,
         ..spec.clone()
     };
     let _ = to_node

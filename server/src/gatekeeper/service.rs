@@ -140,7 +140,14 @@ impl Gatekeeper for GatekeeperService {
                 .status("the first message of an Acquire stream must be `request`"));
         };
         // Fair shares and per-user limits go by the certificate's user.
-        lease_request.user = self.shared.job_user(caller.as_ref(), &lease_request.user)?;
+        lease_request.user = self
+            .shared
+            .job_user(
+                caller.as_ref(),
+                &lease_request.user,
+                &lease_request.munge_credential,
+            )
+            .await?;
         let (id, grant) = self
             .shared
             .with(|c| c.enqueue(wanted(&lease_request, false)))

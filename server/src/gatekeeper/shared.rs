@@ -43,12 +43,21 @@ impl Shared {
         f(&mut cluster)
     }
 
-    /// The user a job is for, checked against the allow list.
-    #[allow(clippy::result_large_err)] // tonic's Status
-    pub fn job_user(&self, caller: Option<&Caller>, claimed: &str) -> Result<String, Status> {
+    /// The user a job or lease is for, proven (certificate, MUNGE
+    /// `credential`, a trusted relay) where this gatekeeper requires it, and
+    /// checked against the allow list. Fair shares and per-user limits go by
+    /// this name, never by a bare claim.
+    pub async fn job_user(
+        &self,
+        caller: Option<&Caller>,
+        claimed: &str,
+        credential: &str,
+    ) -> Result<String, Status> {
         self.access
-            .job_user(caller, claimed)
-            .map_err(|denied| Refusal::Denied.status(format!("gatekeeper: {denied}")))
+            .identify(caller, claimed, credential)
+            .await
+            .map(|identity| identity.user)
+            .map_err(|err| err.refusal().status(format!("gatekeeper: {err}")))
     }
 
     /// The ticket a job of `user` needs to run on the node of `grant`.

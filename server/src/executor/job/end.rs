@@ -65,7 +65,7 @@ pub async fn start_failed(
     err: &std::io::Error,
     out: &Outbound,
 ) {
-    match start_failure(ctx.run_as.as_ref(), job, err) {
+    match start_failure(job.run_as.as_ref(), job, err) {
         Ok(exit) => {
             log_job(ctx, job, started_at, &exit);
             let _ = out.send(Ok(response(run_response::Msg::Exit(exit)))).await;
@@ -191,6 +191,7 @@ fn log_job(ctx: &NodeContext, job: &ValidJob, started_at: Instant, exit: &Exit) 
         build_id = %Escaped(&spec.build_id),
         argv0 = %Escaped(&job.argv0),
         program = program.as_deref(),
+        run_as = job.run_as.as_ref().map(|account| account.name.as_str()),
         node = %ctx.name,
         duration_ms = started_at.elapsed().as_millis() as u64,
         status,

@@ -173,7 +173,7 @@ impl Running {
         started_at: Instant,
     ) -> std::io::Result<Running> {
         let rlimits = Rlimits::for_job(&ctx.limits);
-        let launch = process::launch(job, ctx.run_as.as_ref(), rlimits, ctx.priority)?;
+        let launch = process::launch(job, rlimits, ctx.priority)?;
         let (spawned, cgroup) = match &ctx.cgroups {
             Some(cgroups) => {
                 let (spawned, cgroup) = cgroups.spawn(ctx.limits.processes, launch).await?;
