@@ -58,6 +58,11 @@ pub struct Flags {
     /// Seconds running jobs may take to finish after SIGTERM [default: 60].
     #[arg(long, env = "MEXEC_GRACE_SECS")]
     pub grace_secs: Option<u64>,
+    /// Milliseconds a missing working directory is waited for (and
+    /// revalidated) before the job is refused, for a network file system
+    /// that shows new directories late; 0 refuses at once [default: 2000].
+    #[arg(long, env = "MEXEC_CWD_WAIT_MS")]
+    pub cwd_wait_ms: Option<u64>,
     /// Gatekeeper to register with and report load to (host:port).
     #[arg(long, env = "MEXEC_GATEKEEPER")]
     pub gatekeeper: Option<String>,
@@ -146,6 +151,9 @@ pub struct FileConfig {
     pub user: Option<String>,
     /// Seconds running jobs may take to finish after SIGTERM. Default: 60.
     pub grace_secs: Option<u64>,
+    /// Milliseconds a missing working directory is waited for before the
+    /// job is refused; 0 refuses at once. Default: 2000.
+    pub cwd_wait_ms: Option<u64>,
     /// Gatekeeper to join, "host:port". Default: none.
     pub gatekeeper: Option<String>,
     /// "host:port" clients use to reach this node. Default: the listen
@@ -206,6 +214,8 @@ pub struct Settings {
     pub run_as: Option<Account>,
     /// How long running jobs may take to finish after SIGTERM.
     pub grace: Duration,
+    /// How long a missing working directory is waited for.
+    pub cwd_wait: Duration,
     /// The gatekeeper to join, if any.
     pub gatekeeper: Option<String>,
     /// The address advertised to clients through the gatekeeper.
@@ -271,6 +281,11 @@ impl Settings {
                 .unwrap_or_else(mexec_common::host::name),
             run_as: job_account(flags.user.or(file.user))?,
             grace: Duration::from_secs(flags.grace_secs.or(file.grace_secs).unwrap_or(60)),
+            cwd_wait: flags
+                .cwd_wait_ms
+                .or(file.cwd_wait_ms)
+                .map(Duration::from_millis)
+                .unwrap_or(super::cwd_wait::DEFAULT_CWD_WAIT),
             gatekeeper: flags.gatekeeper.or(file.gatekeeper),
             advertise: flags.advertise.or(file.advertise),
             direct_jobs: flags.direct_jobs.or(file.direct_jobs).unwrap_or_default(),
@@ -522,6 +537,7 @@ mod tests {
                 "user MEXEC_USER",
                 "grace-secs MEXEC_GRACE_SECS",
                 "log-format MEXEC_LOG_FORMAT",
+                "cwd-wait-ms MEXEC_CWD_WAIT_MS",
                 "gatekeeper MEXEC_GATEKEEPER",
                 "advertise MEXEC_ADVERTISE",
                 "direct-jobs MEXEC_DIRECT_JOBS",
@@ -555,11 +571,12 @@ mod tests {
             max_address_space_mib = 1\nmax_output_mib = 1\nmax_open_files = 1\n\
             max_processes = 1\nmax_stdin_bytes_per_sec = 1\nstart_timeout_secs = 1\nmax_streams_per_peer = 1\n\
             desktop = true\nreclaim = true\nreclaim_after_ms = 1\n\
-            desktop_min_available_mib = 1\n";
+            desktop_min_available_mib = 1\ncwd_wait_ms = 1\n";
         let file: FileConfig =
             config_file::parse(std::path::Path::new("mexecd.toml"), every_key).unwrap();
         assert_eq!(file.daemon.token_file, Some("/t".into()));
         assert_eq!(file.max_streams_per_peer, Some(1));
         assert_eq!(file.direct_jobs, Some(DirectJobs::Allow));
+        assert_eq!(file.cwd_wait_ms, Some(1));
     }
 }

@@ -20,9 +20,15 @@ pub enum JobError {
     #[error("working directory {0} is not an absolute path")]
     RelativeCwd(String),
     #[error(
-        "working directory {0} does not exist here (is the shared file system mounted on this node?)"
+        "working directory {path} does not exist here{} (is the shared file system mounted \
+         on this node?)",
+        waited_note(waited)
     )]
-    CwdMissing(String),
+    CwdMissing {
+        path: String,
+        /// How long the node waited for it to appear (`cwd_wait_ms`).
+        waited: std::time::Duration,
+    },
     #[error("working directory {path} is not accessible to the job account {user} here")]
     CwdDenied { path: String, user: String },
     #[error("is draining and takes no new jobs")]
@@ -90,7 +96,7 @@ impl JobError {
             | JobError::OptionDenied { .. } => Refusal::Denied,
             JobError::TooManyStreams { .. } => Refusal::Limit,
             JobError::NoRequest => return None,
-            JobError::CwdMissing(_) => Refusal::CwdMissing,
+            JobError::CwdMissing { .. } => Refusal::CwdMissing,
             JobError::CwdDenied { .. } => Refusal::CwdDenied,
             JobError::Draining => Refusal::Draining,
             JobError::Full { .. } => Refusal::Busy,
@@ -110,6 +116,18 @@ impl JobError {
             Some(refusal) => refusal.status(message),
             None => Status::cancelled(message),
         }
+    }
+}
+
+/// ", after waiting 2.0 s for it to appear", when the node waited.
+fn waited_note(waited: &std::time::Duration) -> String {
+    if waited.is_zero() {
+        String::new()
+    } else {
+        format!(
+            " after waiting {:.1} s for it to appear (cwd_wait_ms)",
+            waited.as_secs_f64()
+        )
     }
 }
 

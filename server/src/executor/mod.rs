@@ -33,6 +33,7 @@ mod account;
 mod admission;
 mod cgroup;
 pub mod config;
+mod cwd_wait;
 mod desktop;
 mod environment;
 mod error;
@@ -103,6 +104,9 @@ pub struct NodeContext {
     pub memory: Arc<MemoryWatch>,
     /// How long a client has to send the job after opening a stream.
     pub start_timeout: Duration,
+    /// How long a missing working directory is waited for before the job
+    /// is refused (a network file system may show it late).
+    pub cwd_wait: Duration,
     /// Open streams per peer address.
     pub streams: Arc<PeerStreams>,
     /// Kills the jobs' process groups if the daemon dies without doing it.
@@ -221,6 +225,7 @@ fn node_context(
         limits: settings.limits,
         memory: watchers.memory,
         start_timeout: settings.daemon.start_timeout,
+        cwd_wait: settings.cwd_wait,
         streams: PeerStreams::new(settings.max_streams_per_peer),
         groups: watchers.groups,
         cgroups: watchers.cgroups,

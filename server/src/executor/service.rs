@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::cwd_wait::{self, CwdWait};
 use super::error::JobError;
 use super::valid_job::ValidJob;
 use super::{job, NodeContext};
@@ -102,7 +103,21 @@ async fn start_job(
     ctx.lease
         .check(&ctx.name, &spec.user, spec.lease.as_ref(), now)
         .map_err(JobError::Lease)?;
-    let valid = ValidJob::new(spec, ctx.policy.as_ref())?;
+    let wait = cwd_wait::until_visible(&spec.cwd, ctx.cwd_wait).await;
+    let valid = ValidJob::new(spec, ctx.policy.as_ref()).map_err(|err| match (err, wait) {
+        (JobError::CwdMissing { path, .. }, CwdWait::Missing(waited)) => {
+            JobError::CwdMissing { path, waited }
+        }
+        (err, _) => err,
+    })?;
+    if let CwdWait::Appeared(after) = wait {
+        tracing::info!(
+            job = %valid.spec.job_id,
+            cwd = %valid.shown_cwd(),
+            waited_ms = after.as_millis() as u64,
+            "working directory appeared after a wait"
+        );
+    }
     let ticket = ctx.admission.admit()?;
     let (tx, rx) = mpsc::channel(job::OUTPUT_QUEUE);
     tokio::spawn(async move {
