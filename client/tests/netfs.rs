@@ -39,7 +39,12 @@ impl NetFarm {
     fn start(test: &str, hosts: usize, slots: u32, extra: &[&str]) -> Option<NetFarm> {
         let mut lan = Lan::create_or_skip(hosts, test)?;
         let clients: Vec<usize> = (0..hosts).collect();
-        let fs = NetFs::start(&mut lan, &clients).expect("the network file system");
+        let options = std::env::var("MEXEC_NETFS_OPTIONS").unwrap_or_default();
+        let options: Vec<(&str, &str)> = options
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
+        let fs = NetFs::start_with(&mut lan, &clients, &options).expect("the network file system");
         eprintln!(
             "{test}: GlusterFS server and {hosts} client mounts set up in {:.2} s",
             fs.setup_time.as_secs_f64()
@@ -186,7 +191,7 @@ fn clean_and_incremental_build(farm: &NetFarm, dir: &Path, build: usize) -> Resu
     if !output.status.success() {
         return Err(format!("incremental build failed: {}", text(&output.stderr)));
     }
-    run("incremental build", 7)?;
+    run("incremental build", 7).map_err(|e| format!("{e}; make ran: {}", text(&output.stdout)))?;
     Ok(retries)
 }
 

@@ -80,6 +80,16 @@ impl NetFs {
     /// Adds a file-server host to `lan`, exports a fresh volume from it,
     /// and mounts the volume on the build host and on each of `clients`.
     pub fn start(lan: &mut Lan, clients: &[usize]) -> Result<NetFs, String> {
+        Self::start_with(lan, clients, &[])
+    }
+
+    /// Like `start`, with volume options (`gluster volume set VOLUME KEY
+    /// VALUE`) set before the volume starts.
+    pub fn start_with(
+        lan: &mut Lan,
+        clients: &[usize],
+        options: &[(&str, &str)],
+    ) -> Result<NetFs, String> {
         let started = Instant::now();
         for tool in ["glusterd", "gluster", "mount.glusterfs", "nsenter"] {
             if !tool_exists(tool) {
@@ -108,7 +118,7 @@ impl NetFs {
         for dir in ["brick", "glusterd", "log", "tree", "ns"] {
             std::fs::create_dir(fs.base.path().join(dir)).map_err(|e| format!("{dir}: {e}"))?;
         }
-        fs.start_server()?;
+        fs.start_server(options)?;
         // The build host first: its probe waits for the brick to listen,
         // so no client meets a volume that is not up yet.
         fs.mount_build_host()?;
@@ -163,7 +173,7 @@ impl NetFs {
 
     /// glusterd on the server host, its state and sockets in `base`, and a
     /// started one-brick volume.
-    fn start_server(&self) -> Result<(), String> {
+    fn start_server(&self, options: &[(&str, &str)]) -> Result<(), String> {
         let dir = self.base.path();
         let vol = std::fs::read_to_string("/etc/glusterfs/glusterd.vol")
             .map_err(|e| format!("/etc/glusterfs/glusterd.vol: {e}"))?;
@@ -195,6 +205,9 @@ impl NetFs {
         let brick = format!("{}:{}", self.server_ip, dir.join("brick").display());
         // glusterd answers its socket a moment after it forks.
         retry(|| self.gluster(&["volume", "create", &self.volume, &brick, "force"]))?;
+        for (key, value) in options {
+            self.gluster(&["volume", "set", &self.volume, key, value])?;
+        }
         self.gluster(&["volume", "start", &self.volume])?;
         Ok(())
     }

@@ -51,6 +51,7 @@ mod priority;
 mod process;
 mod procfs;
 mod service;
+mod shared_tree;
 mod valid_job;
 
 use std::future::Future;

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tonic::{Status, Streaming};
 
+use super::shared_tree;
 use super::admission::{SlotGuard, Ticket};
 use super::cgroup::JobCgroup;
 use super::error::JobError;
@@ -60,7 +61,9 @@ pub async fn run(
     let Some(slot) = take_slot(&ctx, ticket, &out).await else {
         return;
     };
+    shared_tree::refresh(&job.cwd).await;
     let started_at = Instant::now();
+    let started_wall = std::time::SystemTime::now();
     let mut running = match Running::start(&ctx, &job, slot, inbound, &out, started_at).await {
         Ok(running) => running,
         Err(err) => return end::start_failed(&ctx, &job, started_at, &err, &out).await,
@@ -68,6 +71,17 @@ pub async fn run(
     let ended = running.supervise(&ctx, &job, &out).await;
     let killed = ended.killed;
     let exit = running.finish(ended, &ctx.limits).await;
+    // Before the exit goes out: whoever reads the outputs next is told
+    // they are ready the moment it arrives.
+    let written = shared_tree::write_back(&job.cwd, started_wall).await;
+    if written.files > 0 {
+        tracing::info!(
+            job = %job.spec.job_id,
+            files = written.files,
+            took_us = written.took.as_micros() as u64,
+            "outputs written back"
+        );
+    }
     end::report(&ctx, &job, started_at, killed, exit, &out).await;
 }
 

@@ -1,0 +1,103 @@
+//! The job's working directory on a network file system, around the job:
+//! what another node (or the build host) just wrote there must be seen by
+//! the job, and what the job wrote must be on the server before its exit
+//! is reported, since the next job, or make on the build host, reads it
+//! from elsewhere as soon as the exit arrives.
+//!
+//! - `refresh` before the job: reads the directory, so the node's client
+//!   asks the server for its entries. A FUSE client (GlusterFS) that reads
+//!   it with READDIRPLUS replaces entries whose file was deleted and made
+//!   again elsewhere (a cached entry would give "Stale file handle") and
+//!   renews their attributes; an NFS client revalidates the directory.
+//! - `write_back` after the job: each file of the directory changed since
+//!   the job started is fsynced (a client with write-behind, GlusterFS's
+//!   default `flush-behind`, may still hold its last writes after close),
+//!   then the file system is synced (`syncfs`: NFS's dirty pages).
+//!
+//! Only the working directory is covered, where a build's outputs usually
+//! are; an output elsewhere (`-o ../x.o`) is left to the file system.
+//! Errors are ignored: this only hastens what the file system does anyway.
+
+use std::os::unix::io::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+/// At most this many changed files are fsynced after one job: a job that
+/// wrote more is not a compile, and its files reach the server anyway.
+const MAX_SYNCED: usize = 1024;
+
+/// Reads `cwd`'s entries so this node's client revalidates them.
+pub async fn refresh(cwd: &Path) {
+    let cwd = cwd.to_owned();
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Ok(entries) = std::fs::read_dir(&cwd) {
+            entries.for_each(drop);
+        }
+    })
+    .await;
+}
+
+/// What `write_back` did, for the log.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WriteBack {
+    /// Files fsynced.
+    pub files: usize,
+    /// How long it took.
+    pub took: Duration,
+}
+
+/// Fsyncs the files in `cwd` changed since `since`, then syncs the file
+/// system, so they are on the server when the job's exit is reported.
+pub async fn write_back(cwd: &Path, since: SystemTime) -> WriteBack {
+    let cwd: PathBuf = cwd.to_owned();
+    tokio::task::spawn_blocking(move || write_back_now(&cwd, since))
+        .await
+        .unwrap_or_default()
+}
+
+fn write_back_now(cwd: &Path, since: SystemTime) -> WriteBack {
+    let started = Instant::now();
+    let mut files = 0;
+    let changed = std::fs::read_dir(cwd)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| {
+            entry.metadata().is_ok_and(|m| {
+                m.is_file() && m.modified().is_ok_and(|modified| modified >= since)
+            })
+        })
+        .take(MAX_SYNCED);
+    for entry in changed {
+        if let Ok(file) = std::fs::File::open(entry.path()) {
+            if file.sync_all().is_ok() {
+                files += 1;
+            }
+        }
+    }
+    if let Ok(dir) = std::fs::File::open(cwd) {
+        let _ = nix::unistd::syncfs(dir.as_fd());
+    }
+    WriteBack {
+        files,
+        took: started.elapsed(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_files_changed_since_the_start_are_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("old"), b"x").unwrap();
+        let since = SystemTime::now() + Duration::from_secs(3600);
+        assert_eq!(write_back(dir.path(), since).await.files, 0);
+        let since = SystemTime::now() - Duration::from_secs(3600);
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        assert_eq!(write_back(dir.path(), since).await.files, 1);
+        refresh(dir.path()).await;
+        refresh(Path::new("/no/such/dir")).await;
+    }
+}
