@@ -46,9 +46,16 @@ pub struct WriteBack {
     pub took: Duration,
 }
 
+/// File times lag the clock read at the job's start: the kernel stamps
+/// them from a coarse clock (a few milliseconds behind), and a network
+/// file system may stamp them with another machine's clock. Files changed
+/// this long before the start count as the job's too.
+const TIME_SLACK: Duration = Duration::from_secs(2);
+
 /// Fsyncs the files in `cwd` changed since `since`, then syncs the file
 /// system, so they are on the server when the job's exit is reported.
 pub async fn write_back(cwd: &Path, since: SystemTime) -> WriteBack {
+    let since = since - TIME_SLACK;
     let cwd: PathBuf = cwd.to_owned();
     tokio::task::spawn_blocking(move || write_back_now(&cwd, since))
         .await
