@@ -52,7 +52,11 @@ impl NetFarm {
         let mut lan = Lan::create_or_skip(hosts, test)?;
         let clients: Vec<usize> = (0..hosts).collect();
         let default_caching = std::env::var("MEXEC_NETFS_DEFAULT_CACHING").as_deref() == Ok("1");
-        let options = if default_caching { &[][..] } else { SITE_OPTIONS };
+        let options = if default_caching {
+            &[][..]
+        } else {
+            SITE_OPTIONS
+        };
         let fs = NetFs::start_with(&mut lan, &clients, options).expect("the network file system");
         eprintln!(
             "{test}: GlusterFS server and {hosts} client mounts set up in {:.2} s; volume \
@@ -64,6 +68,10 @@ impl NetFarm {
                 let listen = lan.address(host, EXECUTOR_PORT);
                 let mut flags = vec!["--listen", &listen, "--insecure", "--log-format", "json"];
                 flags.extend(extra);
+                // The write-back's cost, measured on request.
+                if std::env::var("MEXEC_NETFS_WRITE_BACK").as_deref() == Ok("1") {
+                    flags.push("--write-back-outputs");
+                }
                 let command = fs.command(&lan, host, bin("mexecd"));
                 Executor::start_with(command, &format!("n{host}"), slots, &flags)
             })
@@ -106,9 +114,9 @@ impl NetFarm {
                 let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else {
                     continue;
                 };
-                if entry["fields"]["message"] == "outputs written back" {
+                if entry["message"] == "outputs written back" {
                     jobs += 1;
-                    took_us += entry["fields"]["took_us"].as_u64().unwrap_or(0);
+                    took_us += entry["took_us"].as_u64().unwrap_or(0);
                 }
             }
         }
@@ -157,11 +165,7 @@ fn write_generated_header_project(dir: &Path) {
         objects = objects.join(" ")
     );
     std::fs::write(dir.join("Makefile"), makefile).unwrap();
-    std::fs::write(
-        dir.join("gen.sh"),
-        "echo \"#define BUILD_ID $1\" > gen.h\n",
-    )
-    .unwrap();
+    std::fs::write(dir.join("gen.sh"), "echo \"#define BUILD_ID $1\" > gen.h\n").unwrap();
     let mut main = String::from("#include <stdio.h>\n#include \"gen.h\"\n");
     for i in 1..=UNITS {
         main.push_str(&format!("int u{i}(void);\n"));
@@ -178,7 +182,8 @@ fn write_generated_header_project(dir: &Path) {
 
 /// Unit `i` returns BUILD_ID + i + `edit`.
 fn write_unit(dir: &Path, i: usize, edit: usize) {
-    let source = format!("#include \"gen.h\"\nint u{i}(void) {{ return BUILD_ID + {i} + {edit}; }}\n");
+    let source =
+        format!("#include \"gen.h\"\nint u{i}(void) {{ return BUILD_ID + {i} + {edit}; }}\n");
     std::fs::write(dir.join(format!("u{i}.c")), source).unwrap();
 }
 
@@ -190,7 +195,12 @@ fn expected_sum(build_id: usize, edit: usize) -> String {
 /// One clean build, then an edit of one unit and an incremental build:
 /// Err says what went wrong (a failed make, a wrong sum, a missed rebuild).
 fn clean_and_incremental_build(farm: &NetFarm, dir: &Path, build: usize) -> Result<usize, String> {
-    let clean = Command::new("make").arg("-C").arg(dir).arg("clean").output().unwrap();
+    let clean = Command::new("make")
+        .arg("-C")
+        .arg(dir)
+        .arg("clean")
+        .output()
+        .unwrap();
     assert!(clean.status.success(), "{}", text(&clean.stderr));
     write_unit(dir, 1, 0);
     let build_id = format!("BUILD_ID={}", 1000 + build);
@@ -201,7 +211,9 @@ fn clean_and_incremental_build(farm: &NetFarm, dir: &Path, build: usize) -> Resu
         return Err(format!("clean build failed: {}", text(&output.stderr)));
     }
     let run = |what: &str, edit: usize| -> Result<(), String> {
-        let printed = Command::new(dir.join("prog")).output().map_err(|e| e.to_string())?;
+        let printed = Command::new(dir.join("prog"))
+            .output()
+            .map_err(|e| e.to_string())?;
         let want = expected_sum(1000 + build, edit);
         if text(&printed.stdout) != want {
             return Err(format!(
@@ -218,7 +230,10 @@ fn clean_and_incremental_build(farm: &NetFarm, dir: &Path, build: usize) -> Resu
     let output = farm_make(farm, dir, &["-j8", &build_id]);
     retries += text(&output.stderr).matches("retrying").count();
     if !output.status.success() {
-        return Err(format!("incremental build failed: {}", text(&output.stderr)));
+        return Err(format!(
+            "incremental build failed: {}",
+            text(&output.stderr)
+        ));
     }
     run("incremental build", 7).map_err(|e| format!("{e}; make ran: {}", text(&output.stdout)))?;
     Ok(retries)
@@ -248,7 +263,13 @@ fn a_generated_header_is_seen_by_every_node_in_every_clean_build() {
     let per_node: Vec<String> = farm
         .executors
         .iter()
-        .map(|e| format!("{}: {}", e.name, e.log_text().matches("job finished").count()))
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e.name,
+                e.log_text().matches("job finished").count()
+            )
+        })
         .collect();
     let (written, write_time) = farm.write_backs();
     eprintln!(
@@ -276,8 +297,17 @@ fn lz4_built_on_the_network_file_system_matches_a_local_build() {
     mexec_testkit::copy_tree(&source, &tree);
     give_to_job_user(&tree);
     let make_here = |args: &[&str]| {
-        let output = Command::new("make").arg("-C").arg(&tree).args(args).output().unwrap();
-        assert!(output.status.success(), "make {args:?}: {}", text(&output.stderr));
+        let output = Command::new("make")
+            .arg("-C")
+            .arg(&tree)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "make {args:?}: {}",
+            text(&output.stderr)
+        );
     };
     // The same directory for both builds: debug information records it.
     let started = Instant::now();
@@ -311,7 +341,10 @@ fn lz4_built_on_the_network_file_system_matches_a_local_build() {
         text(&output.stderr).matches("retrying").count(),
         farm.cwd_waits(),
     );
-    assert!(differing.is_empty(), "differ from the local build: {differing:?}");
+    assert!(
+        differing.is_empty(),
+        "differ from the local build: {differing:?}"
+    );
 }
 
 /// `mexec -- pwd` from `cwd`, a directory that exists only in this
@@ -360,7 +393,10 @@ fn a_late_working_directory_is_waited_for_and_a_missing_one_refused_within_the_b
     );
     assert_eq!(text(&output.stdout), format!("{}\n", late.display()));
     assert_eq!(farm.cwd_waits(), 1, "{}", farm.executors[0].log_text());
-    eprintln!("{test}: a cwd that appeared after 0.7 s ran after {:.2} s", took.as_secs_f64());
+    eprintln!(
+        "{test}: a cwd that appeared after 0.7 s ran after {:.2} s",
+        took.as_secs_f64()
+    );
 
     // Never appears: refused once the bound is spent, with a message
     // that names the directory and the node.

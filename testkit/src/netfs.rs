@@ -137,12 +137,7 @@ impl NetFs {
     }
 
     /// A command that runs `program` on `host`, in its mount namespace.
-    pub fn command(
-        &self,
-        lan: &Lan,
-        host: usize,
-        program: impl AsRef<std::ffi::OsStr>,
-    ) -> Command {
+    pub fn command(&self, lan: &Lan, host: usize, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let (_, ns_file) = self
             .clients
             .get(&host)
@@ -277,7 +272,9 @@ impl NetFs {
         self.build_host_mounted = true;
         // The brick may come up a moment after the mount returns.
         let probe = self.path().join(".mexec-netfs-probe");
-        retry(|| std::fs::write(&probe, b"up").map_err(|e| format!("write through the mount: {e}")))?;
+        retry(|| {
+            std::fs::write(&probe, b"up").map_err(|e| format!("write through the mount: {e}"))
+        })?;
         std::fs::remove_file(&probe).map_err(|e| format!("remove the probe: {e}"))
     }
 
@@ -319,7 +316,10 @@ impl Drop for NetFs {
 /// SIGKILLs every process in network namespace `namespace` (glusterd and
 /// its brick), so the server is gone even if the `Lan` outlives us.
 fn kill_all_in(namespace: &str) {
-    let Ok(output) = Command::new("ip").args(["netns", "pids", namespace]).output() else {
+    let Ok(output) = Command::new("ip")
+        .args(["netns", "pids", namespace])
+        .output()
+    else {
         return;
     };
     for pid in String::from_utf8_lossy(&output.stdout).split_whitespace() {

@@ -63,6 +63,11 @@ pub struct Flags {
     /// that shows new directories late; 0 refuses at once [default: 2000].
     #[arg(long, env = "MEXEC_CWD_WAIT_MS")]
     pub cwd_wait_ms: Option<u64>,
+    /// Before reporting a job's exit, fsync the files it changed in its
+    /// working directory, for a network file system that writes back
+    /// after close (costly: see docs/network-file-systems.md).
+    #[arg(long, env = "MEXEC_WRITE_BACK_OUTPUTS")]
+    pub write_back_outputs: bool,
     /// Gatekeeper to register with and report load to (host:port).
     #[arg(long, env = "MEXEC_GATEKEEPER")]
     pub gatekeeper: Option<String>,
@@ -154,6 +159,9 @@ pub struct FileConfig {
     /// Milliseconds a missing working directory is waited for before the
     /// job is refused; 0 refuses at once. Default: 2000.
     pub cwd_wait_ms: Option<u64>,
+    /// Fsync the files a job changed in its working directory before its
+    /// exit is reported. Default: false.
+    pub write_back_outputs: Option<bool>,
     /// Gatekeeper to join, "host:port". Default: none.
     pub gatekeeper: Option<String>,
     /// "host:port" clients use to reach this node. Default: the listen
@@ -216,6 +224,8 @@ pub struct Settings {
     pub grace: Duration,
     /// How long a missing working directory is waited for.
     pub cwd_wait: Duration,
+    /// Whether a job's changed files are fsynced before its exit goes out.
+    pub write_back_outputs: bool,
     /// The gatekeeper to join, if any.
     pub gatekeeper: Option<String>,
     /// The address advertised to clients through the gatekeeper.
@@ -286,6 +296,8 @@ impl Settings {
                 .or(file.cwd_wait_ms)
                 .map(Duration::from_millis)
                 .unwrap_or(super::cwd_wait::DEFAULT_CWD_WAIT),
+            write_back_outputs: flags.write_back_outputs
+                || file.write_back_outputs.unwrap_or(false),
             gatekeeper: flags.gatekeeper.or(file.gatekeeper),
             advertise: flags.advertise.or(file.advertise),
             direct_jobs: flags.direct_jobs.or(file.direct_jobs).unwrap_or_default(),
@@ -538,6 +550,7 @@ mod tests {
                 "grace-secs MEXEC_GRACE_SECS",
                 "log-format MEXEC_LOG_FORMAT",
                 "cwd-wait-ms MEXEC_CWD_WAIT_MS",
+                "write-back-outputs MEXEC_WRITE_BACK_OUTPUTS",
                 "gatekeeper MEXEC_GATEKEEPER",
                 "advertise MEXEC_ADVERTISE",
                 "direct-jobs MEXEC_DIRECT_JOBS",
@@ -571,7 +584,7 @@ mod tests {
             max_address_space_mib = 1\nmax_output_mib = 1\nmax_open_files = 1\n\
             max_processes = 1\nmax_stdin_bytes_per_sec = 1\nstart_timeout_secs = 1\nmax_streams_per_peer = 1\n\
             desktop = true\nreclaim = true\nreclaim_after_ms = 1\n\
-            desktop_min_available_mib = 1\ncwd_wait_ms = 1\n";
+            desktop_min_available_mib = 1\ncwd_wait_ms = 1\nwrite_back_outputs = true\n";
         let file: FileConfig =
             config_file::parse(std::path::Path::new("mexecd.toml"), every_key).unwrap();
         assert_eq!(file.daemon.token_file, Some("/t".into()));

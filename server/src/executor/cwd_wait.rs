@@ -81,10 +81,7 @@ async fn look(path: &Path, revalidate: bool) -> bool {
 fn revalidate_ancestors(path: &Path) {
     let mut ancestors: Vec<&Path> = path.ancestors().skip(1).collect();
     ancestors.reverse();
-    let deepest = ancestors
-        .iter()
-        .rposition(|dir| dir.is_dir())
-        .unwrap_or(0);
+    let deepest = ancestors.iter().rposition(|dir| dir.is_dir()).unwrap_or(0);
     for dir in &ancestors[deepest..] {
         match std::fs::read_dir(dir) {
             Ok(entries) => entries.for_each(drop),
@@ -99,8 +96,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_present_directory_is_not_waited_for_and_a_missing_one_is_bounded() {
-        assert_eq!(until_visible(b"/tmp", Duration::ZERO).await, CwdWait::Present);
-        assert_eq!(until_visible(b"tmp", Duration::ZERO).await, CwdWait::Present);
+        assert_eq!(
+            until_visible(b"/tmp", Duration::ZERO).await,
+            CwdWait::Present
+        );
+        assert_eq!(
+            until_visible(b"tmp", Duration::ZERO).await,
+            CwdWait::Present
+        );
         let bound = Duration::from_millis(200);
         let started = Instant::now();
         let CwdWait::Missing(waited) = until_visible(b"/no/such/dir", bound).await else {

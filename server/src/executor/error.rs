@@ -146,9 +146,24 @@ mod tests {
     #[test]
     fn statuses_name_the_node_and_carry_the_right_code_and_kind() {
         use tonic::Code;
-        let s = JobError::CwdMissing("/src/x".into()).into_status("n2");
+        let missing = |waited| JobError::CwdMissing {
+            path: "/src/x".into(),
+            waited,
+        };
+        let s = missing(std::time::Duration::ZERO).into_status("n2");
         assert_eq!(s.code(), Code::FailedPrecondition);
-        assert!(s.message().starts_with("node n2: working directory /src/x"));
+        assert_eq!(Refusal::of(&s), Some(Refusal::CwdMissing));
+        assert_eq!(
+            s.message(),
+            "node n2: working directory /src/x does not exist here (is the shared file \
+             system mounted on this node?)"
+        );
+        let s = missing(std::time::Duration::from_millis(2500)).into_status("n2");
+        assert_eq!(
+            s.message(),
+            "node n2: working directory /src/x does not exist here after waiting 2.5 s for it \
+             to appear (cwd_wait_ms) (is the shared file system mounted on this node?)"
+        );
         let s = JobError::from(AdmissionRefusal::Full {
             running: 4,
             queued: 4,

@@ -108,6 +108,8 @@ pub struct NodeContext {
     /// How long a missing working directory is waited for before the job
     /// is refused (a network file system may show it late).
     pub cwd_wait: Duration,
+    /// Whether a job's changed files are fsynced before its exit goes out.
+    pub write_back_outputs: bool,
     /// Open streams per peer address.
     pub streams: Arc<PeerStreams>,
     /// Kills the jobs' process groups if the daemon dies without doing it.
@@ -227,6 +229,7 @@ fn node_context(
         memory: watchers.memory,
         start_timeout: settings.daemon.start_timeout,
         cwd_wait: settings.cwd_wait,
+        write_back_outputs: settings.write_back_outputs,
         streams: PeerStreams::new(settings.max_streams_per_peer),
         groups: watchers.groups,
         cgroups: watchers.cgroups,

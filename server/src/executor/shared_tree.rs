@@ -9,7 +9,8 @@
 //!   it with READDIRPLUS replaces entries whose file was deleted and made
 //!   again elsewhere (a cached entry would give "Stale file handle") and
 //!   renews their attributes; an NFS client revalidates the directory.
-//! - `write_back` after the job: each file of the directory changed since
+//! - `write_back` after the job, when the node is set to
+//!   (`write_back_outputs`): each file of the directory changed since
 //!   the job started is fsynced (a client with write-behind, GlusterFS's
 //!   default `flush-behind`, may still hold its last writes after close),
 //!   then the file system is synced (`syncfs`: NFS's dirty pages).
@@ -70,9 +71,9 @@ fn write_back_now(cwd: &Path, since: SystemTime) -> WriteBack {
         .flatten()
         .flatten()
         .filter(|entry| {
-            entry.metadata().is_ok_and(|m| {
-                m.is_file() && m.modified().is_ok_and(|modified| modified >= since)
-            })
+            entry
+                .metadata()
+                .is_ok_and(|m| m.is_file() && m.modified().is_ok_and(|modified| modified >= since))
         })
         .take(MAX_SYNCED);
     for entry in changed {

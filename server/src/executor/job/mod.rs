@@ -21,7 +21,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tonic::{Status, Streaming};
 
-use super::shared_tree;
 use super::admission::{SlotGuard, Ticket};
 use super::cgroup::JobCgroup;
 use super::error::JobError;
@@ -29,6 +28,7 @@ use super::group_keeper::KeptGroup;
 use super::limits::{Exceeded, JobLimits, Rlimits};
 use super::memory::Watch;
 use super::process;
+use super::shared_tree;
 use super::valid_job::ValidJob;
 use super::NodeContext;
 use end::{Ended, Kill};
@@ -73,8 +73,8 @@ pub async fn run(
     let exit = running.finish(ended, &ctx.limits).await;
     // Before the exit goes out: whoever reads the outputs next is told
     // they are ready the moment it arrives.
-    let written = shared_tree::write_back(&job.cwd, started_wall).await;
-    if written.files > 0 {
+    if ctx.write_back_outputs {
+        let written = shared_tree::write_back(&job.cwd, started_wall).await;
         tracing::info!(
             job = %job.spec.job_id,
             files = written.files,
