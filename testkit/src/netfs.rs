@@ -32,6 +32,10 @@
 //!   build host at `path()`, and mounts it on each host in `clients` in a
 //!   mount namespace of that host's own. The tree's root belongs to the
 //!   job account (`crate::JOB_USER` when run as root).
+//! - `start_with(lan, clients, options)` does the same with volume
+//!   options set before the volume starts (`gluster volume set`), such as
+//!   the cache-invalidation settings docs/network-file-systems.md gives
+//!   a site (client/tests/netfs.rs's `SITE_OPTIONS`).
 //! - `command(lan, host, program)` runs `program` on `host` (its network
 //!   namespace) inside that host's mount namespace: what `Lan::command` is
 //!   for a host without the file system.
