@@ -123,6 +123,14 @@ impl NetFarm {
         (jobs, Duration::from_micros(took_us))
     }
 
+    /// How many times the executors waited for stale entries to clear.
+    fn stale_waits(&self) -> usize {
+        self.executors
+            .iter()
+            .map(|e| e.log_text().matches("waited for stale entries").count())
+            .sum()
+    }
+
     /// How many times the executors waited for a working directory.
     fn cwd_waits(&self) -> usize {
         self.executors
@@ -275,11 +283,13 @@ fn a_generated_header_is_seen_by_every_node_in_every_clean_build() {
     eprintln!(
         "{test}: {builds} clean builds (each then an incremental one) with make -j8 over 3 \
          hosts on GlusterFS in {:.1} s; {} failed; {retries} client retries; {} cwd waits; \
+         {} waits for stale entries; \
          jobs per node {per_node:?}; outputs written back after {written} jobs, {:.1} ms in \
          all ({:.2} ms a job)",
         started.elapsed().as_secs_f64(),
         failures.len(),
         farm.cwd_waits(),
+        farm.stale_waits(),
         write_time.as_secs_f64() * 1e3,
         write_time.as_secs_f64() * 1e3 / written.max(1) as f64,
     );

@@ -110,6 +110,8 @@ pub struct NodeContext {
     pub cwd_wait: Duration,
     /// Whether a job's changed files are fsynced before its exit goes out.
     pub write_back_outputs: bool,
+    /// Names seen in the jobs' working directories (`shared_tree`).
+    pub seen_names: Arc<shared_tree::SeenNames>,
     /// Open streams per peer address.
     pub streams: Arc<PeerStreams>,
     /// Kills the jobs' process groups if the daemon dies without doing it.
@@ -230,6 +232,7 @@ fn node_context(
         start_timeout: settings.daemon.start_timeout,
         cwd_wait: settings.cwd_wait,
         write_back_outputs: settings.write_back_outputs,
+        seen_names: Arc::default(),
         streams: PeerStreams::new(settings.max_streams_per_peer),
         groups: watchers.groups,
         cgroups: watchers.cgroups,

@@ -19,23 +19,103 @@
 //! are; an output elsewhere (`-o ../x.o`) is left to the file system.
 //! Errors are ignored: this only hastens what the file system does anyway.
 
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
 use std::os::unix::io::AsFd;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 /// At most this many changed files are fsynced after one job: a job that
 /// wrote more is not a compile, and its files reach the server anyway.
 const MAX_SYNCED: usize = 1024;
 
-/// Reads `cwd`'s entries so this node's client revalidates them.
-pub async fn refresh(cwd: &Path) {
-    let cwd = cwd.to_owned();
-    let _ = tokio::task::spawn_blocking(move || {
-        if let Ok(entries) = std::fs::read_dir(&cwd) {
-            entries.for_each(drop);
+/// Working directories whose names are remembered, at most: past that
+/// the memory starts again (it only hastens what the caches do anyway).
+const MAX_REMEMBERED_DIRS: usize = 256;
+/// How long a name that the server no longer has may stay "stale" here.
+const STALE_WAIT: Duration = Duration::from_secs(2);
+
+/// The names this node saw in each working directory after its jobs, so
+/// that a name gone since (deleted on another host) can be checked before
+/// the next job: a cached entry for it would make a job that creates the
+/// file again fail with "Stale file handle".
+#[derive(Debug, Default)]
+pub struct SeenNames(Mutex<HashMap<PathBuf, HashSet<OsString>>>);
+
+impl SeenNames {
+    fn take(&self, cwd: &Path) -> HashSet<OsString> {
+        self.lock().remove(cwd).unwrap_or_default()
+    }
+
+    fn put(&self, cwd: &Path, names: HashSet<OsString>) {
+        let mut map = self.lock();
+        if map.len() >= MAX_REMEMBERED_DIRS {
+            map.clear();
         }
+        map.insert(cwd.to_owned(), names);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, HashSet<OsString>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Reads `cwd`'s entries so this node's client revalidates them, and
+/// waits (up to `STALE_WAIT`) for each name seen here before but gone
+/// from the server to stop being stale. Returns how many were stale.
+pub async fn refresh(cwd: &Path, seen: &Arc<SeenNames>) -> usize {
+    let cwd = cwd.to_owned();
+    let seen = seen.clone();
+    tokio::task::spawn_blocking(move || {
+        let now = names_in(&cwd);
+        let gone: Vec<OsString> = seen.take(&cwd).difference(&now).cloned().collect();
+        gone.iter()
+            .filter(|name| wait_while_stale(&cwd.join(name)))
+            .count()
+    })
+    .await
+    .unwrap_or(0)
+}
+
+/// Remembers the names in `cwd` after a job.
+pub async fn remember(cwd: &Path, seen: &Arc<SeenNames>) {
+    let cwd = cwd.to_owned();
+    let seen = seen.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        let names = names_in(&cwd);
+        seen.put(&cwd, names);
     })
     .await;
+}
+
+fn names_in(dir: &Path) -> HashSet<OsString> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.file_name())
+        .collect()
+}
+
+/// Opens `path` until it is no longer "stale" here; true if it was.
+fn wait_while_stale(path: &Path) -> bool {
+    let started = Instant::now();
+    let stale =
+        || matches!(std::fs::File::open(path), Err(e) if e.raw_os_error() == Some(libc_estale()));
+    if !stale() {
+        return false;
+    }
+    while started.elapsed() < STALE_WAIT && stale() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+fn libc_estale() -> i32 {
+    nix::errno::Errno::ESTALE as i32
 }
 
 /// What `write_back` did, for the log.
@@ -105,7 +185,14 @@ mod tests {
         let since = SystemTime::now() - Duration::from_secs(3600);
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         assert_eq!(write_back(dir.path(), since).await.files, 1);
-        refresh(dir.path()).await;
-        refresh(Path::new("/no/such/dir")).await;
+        let seen = Arc::new(SeenNames::default());
+        remember(dir.path(), &seen).await;
+        std::fs::remove_file(dir.path().join("old")).unwrap();
+        assert_eq!(
+            refresh(dir.path(), &seen).await,
+            0,
+            "a name gone is not stale locally"
+        );
+        assert_eq!(refresh(Path::new("/no/such/dir"), &seen).await, 0);
     }
 }

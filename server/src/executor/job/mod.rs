@@ -61,7 +61,14 @@ pub async fn run(
     let Some(slot) = take_slot(&ctx, ticket, &out).await else {
         return;
     };
-    shared_tree::refresh(&job.cwd).await;
+    let stale = shared_tree::refresh(&job.cwd, &ctx.seen_names).await;
+    if stale > 0 {
+        tracing::info!(
+            job = %job.spec.job_id,
+            names = stale,
+            "waited for stale entries in the working directory"
+        );
+    }
     let started_at = Instant::now();
     let started_wall = std::time::SystemTime::now();
     let mut running = match Running::start(&ctx, &job, slot, inbound, &out, started_at).await {
@@ -82,6 +89,7 @@ pub async fn run(
             "outputs written back"
         );
     }
+    shared_tree::remember(&job.cwd, &ctx.seen_names).await;
     end::report(&ctx, &job, started_at, killed, exit, &out).await;
 }
 
