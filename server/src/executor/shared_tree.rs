@@ -9,6 +9,11 @@
 //!   it with READDIRPLUS replaces entries whose file was deleted and made
 //!   again elsewhere (a cached entry would give "Stale file handle") and
 //!   renews their attributes; an NFS client revalidates the directory.
+//! - also before the job, a name this node saw in the directory after an
+//!   earlier job and the server no longer has is opened until it stops
+//!   giving ESTALE (its cached entry times out), up to `STALE_WAIT`: a
+//!   job that makes the file again would otherwise fail to create it.
+//! - `remember` after the job: the names in the directory, for that.
 //! - `write_back` after the job, when the node is set to
 //!   (`write_back_outputs`): each file of the directory changed since
 //!   the job started is fsynced (a client with write-behind, GlusterFS's
