@@ -2,7 +2,9 @@
 # The test suite, on a bare Debian machine: installs what the tests need
 # beyond the Rust toolchain, gcc, make and python3 (m4 for GMP's configure;
 # cmake, ninja-build and ccache for the build-tool tests; util-linux's
-# unshare; iproute2's ip for the multi-host tests in network namespaces;
+# unshare and nsenter; iproute2's ip for the multi-host tests in network
+# namespaces; glusterfs-server and glusterfs-client for the tests on a real
+# network file system, client/tests/netfs.rs through testkit::netfs;
 # wine and MinGW-w64 for the Windows client and the Windows-tool tests;
 # munge (munged, the munge command, libmunge2) for the MUNGE tests of jobs
 # run as their submitter: mexec loads libmunge at run time, so no -dev
@@ -13,7 +15,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for tool in make gcc unshare ip m4 cmake ninja ccache wine x86_64-w64-mingw32-gcc munged; do
+for tool in make gcc unshare nsenter ip m4 cmake ninja ccache wine x86_64-w64-mingw32-gcc \
+    glusterd mount.glusterfs munged; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -24,9 +27,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     pkgs=()
     for tool in "${missing[@]}"; do
         case "$tool" in
-            unshare) pkgs+=(util-linux) ;;
+            unshare | nsenter) pkgs+=(util-linux) ;;
             ip) pkgs+=(iproute2) ;;
             ninja) pkgs+=(ninja-build) ;;
+            glusterd) pkgs+=(glusterfs-server) ;;
+            mount.glusterfs) pkgs+=(glusterfs-client) ;;
             wine) pkgs+=(wine wine64) ;;
             x86_64-w64-mingw32-gcc) pkgs+=(gcc-mingw-w64-x86-64) ;;
             munged) pkgs+=(munge libmunge2) ;;

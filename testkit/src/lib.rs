@@ -9,6 +9,8 @@
 //! - job directories and file ownership for the job account.
 //! - `c_project`: a vendored C source tree from the cargo registry.
 //! - `wait_until`: polling with a deadline instead of sleeps.
+//! - `netns`, `netfs`: hosts in network namespaces, and a real network
+//!   file system (GlusterFS) between them.
 //! - `wine`: Wine prefixes and MinGW builds for the Windows programs' tests.
 //! - `owner`: a desktop owner's CPU-bound work, as another account.
 //! - `accounts`: real user accounts (useradd) with private trees, and
@@ -25,6 +27,7 @@ use std::time::{Duration, Instant};
 
 pub mod accounts;
 pub mod munged;
+pub mod netfs;
 pub mod netns;
 pub mod owner;
 pub mod wine;

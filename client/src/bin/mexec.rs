@@ -62,5 +62,12 @@ fn run(
     // A stdin read may still be blocked on a terminal or an idle pipe; it
     // cannot be cancelled, so do not wait for it.
     runtime.shutdown_background();
+    // make stats the job's outputs as soon as we exit: on a network file
+    // system, reading the directory renews this host's cached entries and
+    // times of the files the node just wrote (a stale time would make
+    // make skip what depends on them).
+    if let Ok(entries) = std::fs::read_dir(&job.cwd) {
+        entries.for_each(drop);
+    }
     code
 }

@@ -67,6 +67,16 @@ pub struct Flags {
     /// Seconds running jobs may take to finish after SIGTERM [default: 60].
     #[arg(long, env = "MEXEC_GRACE_SECS")]
     pub grace_secs: Option<u64>,
+    /// Milliseconds a missing working directory is waited for (and
+    /// revalidated) before the job is refused, for a network file system
+    /// that shows new directories late; 0 refuses at once [default: 2000].
+    #[arg(long, env = "MEXEC_CWD_WAIT_MS")]
+    pub cwd_wait_ms: Option<u64>,
+    /// Before reporting a job's exit, fsync the files it changed in its
+    /// working directory, for a network file system that writes back
+    /// after close (costly: see docs/network-file-systems.md).
+    #[arg(long, env = "MEXEC_WRITE_BACK_OUTPUTS")]
+    pub write_back_outputs: bool,
     /// Gatekeeper to register with and report load to (host:port).
     #[arg(long, env = "MEXEC_GATEKEEPER")]
     pub gatekeeper: Option<String>,
@@ -159,6 +169,12 @@ pub struct FileConfig {
     pub min_uid: Option<u32>,
     /// Seconds running jobs may take to finish after SIGTERM. Default: 60.
     pub grace_secs: Option<u64>,
+    /// Milliseconds a missing working directory is waited for before the
+    /// job is refused; 0 refuses at once. Default: 2000.
+    pub cwd_wait_ms: Option<u64>,
+    /// Fsync the files a job changed in its working directory before its
+    /// exit is reported. Default: false.
+    pub write_back_outputs: Option<bool>,
     /// Gatekeeper to join, "host:port". Default: none.
     pub gatekeeper: Option<String>,
     /// "host:port" clients use to reach this node. Default: the listen
@@ -219,6 +235,10 @@ pub struct Settings {
     pub run_as: JobAccounts,
     /// How long running jobs may take to finish after SIGTERM.
     pub grace: Duration,
+    /// How long a missing working directory is waited for.
+    pub cwd_wait: Duration,
+    /// Whether a job's changed files are fsynced before its exit goes out.
+    pub write_back_outputs: bool,
     /// The gatekeeper to join, if any.
     pub gatekeeper: Option<String>,
     /// The address advertised to clients through the gatekeeper.
@@ -308,6 +328,13 @@ impl Settings {
                 .unwrap_or_else(mexec_common::host::name),
             run_as,
             grace: Duration::from_secs(flags.grace_secs.or(file.grace_secs).unwrap_or(60)),
+            cwd_wait: flags
+                .cwd_wait_ms
+                .or(file.cwd_wait_ms)
+                .map(Duration::from_millis)
+                .unwrap_or(super::cwd_wait::DEFAULT_CWD_WAIT),
+            write_back_outputs: flags.write_back_outputs
+                || file.write_back_outputs.unwrap_or(false),
             gatekeeper: flags.gatekeeper.or(file.gatekeeper),
             advertise: flags.advertise.or(file.advertise),
             direct_jobs: flags.direct_jobs.or(file.direct_jobs).unwrap_or_default(),
@@ -599,6 +626,8 @@ mod tests {
                 "relay-from MEXEC_RELAY_FROM",
                 "grace-secs MEXEC_GRACE_SECS",
                 "log-format MEXEC_LOG_FORMAT",
+                "cwd-wait-ms MEXEC_CWD_WAIT_MS",
+                "write-back-outputs MEXEC_WRITE_BACK_OUTPUTS",
                 "gatekeeper MEXEC_GATEKEEPER",
                 "advertise MEXEC_ADVERTISE",
                 "direct-jobs MEXEC_DIRECT_JOBS",
@@ -633,11 +662,13 @@ mod tests {
             max_processes = 1\nmax_stdin_bytes_per_sec = 1\nstart_timeout_secs = 1\nmax_streams_per_peer = 1\n\
             desktop = true\nreclaim = true\nreclaim_after_ms = 1\n\
             desktop_min_available_mib = 1\nrun_as_submitter = false\nmin_uid = 1000\n\
-            munge = false\nmunge_socket = \"/m\"\nrelay_from = [\"gk\"]\n";
+            munge = false\nmunge_socket = \"/m\"\nrelay_from = [\"gk\"]\n\
+            cwd_wait_ms = 1\nwrite_back_outputs = true\n";
         let file: FileConfig =
             config_file::parse(std::path::Path::new("mexecd.toml"), every_key).unwrap();
         assert_eq!(file.daemon.token_file, Some("/t".into()));
         assert_eq!(file.max_streams_per_peer, Some(1));
         assert_eq!(file.direct_jobs, Some(DirectJobs::Allow));
+        assert_eq!(file.cwd_wait_ms, Some(1));
     }
 }

@@ -20,9 +20,15 @@ pub enum JobError {
     #[error("working directory {0} is not an absolute path")]
     RelativeCwd(String),
     #[error(
-        "working directory {0} does not exist here (is the shared file system mounted on this node?)"
+        "working directory {path} does not exist here{} (is the shared file system mounted \
+         on this node?)",
+        waited_note(waited)
     )]
-    CwdMissing(String),
+    CwdMissing {
+        path: String,
+        /// How long the node waited for it to appear (`cwd_wait_ms`).
+        waited: std::time::Duration,
+    },
     #[error("working directory {path} is not accessible to the job account {user} here")]
     CwdDenied { path: String, user: String },
     #[error("is draining and takes no new jobs")]
@@ -93,7 +99,7 @@ impl JobError {
             | JobError::OptionDenied { .. } => Refusal::Denied,
             JobError::TooManyStreams { .. } => Refusal::Limit,
             JobError::NoRequest => return None,
-            JobError::CwdMissing(_) => Refusal::CwdMissing,
+            JobError::CwdMissing { .. } => Refusal::CwdMissing,
             JobError::CwdDenied { .. } => Refusal::CwdDenied,
             JobError::Draining => Refusal::Draining,
             JobError::Full { .. } => Refusal::Busy,
@@ -116,6 +122,18 @@ impl JobError {
     }
 }
 
+/// ", after waiting 2.0 s for it to appear", when the node waited.
+fn waited_note(waited: &std::time::Duration) -> String {
+    if waited.is_zero() {
+        String::new()
+    } else {
+        format!(
+            " after waiting {:.1} s for it to appear (cwd_wait_ms)",
+            waited.as_secs_f64()
+        )
+    }
+}
+
 /// How a job the node killed on shutting down ends: not the command's
 /// outcome, and no refusal either (the job had started), so a status error
 /// lets the client rerun a repeatable job elsewhere instead of reporting
@@ -131,9 +149,24 @@ mod tests {
     #[test]
     fn statuses_name_the_node_and_carry_the_right_code_and_kind() {
         use tonic::Code;
-        let s = JobError::CwdMissing("/src/x".into()).into_status("n2");
+        let missing = |waited| JobError::CwdMissing {
+            path: "/src/x".into(),
+            waited,
+        };
+        let s = missing(std::time::Duration::ZERO).into_status("n2");
         assert_eq!(s.code(), Code::FailedPrecondition);
-        assert!(s.message().starts_with("node n2: working directory /src/x"));
+        assert_eq!(Refusal::of(&s), Some(Refusal::CwdMissing));
+        assert_eq!(
+            s.message(),
+            "node n2: working directory /src/x does not exist here (is the shared file \
+             system mounted on this node?)"
+        );
+        let s = missing(std::time::Duration::from_millis(2500)).into_status("n2");
+        assert_eq!(
+            s.message(),
+            "node n2: working directory /src/x does not exist here after waiting 2.5 s for it \
+             to appear (cwd_wait_ms) (is the shared file system mounted on this node?)"
+        );
         let s = JobError::from(AdmissionRefusal::Full {
             running: 4,
             queued: 4,

@@ -38,6 +38,7 @@ mod account;
 mod admission;
 mod cgroup;
 pub mod config;
+mod cwd_wait;
 mod desktop;
 mod environment;
 mod error;
@@ -57,6 +58,7 @@ mod priority;
 mod process;
 mod procfs;
 mod service;
+mod shared_tree;
 mod spawner;
 mod valid_job;
 
@@ -111,6 +113,13 @@ pub struct NodeContext {
     pub memory: Arc<MemoryWatch>,
     /// How long a client has to send the job after opening a stream.
     pub start_timeout: Duration,
+    /// How long a missing working directory is waited for before the job
+    /// is refused (a network file system may show it late).
+    pub cwd_wait: Duration,
+    /// Whether a job's changed files are fsynced before its exit goes out.
+    pub write_back_outputs: bool,
+    /// Names seen in the jobs' working directories (`shared_tree`).
+    pub seen_names: Arc<shared_tree::SeenNames>,
     /// Open streams per peer address.
     pub streams: Arc<PeerStreams>,
     /// Kills the jobs' process groups if the daemon dies without doing it.
@@ -233,6 +242,9 @@ fn node_context(
         limits: settings.limits,
         memory: watchers.memory,
         start_timeout: settings.daemon.start_timeout,
+        cwd_wait: settings.cwd_wait,
+        write_back_outputs: settings.write_back_outputs,
+        seen_names: Arc::default(),
         streams: PeerStreams::new(settings.max_streams_per_peer),
         groups: watchers.groups,
         cgroups: watchers.cgroups,

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::cwd_wait::{self, CwdWait};
 use super::error::JobError;
 use super::valid_job::ValidJob;
 use super::{job, JobAccounts, NodeContext};
@@ -114,9 +115,23 @@ async fn start_job(
     let run_as = tokio::task::spawn_blocking(move || accounts.for_user(&user))
         .await
         .map_err(|_| JobError::NoRequest)??;
-    let mut valid = ValidJob::new(spec, ctx.policy.as_ref())?;
+    let wait = cwd_wait::until_visible(&spec.cwd, ctx.cwd_wait).await;
+    let mut valid = ValidJob::new(spec, ctx.policy.as_ref()).map_err(|err| match (err, wait) {
+        (JobError::CwdMissing { path, .. }, CwdWait::Missing(waited)) => {
+            JobError::CwdMissing { path, waited }
+        }
+        (err, _) => err,
+    })?;
     valid.as_submitter = matches!(ctx.run_as, JobAccounts::Submitter { .. });
     valid.run_as = run_as;
+    if let CwdWait::Appeared(after) = wait {
+        tracing::info!(
+            job = %valid.spec.job_id,
+            cwd = %valid.shown_cwd(),
+            waited_ms = after.as_millis() as u64,
+            "working directory appeared after a wait"
+        );
+    }
     let ticket = ctx.admission.admit()?;
     let (tx, rx) = mpsc::channel(job::OUTPUT_QUEUE);
     tokio::spawn(async move {

@@ -87,7 +87,10 @@ pub fn validate(spec: &JobSpec) -> Result<(), JobError> {
         return Err(JobError::RelativeCwd(shown));
     }
     if !cwd.is_dir() {
-        return Err(JobError::CwdMissing(shown));
+        return Err(JobError::CwdMissing {
+            path: shown,
+            waited: Duration::ZERO,
+        });
     }
     Ok(())
 }
@@ -125,7 +128,10 @@ mod tests {
         );
         assert_eq!(
             err(spec(&["true"], "/no/such/dir")),
-            JobError::CwdMissing("/no/such/dir".into())
+            JobError::CwdMissing {
+                path: "/no/such/dir".into(),
+                waited: Duration::ZERO
+            }
         );
     }
 

@@ -90,7 +90,10 @@ fn start_failure(
     err: &std::io::Error,
 ) -> Result<Exit, JobError> {
     if !job.cwd.is_dir() {
-        return Err(JobError::CwdMissing(job.shown_cwd()));
+        return Err(JobError::CwdMissing {
+            path: job.shown_cwd(),
+            waited: std::time::Duration::ZERO,
+        });
     }
     if let Some(account) = run_as {
         if !process::can_enter(&job.cwd, account) {

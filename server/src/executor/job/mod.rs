@@ -29,6 +29,7 @@ use super::launch::Entry;
 use super::limits::{Exceeded, JobLimits, Rlimits};
 use super::memory::Watch;
 use super::process;
+use super::shared_tree;
 use super::valid_job::ValidJob;
 use super::NodeContext;
 use end::{Ended, Kill};
@@ -61,7 +62,16 @@ pub async fn run(
     let Some(slot) = take_slot(&ctx, ticket, &out).await else {
         return;
     };
+    let stale = shared_tree::refresh(&job.cwd, &ctx.seen_names).await;
+    if stale > 0 {
+        tracing::info!(
+            job = %job.spec.job_id,
+            names = stale,
+            "waited for stale entries in the working directory"
+        );
+    }
     let started_at = Instant::now();
+    let started_wall = std::time::SystemTime::now();
     let mut running = match Running::start(&ctx, &job, slot, inbound, &out, started_at).await {
         Ok(running) => running,
         Err(err) => return end::start_failed(&ctx, &job, started_at, &err, &out).await,
@@ -69,6 +79,18 @@ pub async fn run(
     let ended = running.supervise(&ctx, &job, &out).await;
     let killed = ended.killed;
     let exit = running.finish(ended, &ctx.limits).await;
+    // Before the exit goes out: whoever reads the outputs next is told
+    // they are ready the moment it arrives.
+    if ctx.write_back_outputs {
+        let written = shared_tree::write_back(&job.cwd, started_wall).await;
+        tracing::info!(
+            job = %job.spec.job_id,
+            files = written.files,
+            took_us = written.took.as_micros() as u64,
+            "outputs written back"
+        );
+    }
+    shared_tree::remember(&job.cwd, &ctx.seen_names).await;
     end::report(&ctx, &job, started_at, killed, exit, &out).await;
 }
 
