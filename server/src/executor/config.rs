@@ -4,6 +4,7 @@
 //! adds the executor's own and its safety rule (jobs never run as root),
 //! so a daemon that would be an open door never starts.
 
+use crate::web::{WebError, WebFile, WebFlags, WebListen};
 use std::time::Duration;
 
 use clap::Parser;
@@ -80,6 +81,8 @@ pub struct Flags {
     /// Streams one peer address may hold open at once [default: 1024].
     #[arg(long, env = "MEXEC_MAX_STREAMS_PER_PEER")]
     pub max_streams_per_peer: Option<usize>,
+    #[command(flatten)]
+    pub web: WebFlags,
 }
 
 /// The flags that bound what one job may use.
@@ -188,6 +191,8 @@ pub struct FileConfig {
     pub desktop_min_available_mib: Option<u64>,
     /// Any other key is refused.
     #[serde(flatten)]
+    pub web: WebFile,
+    #[serde(flatten)]
     _other: NoOtherKeys,
 }
 
@@ -220,6 +225,8 @@ pub struct Settings {
     pub max_streams_per_peer: usize,
     /// A desktop node's policy; `None` for a node of the farm.
     pub desktop: Option<DesktopPolicy>,
+    /// Where to serve `/metrics`, if anywhere.
+    pub metrics: Option<WebListen>,
 }
 
 /// Why the settings were refused.
@@ -231,6 +238,8 @@ pub enum SettingsError {
     Daemon(#[from] DaemonSettingsError),
     #[error(transparent)]
     Account(#[from] AccountError),
+    #[error(transparent)]
+    Web(#[from] WebError),
     #[error("--slots must be at least 1")]
     NoSlots,
     #[error("--reclaim gives a desktop's jobs back to its owner: it needs --desktop")]
@@ -261,7 +270,13 @@ impl Settings {
         }
         let desktop = desktop_policy(&flags.desktop, &file, slots)?;
         let daemon = DaemonSettings::resolve(flags.daemon, file.daemon, ROLE)?;
+        let metrics = WebListen::resolve(
+            flags.web.metrics_listen.or(file.web.metrics_listen),
+            &daemon,
+            flags.web.insecure(&file.web),
+        )?;
         Ok(Settings {
+            metrics,
             daemon,
             slots,
             max_queued: flags.max_queued.or(file.max_queued).unwrap_or(slots),

@@ -13,6 +13,7 @@ mod end;
 mod input;
 mod output;
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,7 @@ use super::error::JobError;
 use super::group_keeper::KeptGroup;
 use super::limits::{Exceeded, JobLimits, Rlimits};
 use super::memory::Watch;
+use super::observe::Outcome;
 use super::process;
 use super::valid_job::ValidJob;
 use super::NodeContext;
@@ -57,17 +59,30 @@ pub async fn run(
     inbound: Streaming<RunRequest>,
     out: Outbound,
 ) {
+    let asked = Instant::now();
     let Some(slot) = take_slot(&ctx, ticket, &out).await else {
+        ctx.observe.refused();
         return;
     };
     let started_at = Instant::now();
+    ctx.observe.started(&job, started_at.duration_since(asked));
     let mut running = match Running::start(&ctx, &job, slot, inbound, &out, started_at).await {
         Ok(running) => running,
-        Err(err) => return end::start_failed(&ctx, &job, started_at, &err, &out).await,
+        Err(err) => {
+            let exit = end::start_failed(&ctx, &job, started_at, &err, &out).await;
+            let outcome = exit
+                .as_ref()
+                .map_or(Outcome::refused, end::outcome_of_start);
+            return ctx.observe.ended(&job, outcome, exit.as_ref(), 0);
+        }
     };
+    let written = running.output.written();
     let ended = running.supervise(&ctx, &job, &out).await;
     let killed = ended.killed;
     let exit = running.finish(ended, &ctx.limits).await;
+    let outcome = end::outcome(killed, &exit);
+    ctx.observe
+        .ended(&job, outcome, Some(&exit), written.load(Ordering::Relaxed));
     end::report(&ctx, &job, started_at, killed, exit, &out).await;
 }
 
