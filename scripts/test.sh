@@ -3,14 +3,16 @@
 # beyond the Rust toolchain, gcc, make and python3 (m4 for GMP's configure;
 # cmake, ninja-build and ccache for the build-tool tests; util-linux's
 # unshare; iproute2's ip for the multi-host tests in network namespaces;
-# wine and MinGW-w64 for the Windows client and the Windows-tool tests),
+# wine and MinGW-w64 for the Windows client and the Windows-tool tests;
+# prometheus for promtool, chromium and chromium-driver for the dashboard
+# test in a real browser),
 # builds the Windows client (mexec.exe, which the Wine test runs),
 # then runs every test against real processes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for tool in make gcc unshare ip m4 cmake ninja ccache wine x86_64-w64-mingw32-gcc; do
+for tool in make gcc unshare ip m4 cmake ninja ccache wine x86_64-w64-mingw32-gcc promtool chromium chromedriver; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -26,6 +28,8 @@ if [ ${#missing[@]} -gt 0 ]; then
             ninja) pkgs+=(ninja-build) ;;
             wine) pkgs+=(wine wine64) ;;
             x86_64-w64-mingw32-gcc) pkgs+=(gcc-mingw-w64-x86-64) ;;
+            promtool) pkgs+=(prometheus) ;;
+            chromedriver) pkgs+=(chromium-driver) ;;
             *) pkgs+=("$tool") ;;
         esac
     done
