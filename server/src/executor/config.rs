@@ -554,6 +554,8 @@ mod tests {
                 "max-processes MEXEC_MAX_PROCESSES",
                 "start-timeout-secs MEXEC_START_TIMEOUT_SECS",
                 "max-streams-per-peer MEXEC_MAX_STREAMS_PER_PEER",
+                "metrics-listen MEXEC_METRICS_LISTEN",
+                "http-insecure",
                 "desktop MEXEC_DESKTOP",
                 "reclaim MEXEC_RECLAIM",
                 "reclaim-after-ms MEXEC_RECLAIM_AFTER_MS",
@@ -569,6 +571,7 @@ mod tests {
             allowed_programs = []\nmax_wall_secs = 1\nmax_cpu_secs = 1\nmax_memory_mib = 1\n\
             max_address_space_mib = 1\nmax_output_mib = 1\nmax_open_files = 1\n\
             max_processes = 1\nmax_stdin_bytes_per_sec = 1\nstart_timeout_secs = 1\nmax_streams_per_peer = 1\n\
+            metrics_listen = \"127.0.0.1:2\"\nhttp_insecure = false\n\
             desktop = true\nreclaim = true\nreclaim_after_ms = 1\n\
             desktop_min_available_mib = 1\n";
         let file: FileConfig =

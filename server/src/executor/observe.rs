@@ -8,7 +8,7 @@ use std::time::Duration;
 use mexec_proto::v1::{exit, join_request, Exit, ObservedJobEnd, ObservedJobStart};
 use tokio::sync::broadcast;
 
-pub use crate::metrics::executor::{ExecutorMetrics, Outcome};
+pub use crate::metrics::{ExecutorMetrics, Outcome};
 
 use super::valid_job::ValidJob;
 

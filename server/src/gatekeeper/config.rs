@@ -217,6 +217,10 @@ mod tests {
                 "tls-key MEXEC_TLS_KEY",
                 "allowed-users MEXEC_ALLOWED_USERS",
                 "start-timeout-secs MEXEC_START_TIMEOUT_SECS",
+                "metrics-listen MEXEC_METRICS_LISTEN",
+                "http-insecure",
+                "http-listen MEXEC_HTTP_LISTEN",
+                "accounting-db MEXEC_ACCOUNTING_DB",
             ],
         );
 
@@ -224,7 +228,8 @@ mod tests {
             max_queued = 1\ndefault_user_limit = 0\nuser_limits = { a = 1 }\n\
             usage_half_life_secs = 2\nlog_format = \"text\"\ntls_ca = \"/a\"\n\
             tls_cert = \"/b\"\ntls_key = \"/c\"\nallowed_users = [\"a\"]\n\
-            start_timeout_secs = 1\n";
+            start_timeout_secs = 1\nmetrics_listen = \"127.0.0.1:2\"\nhttp_listen = \"127.0.0.1:3\"\n\
+            accounting_db = \"/a.db\"\nhttp_insecure = false\n";
         let file: FileConfig =
             config_file::parse(std::path::Path::new("gk.toml"), every_key).unwrap();
         assert_eq!(file.usage_half_life_secs, Some(2.0));

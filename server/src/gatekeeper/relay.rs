@@ -18,7 +18,7 @@ use super::cluster::{Grant, Wanted};
 use super::shared::{queue_full, Shared};
 use crate::auth::Caller;
 use crate::daemon::StreamPlace;
-use crate::metrics::gatekeeper::LeaseResult;
+use crate::metrics::LeaseResult;
 use crate::request_limits;
 
 type Outbound = mpsc::Sender<Result<RunResponse, Status>>;

@@ -22,7 +22,7 @@ use super::relay;
 use super::shared::{queue_full, Shared};
 use crate::auth::Caller;
 use crate::daemon::{ResponseStream, StreamPlace};
-use crate::metrics::gatekeeper::LeaseResult;
+use crate::metrics::LeaseResult;
 
 /// The service object tonic calls.
 #[derive(Debug, Clone)]

@@ -18,7 +18,7 @@ use super::cluster::{Cluster, Grant, QueueFull};
 use super::observe::Observer;
 use crate::auth::{Access, Caller};
 use crate::daemon::PeerStreams;
-use crate::metrics::gatekeeper::LeaseResult;
+use crate::metrics::LeaseResult;
 
 /// What every handler shares.
 #[derive(Debug)]

@@ -8,8 +8,11 @@
 //! - `executor`: `mexecd`'s slots, jobs and output.
 //! - `gatekeeper`: the cluster's nodes, queue, leases and users' slot time.
 
-pub mod executor;
-pub mod gatekeeper;
+mod executor;
+mod gatekeeper;
+
+pub use executor::{ExecutorMetrics, Outcome};
+pub use gatekeeper::{GatekeeperMetrics, LeaseResult};
 
 use prometheus_client::encoding::prometheus_text;
 use prometheus_client::registry::Registry;

@@ -10,10 +10,10 @@
 //!
 //! Layout:
 //! - `options`: the flags and config keys, and the access rule.
-//! - `serve`: serving a router under that rule, plain or over TLS.
+//! - `listener`: serving a router under that rule, plain or over TLS.
 
+mod listener;
 mod options;
-mod serve;
 
+pub use listener::{bind, serve};
 pub use options::{WebAccess, WebError, WebFile, WebFlags, WebListen};
-pub use serve::{bind, serve};

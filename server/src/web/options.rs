@@ -132,8 +132,8 @@ impl WebListen {
             .transpose()
     }
 
-    /// Binds it (see `serve::bind`).
+    /// Binds it (see `listener::bind`).
     pub async fn bind(&self) -> Result<tokio::net::TcpListener, WebError> {
-        super::serve::bind(self.listen, &self.access).await
+        super::listener::bind(self.listen, &self.access).await
     }
 }

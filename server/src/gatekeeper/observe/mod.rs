@@ -21,7 +21,7 @@ use std::sync::Mutex;
 
 use mexec_proto::v1::{ObservedJobEnd, ObservedJobStart};
 
-use crate::metrics::gatekeeper::{GatekeeperMetrics, LeaseResult};
+use crate::metrics::{GatekeeperMetrics, LeaseResult};
 use accounting::{Accounting, JobRow};
 use live::Live;
 
