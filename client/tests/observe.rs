@@ -452,3 +452,32 @@ fn under_mutual_tls_a_request_without_a_certificate_is_refused() {
     assert_eq!(with, "HTTP/1.1 200 OK", "a user certificate is let in");
     eprintln!("without a certificate: {without}; with alice's: {with}");
 }
+
+#[test]
+fn status_watch_redraws_the_table_every_second() {
+    let farm = GatedFarm::start(&[1, 1], &[]);
+    let mut watch = farm
+        .mexec(&std::env::temp_dir(), &["--status", "--watch"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let _ = watch.kill();
+    let out = watch.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let frames = text.matches("\x1b[H\x1b[2J").count();
+    assert!(
+        (2..=4).contains(&frames),
+        "{frames} frames in 2.5 s: {text:?}"
+    );
+    let last = text.rsplit("\x1b[H\x1b[2J").next().unwrap();
+    assert!(last.contains("n1") && last.contains("n2"), "{last}");
+    // --watch means nothing without --status.
+    let alone = farm
+        .mexec(&std::env::temp_dir(), &["--watch"])
+        .output()
+        .unwrap();
+    assert!(!alone.status.success());
+    let said = String::from_utf8_lossy(&alone.stderr);
+    assert!(said.contains("--status"), "{said}");
+}
