@@ -481,3 +481,29 @@ fn status_watch_redraws_the_table_every_second() {
     let said = String::from_utf8_lossy(&alone.stderr);
     assert!(said.contains("--status"), "{said}");
 }
+
+#[test]
+fn an_accounting_database_that_cannot_be_used_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_sqlite = dir.path().join("notes.txt");
+    std::fs::write(&not_sqlite, "these are not the rows you are looking for\n").unwrap();
+    let (code, said) = start_briefly(
+        "mexec-gatekeeper",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--accounting-db",
+            not_sqlite.to_str().unwrap(),
+        ],
+    )
+    .expect("refused at start");
+    assert_eq!(code, 2, "{said}");
+    assert!(
+        said.contains("accounting database") && said.contains("not a database"),
+        "{said}"
+    );
+    // The file is left as it was.
+    assert!(std::fs::read_to_string(&not_sqlite)
+        .unwrap()
+        .starts_with("these are not"));
+}

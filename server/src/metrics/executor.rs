@@ -11,7 +11,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-/// How a job ended, as `mexec_jobs_total` counts it.
+/// How a job ended, as `mexec_jobs_total` counts it. The variants are
+/// written as the label values are (the derive encodes their names).
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
 pub enum Outcome {
@@ -80,8 +81,8 @@ impl Default for ExecutorMetrics {
 
 impl ExecutorMetrics {
     pub fn new() -> ExecutorMetrics {
-        let mut registry = Registry::default();
-        let m = ExecutorMetrics {
+        let mut m = ExecutorMetrics {
+            registry: Registry::default(),
             slots: Gauge::default(),
             running: Gauge::default(),
             queued: Gauge::default(),
@@ -90,13 +91,13 @@ impl ExecutorMetrics {
             jobs: Family::default(),
             duration: Histogram::new(super::seconds_buckets()),
             output: Counter::default(),
-            registry: Registry::default(),
         };
         // Every outcome is present from the start, so a rate over a
         // counter that first appears mid-range is never lost.
         for outcome in Outcome::ALL {
             let _ = m.jobs.get_or_create(&OutcomeLabel { outcome });
         }
+        let registry = &mut m.registry;
         registry.register(
             "mexec_slots",
             "Job slots this node offers now (fewer than it has on a busy desktop)",
@@ -139,7 +140,7 @@ impl ExecutorMetrics {
             Unit::Bytes,
             m.output.clone(),
         );
-        ExecutorMetrics { registry, ..m }
+        m
     }
 
     /// Counts a job that ended (or was refused).

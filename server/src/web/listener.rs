@@ -1,7 +1,9 @@
 //! Serving a router on an HTTP listener: plain HTTP, or HTTPS that wants a
 //! client certificate from the cluster CA, with the token checked in front
-//! of every route in token mode. Each connection ends when the daemon
-//! stops (an event stream would otherwise keep it up for ever).
+//! of every route in token mode. Connections are accepted under the gRPC
+//! listeners' caps (per peer, in all, first bytes within 10 s:
+//! `daemon::incoming`). Each connection ends when the daemon stops (an
+//! event stream would otherwise keep it up for ever).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,11 +26,15 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+use tokio_stream::StreamExt;
 
 use super::{WebAccess, WebError};
+use crate::daemon;
 
 /// A TLS handshake that has not finished by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP keepalive on accepted connections, as on the gRPC listeners.
+const KEEPALIVE: Duration = Duration::from_secs(5);
 
 /// Binds `listen`, warning when the listener is open beyond loopback
 /// (which `WebAccess::resolve` allows only with `--http-insecure`).
@@ -60,16 +66,14 @@ pub async fn serve(
     };
     let acceptor = access.tls.as_ref().map(acceptor).transpose()?;
     let (stopped_tx, stopped) = watch::channel(false);
+    let mut incoming = daemon::incoming(listener, KEEPALIVE);
     tokio::pin!(stop);
     loop {
-        let (tcp, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                // Out of descriptors, say: try again shortly.
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+        let tcp = tokio::select! {
+            accepted = incoming.next() => match accepted {
+                Some(Ok(conn)) => conn,
+                Some(Err(_)) => continue,
+                None => break,
             },
             _ = &mut stop => break,
         };

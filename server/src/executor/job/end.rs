@@ -71,11 +71,6 @@ pub fn outcome(killed: Option<Kill>, exit: &Exit) -> Outcome {
     }
 }
 
-/// How a job whose process could not start ended (127, 126).
-pub fn outcome_of_start(_exit: &Exit) -> Outcome {
-    Outcome::exit_nonzero
-}
-
 /// Answers a job whose process could not be started: the command's exit
 /// as a shell gives it (127, 126), or a refusal the client can route
 /// around when the working directory is at fault. Returns the exit sent,

@@ -70,9 +70,12 @@ pub async fn run(
         Ok(running) => running,
         Err(err) => {
             let exit = end::start_failed(&ctx, &job, started_at, &err, &out).await;
-            let outcome = exit
-                .as_ref()
-                .map_or(Outcome::refused, end::outcome_of_start);
+            // A command not found or not runnable (127, 126) exits; a
+            // working directory at fault is a refusal.
+            let outcome = match exit {
+                Some(_) => Outcome::exit_nonzero,
+                None => Outcome::refused,
+            };
             return ctx.observe.ended(&job, outcome, exit.as_ref(), 0);
         }
     };

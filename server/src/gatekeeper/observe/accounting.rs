@@ -43,10 +43,15 @@ enum Command {
 
 /// Why the database could not be used.
 #[derive(Debug, thiserror::Error)]
-#[error("accounting database {path}: {source}")]
-pub struct AccountingError {
-    path: String,
-    source: rusqlite::Error,
+pub enum AccountingError {
+    #[error("accounting database {path}")]
+    Database {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("accounting database: cannot start its thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// The handle the gatekeeper writes and asks through.
@@ -60,7 +65,7 @@ impl Accounting {
     /// memory, gone at a restart.
     pub fn open(path: Option<&Path>) -> Result<Accounting, AccountingError> {
         let shown = path.map_or(":memory:".to_owned(), |p| p.display().to_string());
-        let failed = |source| AccountingError {
+        let failed = |source| AccountingError::Database {
             path: shown.clone(),
             source,
         };
@@ -75,7 +80,7 @@ impl Accounting {
         std::thread::Builder::new()
             .name("accounting".into())
             .spawn(move || keep(conn, rx))
-            .map_err(|e| failed(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+            .map_err(AccountingError::Thread)?;
         Ok(Accounting { commands })
     }
 

@@ -56,7 +56,8 @@ impl Observer {
         f(&mut self.live.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// A lease request ended; a granted one waited `waited_ms`.
+    /// A lease request ended; a granted one comes with its lease id and
+    /// the milliseconds it waited.
     pub fn lease(&self, result: LeaseResult, granted: Option<(u64, u64)>) {
         let waited = granted.map(|(_, ms)| ms as f64 / 1000.0);
         self.metrics.lease(result, waited);
