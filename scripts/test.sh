@@ -8,7 +8,9 @@
 # wine and MinGW-w64 for the Windows client and the Windows-tool tests;
 # munge (munged, the munge command, libmunge2) for the MUNGE tests of jobs
 # run as their submitter: mexec loads libmunge at run time, so no -dev
-# package is needed to build),
+# package is needed to build);
+# prometheus for promtool, chromium and chromium-driver for the dashboard
+# test in a real browser),
 # builds the Windows client (mexec.exe, which the Wine test runs),
 # then runs every test against real processes.
 set -euo pipefail
@@ -16,7 +18,7 @@ cd "$(dirname "$0")/.."
 
 missing=()
 for tool in make gcc unshare nsenter ip m4 cmake ninja ccache wine x86_64-w64-mingw32-gcc \
-    glusterd mount.glusterfs munged; do
+    glusterd mount.glusterfs munged promtool chromium chromedriver; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -35,6 +37,8 @@ if [ ${#missing[@]} -gt 0 ]; then
             wine) pkgs+=(wine wine64) ;;
             x86_64-w64-mingw32-gcc) pkgs+=(gcc-mingw-w64-x86-64) ;;
             munged) pkgs+=(munge libmunge2) ;;
+            promtool) pkgs+=(prometheus) ;;
+            chromedriver) pkgs+=(chromium-driver) ;;
             *) pkgs+=("$tool") ;;
         esac
     done

@@ -49,6 +49,11 @@ struct Cli {
     /// Where to write the report.
     #[arg(long, default_value = "BENCHMARKS.md")]
     report: PathBuf,
+    /// The overhead section also measures a farm with metrics, the
+    /// dashboard and accounting on (`--metrics-listen`, `--http-listen`,
+    /// `--accounting-db`), side by side with the plain one.
+    #[arg(long)]
+    observed: bool,
     /// Runs of each variant in the overhead section.
     #[arg(long, default_value_t = 200)]
     runs: usize,
@@ -117,7 +122,7 @@ fn main() {
     };
     if wanted("overhead") {
         section("overhead");
-        results.overhead = Some(overhead::run(runs));
+        results.overhead = Some(overhead::run(runs, cli.observed));
     }
     if wanted("build") {
         section("build");

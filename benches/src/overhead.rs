@@ -32,9 +32,27 @@ pub struct Overhead {
     pub icecream: Option<String>,
 }
 
-pub fn run(runs: usize) -> Overhead {
+/// `observed`: also a gatekeeper farm with metrics, the dashboard and
+/// accounting on (`--observed`), measured beside the plain one.
+pub fn run(runs: usize, observed: bool) -> Overhead {
     let farm = Farm::start(1, 2);
     let gated = GatedFarm::start(&[2], &[]);
+    let accounting = tempfile::tempdir().expect("accounting dir");
+    let db = accounting.path().join("accounting.db");
+    let watched = observed.then(|| {
+        GatedFarm::start_with(
+            &[2],
+            &[
+                "--http-listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--accounting-db",
+                db.to_str().expect("a UTF-8 path"),
+            ],
+            &["--metrics-listen", "127.0.0.1:0"],
+        )
+    });
     let distccd = Distccd::start(2);
     let dir = job_dir();
     let icecream = Icecream::start(2);
@@ -55,14 +73,24 @@ pub fn run(runs: usize) -> Overhead {
         c.stdin(Stdio::null());
         c
     };
-    let true_cmd = measure(
-        runs,
-        vec![
-            ("local", Box::new(local_true)),
-            ("mexec direct", Box::new(direct_true)),
-            ("mexec via gatekeeper", Box::new(gated_true)),
-        ],
-    );
+    let watched_true = |_: usize| {
+        let farm = watched.as_ref().expect("only with --observed");
+        let mut c = farm.mexec(dir.path(), &["--", "true"]);
+        c.stdin(Stdio::null());
+        c
+    };
+    let mut variants: Vec<(&str, Make<'_>)> = vec![
+        ("local", Box::new(local_true)),
+        ("mexec direct", Box::new(direct_true)),
+        ("mexec via gatekeeper", Box::new(gated_true)),
+    ];
+    if observed {
+        variants.push((
+            "mexec via gatekeeper, metrics + dashboard + accounting on",
+            Box::new(watched_true),
+        ));
+    }
+    let true_cmd = measure(runs, variants);
 
     let compile_args = ["gcc", "-O2", "-c", "small.c", "-o"];
     let local = |i: usize| {

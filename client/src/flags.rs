@@ -94,7 +94,14 @@ pub struct Flags {
     /// Show the nodes and their load, then exit.
     #[arg(long)]
     pub status: bool,
-    /// With --status: print JSON instead of a table.
+    /// With --status: redraw the table every second until interrupted.
+    #[arg(long, requires = "status")]
+    pub watch: bool,
+    /// Show per-user accounting (jobs, slot-, CPU- and wait-seconds over the
+    /// last hour, day and week) from the gatekeeper, then exit.
+    #[arg(long)]
+    pub usage: bool,
+    /// With --status or --usage: print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
     /// Print mexec's version.

@@ -134,6 +134,8 @@ const OUR_LONG_OPTIONS: &[&str] = &[
     "forward-env",
     "cluster-os",
     "status",
+    "watch",
+    "usage",
     "json",
     "mexec-version",
     "help",

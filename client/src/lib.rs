@@ -56,6 +56,7 @@ pub mod placement;
 pub mod retry;
 pub mod settings;
 pub mod status;
+pub mod usage;
 
 /// mexec's own failures exit with this code, as ssh does.
 pub const EXIT_MEXEC_FAILURE: i32 = 255;

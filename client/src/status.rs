@@ -31,6 +31,39 @@ pub fn show(farm: &Farm, connector: &Connector, json: bool) -> i32 {
     code
 }
 
+/// `--status --watch`: the status redrawn every second, on a cleared
+/// screen, until interrupted.
+pub fn watch(farm: &Farm, connector: &Connector) -> i32 {
+    loop {
+        let mut screen = Vec::new();
+        // Home and clear, then the table: one write, so it does not flicker.
+        screen.extend_from_slice(b"\x1b[H\x1b[2J");
+        let shown = capture_status(farm, connector);
+        screen.extend_from_slice(shown.as_bytes());
+        let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), &screen);
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
+/// The status table as `show` prints it, or why it is missing.
+fn capture_status(farm: &Farm, connector: &Connector) -> String {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let text = runtime.block_on(async {
+        match &farm.gatekeeper {
+            Some(gatekeeper) => match load_query::cluster_status(connector, gatekeeper).await {
+                Ok(reply) => cluster_table(&reply),
+                Err(err) => format!("gatekeeper {} unreachable: {err}\n", gatekeeper.authority()),
+            },
+            None => table(&collect(connector, &farm.nodes).await),
+        }
+    });
+    runtime.shutdown_background();
+    text
+}
+
 async fn show_cluster(connector: &Connector, gatekeeper: &NodeAddr, json: bool) -> i32 {
     match load_query::cluster_status(connector, gatekeeper).await {
         Ok(reply) if json => {

@@ -56,6 +56,18 @@ pub enum TlsError {
 pub struct Tls {
     ca: Certificate,
     identity: Identity,
+    /// The same files as PEM, for the daemons' HTTP listeners, which
+    /// serve TLS with rustls directly rather than through tonic.
+    pem: std::sync::Arc<TlsPem>,
+}
+
+/// The PEM text of a TLS set-up.
+#[derive(Clone)]
+#[allow(missing_debug_implementations)] // holds the key
+pub struct TlsPem {
+    pub ca: Vec<u8>,
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
 }
 
 impl std::fmt::Debug for Tls {
@@ -87,8 +99,9 @@ impl TlsPaths {
         let cert = read_pem("certificate", cert, "CERTIFICATE")?;
         let key = read_pem("private key", key, "PRIVATE KEY")?;
         Ok(Some(Tls {
-            ca: Certificate::from_pem(ca),
-            identity: Identity::from_pem(cert, key),
+            ca: Certificate::from_pem(&ca),
+            identity: Identity::from_pem(&cert, &key),
+            pem: std::sync::Arc::new(TlsPem { ca, cert, key }),
         }))
     }
 
@@ -131,6 +144,11 @@ fn read_pem(what: &'static str, path: &Path, label: &'static str) -> Result<Vec<
 }
 
 impl Tls {
+    /// The CA, certificate and key as PEM.
+    pub fn pem(&self) -> &TlsPem {
+        &self.pem
+    }
+
     /// A server configuration that requires a client certificate from the
     /// cluster CA: connections without one never reach a handler.
     pub fn server_config(&self) -> ServerTlsConfig {

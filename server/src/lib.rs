@@ -12,10 +12,15 @@
 //! - `auth`: who may call (token, certificate, allow list) and for whom a
 //!   job runs.
 //! - `certs`: issuing the cluster CA, node and user certificates.
+//! - `metrics`: the Prometheus metrics of both daemons.
+//! - `web`: the daemons' HTTP listeners (metrics, the dashboard) and
+//!   their access rule.
 
 pub mod auth;
 pub mod certs;
 pub mod daemon;
 pub mod executor;
 pub mod gatekeeper;
+pub mod metrics;
 pub mod request_limits;
+pub mod web;

@@ -171,6 +171,13 @@ impl GatekeeperApi for KnownKeyGatekeeper {
     ) -> Result<Response<ClusterStatusReply>, Status> {
         Err(Status::unimplemented("no status here"))
     }
+
+    async fn usage(
+        &self,
+        _: Request<mexec_proto::v1::UsageRequest>,
+    ) -> Result<Response<mexec_proto::v1::UsageReply>, Status> {
+        Err(Status::unimplemented("no accounting here"))
+    }
 }
 
 /// Runs `true` on `node` as `user` with `ticket`: `Ok` when it ran, else

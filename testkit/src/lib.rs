@@ -161,13 +161,49 @@ pub fn pid_alive(pid: u32) -> bool {
 
 /// Reads a daemon's first stdout line, `... listening on ADDR`, within 20 s.
 /// On failure the daemon is killed and the line (maybe empty) returned.
+/// What each daemon started here printed on stdout after its first line.
+static ANNOUNCED: std::sync::Mutex<Option<HashMap<u32, Vec<String>>>> = std::sync::Mutex::new(None);
+
+/// The address in the line that daemon `pid` printed after its first one
+/// containing `what ` and then `on SCHEME://ADDR` (`mexecd n1 metrics on
+/// http://127.0.0.1:4711/metrics`), waiting up to 10 s for it.
+pub fn announced(pid: u32, what: &str) -> Option<SocketAddr> {
+    let mut found = None;
+    wait_until(Duration::from_secs(10), || {
+        let announced = ANNOUNCED.lock().unwrap_or_else(|p| p.into_inner());
+        found = announced
+            .as_ref()
+            .and_then(|all| all.get(&pid))
+            .and_then(|lines| lines.iter().find(|l| l.contains(&format!("{what} on "))))
+            .and_then(|line| line.split("://").nth(1))
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|addr| addr.parse().ok());
+        found.is_some()
+    });
+    found
+}
+
 fn listening_address(child: &mut Child) -> Result<SocketAddr, String> {
     let stdout = child.stdout.take().expect("piped stdout");
+    let pid = child.id();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
         let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = reader.read_line(&mut line);
         let _ = tx.send(line);
+        // The daemon may announce more (its HTTP listeners): keep them for
+        // `announced`, and keep the pipe open so its prints do not fail.
+        for line in reader.lines() {
+            let Ok(line) = line else { break };
+            ANNOUNCED
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert_with(HashMap::new)
+                .entry(pid)
+                .or_default()
+                .push(line);
+        }
     });
     let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
     match line

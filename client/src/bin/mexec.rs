@@ -3,7 +3,7 @@
 use mexec_client::invocation::{self, Invocation};
 use mexec_client::job::Job;
 use mexec_client::settings::Settings;
-use mexec_client::{retry, say, status, EXIT_MEXEC_FAILURE};
+use mexec_client::{retry, say, status, usage, EXIT_MEXEC_FAILURE};
 
 fn main() {
     std::process::exit(real_main());
@@ -29,8 +29,15 @@ fn real_main() -> i32 {
         }
     };
     let connector = settings.farm.connector();
-    if invocation.flags.status {
-        return status::show(&settings.farm, &connector, invocation.flags.json);
+    let flags = &invocation.flags;
+    if flags.status && flags.watch {
+        return status::watch(&settings.farm, &connector);
+    }
+    if flags.status {
+        return status::show(&settings.farm, &connector, flags.json);
+    }
+    if flags.usage {
+        return usage::show(&settings.farm, &connector, flags.json);
     }
     run(&invocation, &settings, &connector)
 }

@@ -24,6 +24,19 @@ async fn real_main() -> anyhow::Result<()> {
     let bound = listener.local_addr()?;
     // Scripts and tests started with port 0 read the real address here.
     println!("mexecd {} listening on {bound}", settings.name);
+    let metrics = match &settings.metrics {
+        Some(web) => {
+            let metrics = web.bind().await?;
+            let at = metrics.local_addr()?;
+            println!(
+                "mexecd {} metrics on {}://{at}/metrics",
+                settings.name,
+                web.access.scheme()
+            );
+            Some(metrics)
+        }
+        None => None,
+    };
     let users = settings.daemon.allowed_users.as_ref();
     let programs = &settings.allowed_programs;
     tracing::info!(
@@ -40,8 +53,9 @@ async fn real_main() -> anyhow::Result<()> {
     );
     // This executable is the group keeper too (see `main`).
     let watchers = Watchers::start(&std::env::current_exe()?);
-    executor::run(
+    executor::run_with_metrics(
         listener,
+        metrics,
         settings,
         watchers,
         mexec_server::daemon::shutdown::signal(),

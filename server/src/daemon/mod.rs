@@ -25,6 +25,7 @@ mod serve;
 pub mod shutdown;
 mod stream_limits;
 
+pub use connections::{incoming, Conn};
 #[cfg(test)]
 pub use options::assert_flags;
 pub use options::{

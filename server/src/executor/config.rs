@@ -4,6 +4,7 @@
 //! adds the executor's own and its safety rule (jobs never run as root),
 //! so a daemon that would be an open door never starts.
 
+use crate::web::{WebError, WebFile, WebFlags, WebListen};
 use std::time::Duration;
 
 use clap::Parser;
@@ -99,6 +100,8 @@ pub struct Flags {
     /// Streams one peer address may hold open at once [default: 1024].
     #[arg(long, env = "MEXEC_MAX_STREAMS_PER_PEER")]
     pub max_streams_per_peer: Option<usize>,
+    #[command(flatten)]
+    pub web: WebFlags,
 }
 
 /// The flags that bound what one job may use.
@@ -217,6 +220,8 @@ pub struct FileConfig {
     pub desktop_min_available_mib: Option<u64>,
     /// Any other key is refused.
     #[serde(flatten)]
+    pub web: WebFile,
+    #[serde(flatten)]
     _other: NoOtherKeys,
 }
 
@@ -253,6 +258,8 @@ pub struct Settings {
     pub max_streams_per_peer: usize,
     /// A desktop node's policy; `None` for a node of the farm.
     pub desktop: Option<DesktopPolicy>,
+    /// Where to serve `/metrics`, if anywhere.
+    pub metrics: Option<WebListen>,
 }
 
 /// Why the settings were refused.
@@ -264,6 +271,8 @@ pub enum SettingsError {
     Daemon(#[from] DaemonSettingsError),
     #[error(transparent)]
     Account(#[from] AccountError),
+    #[error(transparent)]
+    Web(#[from] WebError),
     #[error("--slots must be at least 1")]
     NoSlots,
     #[error("--reclaim gives a desktop's jobs back to its owner: it needs --desktop")]
@@ -318,7 +327,13 @@ impl Settings {
             submitter.then_some(min_uid),
             &daemon,
         )?;
+        let metrics = WebListen::resolve(
+            flags.web.metrics_listen.or(file.web.metrics_listen),
+            &daemon,
+            flags.web.insecure(&file.web),
+        )?;
         Ok(Settings {
+            metrics,
             daemon,
             slots,
             max_queued: flags.max_queued.or(file.max_queued).unwrap_or(slots),
@@ -645,6 +660,8 @@ mod tests {
                 "max-processes MEXEC_MAX_PROCESSES",
                 "start-timeout-secs MEXEC_START_TIMEOUT_SECS",
                 "max-streams-per-peer MEXEC_MAX_STREAMS_PER_PEER",
+                "metrics-listen MEXEC_METRICS_LISTEN",
+                "http-insecure",
                 "desktop MEXEC_DESKTOP",
                 "reclaim MEXEC_RECLAIM",
                 "reclaim-after-ms MEXEC_RECLAIM_AFTER_MS",
@@ -660,6 +677,7 @@ mod tests {
             allowed_programs = []\nmax_wall_secs = 1\nmax_cpu_secs = 1\nmax_memory_mib = 1\n\
             max_address_space_mib = 1\nmax_output_mib = 1\nmax_open_files = 1\n\
             max_processes = 1\nmax_stdin_bytes_per_sec = 1\nstart_timeout_secs = 1\nmax_streams_per_peer = 1\n\
+            metrics_listen = \"127.0.0.1:2\"\nhttp_insecure = false\n\
             desktop = true\nreclaim = true\nreclaim_after_ms = 1\n\
             desktop_min_available_mib = 1\nrun_as_submitter = false\nmin_uid = 1000\n\
             munge = false\nmunge_socket = \"/m\"\nrelay_from = [\"gk\"]\n\

@@ -11,7 +11,7 @@ use std::time::Duration;
 use mexec_common::connector::{Connector, Timeouts};
 use mexec_proto::v1::gatekeeper_client::GatekeeperClient;
 use mexec_proto::v1::{join_request, JoinRequest, JoinResponse, Register};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::NodeContext;
@@ -89,9 +89,22 @@ async fn join_once(ctx: &NodeContext, config: &JoinConfig) -> Result<(), String>
     tracing::info!(gatekeeper = %config.gatekeeper, "joined the cluster");
     let mut heartbeat = DEFAULT_HEARTBEAT;
     let mut changes = ctx.admission.subscribe();
+    let mut events = ctx.observe.subscribe();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(heartbeat) => {}
+            event = events.recv() => match event {
+                Ok(event) => {
+                    if tx.send(JoinRequest { msg: Some(event) }).await.is_err() {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                // Events dropped for a slow stream are lost to the
+                // dashboard only; the load report follows.
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            },
             changed = changes.changed() => if changed.is_err() { return Ok(()) },
             message = responses.message() => match message {
                 Ok(Some(reply)) => {

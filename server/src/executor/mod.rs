@@ -25,7 +25,9 @@
 //! - `pace`: the rate at which a client's stdin and messages are read.
 //! - `policy`: the programs this node is allowed to run.
 //! - `load`: the load report.
-//! - `membership`: joining a gatekeeper and streaming our load to it.
+//! - `membership`: joining a gatekeeper and streaming our load (and our
+//!   jobs' starts and ends) to it.
+//! - `observe`: the metrics and the job events.
 //! - `lease_check`: the gatekeeper's lease tickets, checked before a job
 //!   of a member node is admitted.
 //! - `desktop`: a desktop node's sampler of its owner's load, its offer and
@@ -51,6 +53,7 @@ mod limits;
 mod load;
 mod membership;
 mod memory;
+pub mod observe;
 mod owner_load;
 mod pace;
 mod policy;
@@ -132,6 +135,8 @@ pub struct NodeContext {
     pub desktop: Option<Arc<desktop::Desktop>>,
     /// The CPU and I/O priority jobs run at.
     pub priority: JobPriority,
+    /// The node's metrics and job events.
+    pub observe: observe::Observer,
 }
 
 impl NodeContext {
@@ -198,8 +203,29 @@ pub async fn run(
     watchers: Watchers,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    run_with_metrics(listener, None, settings, watchers, shutdown).await
+}
+
+/// `run`, serving `/metrics` on `metrics` too (bound from
+/// `settings.metrics` by `mexecd`).
+pub async fn run_with_metrics(
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    settings: Settings,
+    watchers: Watchers,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
     let (abort_tx, abort_rx) = watch::channel(false);
     let ctx = Arc::new(node_context(&settings, watchers, abort_rx));
+    let metrics = metrics
+        .zip(settings.metrics.as_ref())
+        .map(|(metrics, web)| {
+            tokio::spawn(observe::serve_metrics(
+                ctx.clone(),
+                metrics,
+                web.access.clone(),
+            ))
+        });
     let sampler = ctx
         .desktop
         .as_ref()
@@ -217,7 +243,7 @@ pub async fn run(
         settings.name.clone(),
     );
     let result = daemon::serve(listener, &settings.daemon, executor, shutdown, drain).await;
-    for task in [membership, sampler].into_iter().flatten() {
+    for task in [membership, sampler, metrics].into_iter().flatten() {
         task.abort();
     }
     result
@@ -255,6 +281,7 @@ fn node_context(
         } else {
             JobPriority::Normal
         },
+        observe: observe::Observer::new(),
     }
 }
 

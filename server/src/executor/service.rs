@@ -56,7 +56,10 @@ impl Executor for ExecutorService {
         let place = self.enter(request.remote_addr())?;
         let stream = start_job(self.ctx.clone(), caller, place, request.into_inner())
             .await
-            .map_err(|err| err.into_status(&self.ctx.name))?;
+            .map_err(|err| {
+                self.ctx.observe.refused();
+                err.into_status(&self.ctx.name)
+            })?;
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -4,6 +4,8 @@
 //! gatekeeper adds its queue and fair-share limits.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::Parser;
 use mexec_common::config_file::{self, ConfigFileError};
@@ -13,6 +15,7 @@ use super::cluster::Limits;
 use crate::daemon::{
     DaemonFile, DaemonFlags, DaemonSettings, DaemonSettingsError, NoOtherKeys, Role,
 };
+use crate::web::{WebError, WebFile, WebFlags, WebListen};
 
 /// The port a gatekeeper listens on when none is given.
 pub const DEFAULT_PORT: u16 = 7461;
@@ -50,6 +53,15 @@ pub struct Flags {
     /// A per-user limit, USER=N (repeatable).
     #[arg(long = "user-limit", value_parser = parse_user_limit)]
     pub user_limits: Vec<(String, u32)>,
+    #[command(flatten)]
+    pub web: WebFlags,
+    /// Serve the live dashboard and /metrics at http://ADDR:PORT/ [default: off].
+    #[arg(long, env = "MEXEC_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// The accounting database (SQLite), kept across restarts [default: in
+    /// memory, lost at a restart].
+    #[arg(long, env = "MEXEC_ACCOUNTING_DB")]
+    pub accounting_db: Option<PathBuf>,
 }
 
 fn parse_user_limit(text: &str) -> Result<(String, u32), String> {
@@ -77,6 +89,12 @@ pub struct FileConfig {
     pub user_limits: Option<HashMap<String, u32>>,
     /// Seconds for past slot use to count half as much. Default: 2.
     pub usage_half_life_secs: Option<f64>,
+    #[serde(flatten)]
+    pub web: WebFile,
+    /// Where to serve the dashboard and `/metrics`. Default: nowhere.
+    pub http_listen: Option<SocketAddr>,
+    /// The accounting database. Default: in memory.
+    pub accounting_db: Option<PathBuf>,
     /// Any other key is refused.
     #[serde(flatten)]
     _other: NoOtherKeys,
@@ -89,6 +107,12 @@ pub struct Settings {
     pub daemon: DaemonSettings,
     /// The queue bound and the fair-share limits.
     pub limits: Limits,
+    /// Where to serve `/metrics` alone, if anywhere.
+    pub metrics: Option<WebListen>,
+    /// Where to serve the dashboard and `/metrics`, if anywhere.
+    pub http: Option<WebListen>,
+    /// The accounting database; `None` keeps it in memory.
+    pub accounting_db: Option<PathBuf>,
 }
 
 /// Why the settings were refused.
@@ -98,6 +122,8 @@ pub enum SettingsError {
     ConfigFile(#[from] ConfigFileError),
     #[error(transparent)]
     Daemon(#[from] DaemonSettingsError),
+    #[error(transparent)]
+    Web(#[from] WebError),
 }
 
 impl Settings {
@@ -105,6 +131,10 @@ impl Settings {
     pub fn resolve(flags: Flags) -> Result<Settings, SettingsError> {
         let file: FileConfig = config_file::load_or_default(flags.daemon.config.as_deref(), None)?;
         let daemon = DaemonSettings::resolve(flags.daemon, file.daemon, ROLE)?;
+        let insecure = flags.web.insecure(&file.web);
+        let metrics = flags.web.metrics_listen.or(file.web.metrics_listen);
+        let metrics = WebListen::resolve(metrics, &daemon, insecure)?;
+        let http = WebListen::resolve(flags.http_listen.or(file.http_listen), &daemon, insecure)?;
         let mut user_limits = file.user_limits.unwrap_or_default();
         user_limits.extend(flags.user_limits);
         let half_life = flags
@@ -113,6 +143,9 @@ impl Settings {
             .unwrap_or(2.0);
         Ok(Settings {
             daemon,
+            metrics,
+            http,
+            accounting_db: flags.accounting_db.or(file.accounting_db),
             limits: Limits {
                 max_queued: flags.max_queued.or(file.max_queued).unwrap_or(10_000),
                 default_user_limit: flags
@@ -187,6 +220,10 @@ mod tests {
                 "munge MEXEC_MUNGE",
                 "munge-socket MEXEC_MUNGE_SOCKET",
                 "relay-from MEXEC_RELAY_FROM",
+                "metrics-listen MEXEC_METRICS_LISTEN",
+                "http-insecure",
+                "http-listen MEXEC_HTTP_LISTEN",
+                "accounting-db MEXEC_ACCOUNTING_DB",
             ],
         );
 
@@ -194,7 +231,8 @@ mod tests {
             max_queued = 1\ndefault_user_limit = 0\nuser_limits = { a = 1 }\n\
             usage_half_life_secs = 2\nlog_format = \"text\"\ntls_ca = \"/a\"\n\
             tls_cert = \"/b\"\ntls_key = \"/c\"\nallowed_users = [\"a\"]\n\
-            start_timeout_secs = 1\n";
+            start_timeout_secs = 1\nmetrics_listen = \"127.0.0.1:2\"\nhttp_listen = \"127.0.0.1:3\"\n\
+            accounting_db = \"/a.db\"\nhttp_insecure = false\n";
         let file: FileConfig =
             config_file::parse(std::path::Path::new("gk.toml"), every_key).unwrap();
         assert_eq!(file.usage_half_life_secs, Some(2.0));

@@ -11,9 +11,11 @@
 //!   handlers have in common.
 //! - `service`: the tonic handlers for membership, leases and status.
 //! - `relay`: running a client's job on a node and relaying it both ways.
+//! - `observe`: metrics, the live dashboard and per-user accounting.
 
 pub mod cluster;
 pub mod config;
+pub mod observe;
 mod registration;
 mod relay;
 mod service;
@@ -30,6 +32,7 @@ use tokio::net::TcpListener;
 
 use crate::daemon::{self, PeerStreams};
 use crate::request_limits::MAX_MESSAGE_BYTES;
+use crate::web;
 use cluster::Cluster;
 pub use config::{Flags, Settings, SettingsError};
 use shared::Shared;
@@ -46,9 +49,39 @@ const RELAY_TIMEOUTS: Timeouts = Timeouts {
     keepalive_timeout: Duration::from_secs(10),
 };
 
-/// Serves the gatekeeper on `listener` until `shutdown` resolves.
+/// The gatekeeper's HTTP listeners, bound, and its accounting database,
+/// opened: made by `mexec-gatekeeper` from its settings, so that a bad
+/// address or database stops it at start with a clear error.
+#[derive(Debug)]
+pub struct Observed {
+    /// `/metrics` alone (`--metrics-listen`).
+    pub metrics: Option<TcpListener>,
+    /// The dashboard and `/metrics` (`--http-listen`).
+    pub http: Option<TcpListener>,
+    pub accounting: observe::accounting::Accounting,
+}
+
+/// Serves the gatekeeper on `listener` until `shutdown` resolves, with
+/// accounting in memory and no HTTP listener.
 pub async fn run(
     listener: TcpListener,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let accounting =
+        observe::accounting::Accounting::open(None).expect("an in-memory database opens");
+    let observed = Observed {
+        metrics: None,
+        http: None,
+        accounting,
+    };
+    run_observed(listener, observed, settings, shutdown).await
+}
+
+/// `run`, with the HTTP listeners and accounting of `observed`.
+pub async fn run_observed(
+    listener: TcpListener,
+    observed: Observed,
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
@@ -60,14 +93,35 @@ pub async fn run(
         streams: PeerStreams::new(MAX_STREAMS_PER_PEER),
         start_timeout: daemon.start_timeout,
         lease_secret: Secret::generate(),
+        observe: observe::Observer::new(observed.accounting),
     });
-    let reaper = tokio::spawn(expire_silent_nodes(shared.clone()));
+    let mut tasks = vec![
+        tokio::spawn(expire_silent_nodes(shared.clone())),
+        tokio::spawn(observe::publish(shared.clone())),
+    ];
+    let web = |listen: &Option<web::WebListen>| listen.as_ref().map(|l| l.access.clone());
+    if let Some((listener, access)) = observed.metrics.zip(web(&settings.metrics)) {
+        tasks.push(tokio::spawn(observe::serve_metrics(
+            shared.clone(),
+            listener,
+            access,
+        )));
+    }
+    if let Some((listener, access)) = observed.http.zip(web(&settings.http)) {
+        tasks.push(tokio::spawn(observe::serve_http(
+            shared.clone(),
+            listener,
+            access,
+        )));
+    }
     let gatekeeper = GatekeeperServer::new(service::GatekeeperService::new(shared))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     // Nothing to drain: lease and membership streams end with their peers,
     // who find the next gatekeeper on their own.
     let result = daemon::serve(listener, daemon, gatekeeper, shutdown, async {}).await;
-    reaper.abort();
+    for task in tasks {
+        task.abort();
+    }
     result
 }
 

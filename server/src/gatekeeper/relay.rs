@@ -18,6 +18,7 @@ use super::cluster::{Grant, Wanted};
 use super::shared::{queue_full, Shared};
 use crate::auth::Caller;
 use crate::daemon::StreamPlace;
+use crate::metrics::LeaseResult;
 use crate::request_limits;
 
 type Outbound = mpsc::Sender<Result<RunResponse, Status>>;
@@ -57,9 +58,11 @@ pub async fn start(
         avoid: HashSet::new(),
         relayed: true,
     };
-    let (id, grant) = shared
-        .with(|c| c.enqueue(wanted.clone()))
-        .map_err(queue_full)?;
+    let (id, grant) = shared.with(|c| c.enqueue(wanted.clone())).map_err(|full| {
+        shared.observe.lease(LeaseResult::refused, None);
+        queue_full(full)
+    })?;
+    shared.observe.metrics.relayed();
     let (tx, rx) = mpsc::channel(8);
     tokio::spawn(async move {
         relay(shared, spec, wanted, id, grant, inbound, tx).await;

@@ -10,7 +10,7 @@ use mexec_proto::v1::gatekeeper_server::Gatekeeper;
 use mexec_proto::v1::{
     acquire_request, acquire_response, join_request, AcquireRequest, AcquireResponse,
     ClusterStatusReply, ClusterStatusRequest, JoinRequest, JoinResponse, Lease, LeaseRequest,
-    RunRequest, RunResponse,
+    RunRequest, RunResponse, UsageReply, UsageRequest,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,6 +22,7 @@ use super::relay;
 use super::shared::{queue_full, Shared};
 use crate::auth::Caller;
 use crate::daemon::{ResponseStream, StreamPlace};
+use crate::metrics::LeaseResult;
 
 /// The service object tonic calls.
 #[derive(Debug, Clone)]
@@ -151,7 +152,10 @@ impl Gatekeeper for GatekeeperService {
         let (id, grant) = self
             .shared
             .with(|c| c.enqueue(wanted(&lease_request, false)))
-            .map_err(queue_full)?;
+            .map_err(|full| {
+                self.shared.observe.lease(LeaseResult::refused, None);
+                queue_full(full)
+            })?;
         let (tx, rx) = mpsc::channel(2);
         let shared = self.shared.clone();
         tokio::spawn(async move {
@@ -188,6 +192,11 @@ impl Gatekeeper for GatekeeperService {
         });
         Ok(Response::new(reply))
     }
+
+    async fn usage(&self, _: Request<UsageRequest>) -> Result<Response<UsageReply>, Status> {
+        let rows = self.shared.observe.accounting.usage().await;
+        Ok(Response::new(UsageReply { rows }))
+    }
 }
 
 async fn membership(
@@ -222,11 +231,18 @@ async fn membership(
                     break;
                 }
             }
+            Ok(Some(JoinRequest {
+                msg: Some(join_request::Msg::JobStarted(start)),
+            })) if joined => shared.observe.job_started(&name, &start),
+            Ok(Some(JoinRequest {
+                msg: Some(join_request::Msg::JobEnded(end)),
+            })) if joined => shared.observe.job_ended(&name, &end),
             Ok(Some(_)) => {}
             Ok(None) | Err(_) => break,
         }
     }
     if shared.with(|c| c.leave(&name, conn)) {
+        shared.observe.node_left(&name);
         tracing::info!(node = %name, "node left");
     }
     drop(tx);

@@ -15,8 +15,10 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::{Status, Streaming};
 
 use super::cluster::{Cluster, Grant, QueueFull};
+use super::observe::Observer;
 use crate::auth::{Access, Caller};
 use crate::daemon::PeerStreams;
+use crate::metrics::LeaseResult;
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -34,6 +36,8 @@ pub struct Shared {
     /// Signs lease tickets; drawn at each start, so a restart voids the
     /// old tickets with the old leases.
     pub lease_secret: Secret,
+    /// Metrics, the dashboard's picture and accounting.
+    pub observe: Observer,
 }
 
 impl Shared {
@@ -91,8 +95,15 @@ impl Shared {
         out: &mpsc::Sender<Result<T, Status>>,
         queued: impl FnOnce(Queued) -> T,
     ) -> Option<Grant> {
+        let asked = std::time::Instant::now();
+        let granted = |grant: Grant| {
+            let waited = asked.elapsed().as_millis() as u64;
+            self.observe
+                .lease(LeaseResult::granted, Some((grant.lease_id, waited)));
+            grant
+        };
         if let Ok(grant) = grant.try_recv() {
-            return Some(grant);
+            return Some(granted(grant));
         }
         let waiting = Queued {
             node: "gatekeeper".into(),
@@ -100,9 +111,10 @@ impl Shared {
         };
         let _ = out.send(Ok(queued(waiting))).await;
         tokio::select! {
-            grant = &mut grant => grant.ok(),
+            grant = &mut grant => grant.ok().map(granted),
             _ = out.closed() => {
                 self.with(|c| c.cancel(id));
+                self.observe.lease(LeaseResult::cancelled, None);
                 None
             }
         }

@@ -13,6 +13,7 @@ use crate::executor::account::Account;
 use crate::executor::environment;
 use crate::executor::error::{self, JobError};
 use crate::executor::limits::{self, Exceeded, JobLimits};
+use crate::executor::observe::Outcome;
 use crate::executor::process::{self, Reaped};
 use crate::executor::valid_job::ValidJob;
 use crate::executor::NodeContext;
@@ -55,20 +56,38 @@ pub async fn report(
     let _ = out.send(message).await;
 }
 
+/// How a job that ran ended, for the metrics and the gatekeeper.
+pub fn outcome(killed: Option<Kill>, exit: &Exit) -> Outcome {
+    match (killed, &exit.status) {
+        (Some(Kill::Limit(_) | Kill::Timeout(_)), _) => Outcome::limit,
+        _ if !exit.limit.is_empty() => Outcome::limit,
+        (Some(Kill::ClientGone | Kill::Shutdown), _) => Outcome::lost,
+        (None, Some(exit::Status::Code(0))) if exit.error.is_empty() => Outcome::exit_zero,
+        // 255 with an error: the process was lost track of.
+        (None, Some(exit::Status::Code(255))) if !exit.error.is_empty() => Outcome::lost,
+        (None, Some(exit::Status::Code(_))) => Outcome::exit_nonzero,
+        (None, Some(exit::Status::Signal(_))) => Outcome::signal,
+        (None, None) => Outcome::lost,
+    }
+}
+
 /// Answers a job whose process could not be started: the command's exit
 /// as a shell gives it (127, 126), or a refusal the client can route
-/// around when the working directory is at fault.
+/// around when the working directory is at fault. Returns the exit sent,
+/// `None` for a refusal.
 pub async fn start_failed(
     ctx: &NodeContext,
     job: &ValidJob,
     started_at: Instant,
     err: &std::io::Error,
     out: &Outbound,
-) {
+) -> Option<Exit> {
     match start_failure(job.run_as.as_ref(), job, err) {
         Ok(exit) => {
             log_job(ctx, job, started_at, &exit);
+            let sent = exit.clone();
             let _ = out.send(Ok(response(run_response::Msg::Exit(exit)))).await;
+            Some(sent)
         }
         // Not the command's fault: the client should go elsewhere.
         Err(refusal) => {
@@ -80,6 +99,7 @@ pub async fn start_failed(
                 "job refused"
             );
             let _ = out.send(Err(refusal.into_status(&ctx.name))).await;
+            None
         }
     }
 }

@@ -13,6 +13,7 @@ mod end;
 mod input;
 mod output;
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,7 @@ use super::job_cgroup::JobCgroup;
 use super::launch::Entry;
 use super::limits::{Exceeded, JobLimits, Rlimits};
 use super::memory::Watch;
+use super::observe::Outcome;
 use super::process;
 use super::shared_tree;
 use super::valid_job::ValidJob;
@@ -59,7 +61,9 @@ pub async fn run(
     inbound: Streaming<RunRequest>,
     out: Outbound,
 ) {
+    let asked = Instant::now();
     let Some(slot) = take_slot(&ctx, ticket, &out).await else {
+        ctx.observe.refused();
         return;
     };
     let stale = shared_tree::refresh(&job.cwd, &ctx.seen_names).await;
@@ -72,25 +76,39 @@ pub async fn run(
     }
     let started_at = Instant::now();
     let started_wall = std::time::SystemTime::now();
+    ctx.observe.started(&job, started_at.duration_since(asked));
     let mut running = match Running::start(&ctx, &job, slot, inbound, &out, started_at).await {
         Ok(running) => running,
-        Err(err) => return end::start_failed(&ctx, &job, started_at, &err, &out).await,
+        Err(err) => {
+            let exit = end::start_failed(&ctx, &job, started_at, &err, &out).await;
+            // A command not found or not runnable (127, 126) exits; a
+            // working directory at fault is a refusal.
+            let outcome = match exit {
+                Some(_) => Outcome::exit_nonzero,
+                None => Outcome::refused,
+            };
+            return ctx.observe.ended(&job, outcome, exit.as_ref(), 0);
+        }
     };
+    let written = running.output.written();
     let ended = running.supervise(&ctx, &job, &out).await;
     let killed = ended.killed;
     let exit = running.finish(ended, &ctx.limits).await;
     // Before the exit goes out: whoever reads the outputs next is told
     // they are ready the moment it arrives.
     if ctx.write_back_outputs {
-        let written = shared_tree::write_back(&job.cwd, started_wall).await;
+        let back = shared_tree::write_back(&job.cwd, started_wall).await;
         tracing::info!(
             job = %job.spec.job_id,
-            files = written.files,
-            took_us = written.took.as_micros() as u64,
+            files = back.files,
+            took_us = back.took.as_micros() as u64,
             "outputs written back"
         );
     }
     shared_tree::remember(&job.cwd, &ctx.seen_names).await;
+    let outcome = end::outcome(killed, &exit);
+    ctx.observe
+        .ended(&job, outcome, Some(&exit), written.load(Ordering::Relaxed));
     end::report(&ctx, &job, started_at, killed, exit, &out).await;
 }
 

@@ -62,6 +62,11 @@ impl Output {
         }
     }
 
+    /// The bytes the job has written so far, counted as they are read.
+    pub fn written(&self) -> Arc<AtomicU64> {
+        self.budget.used.clone()
+    }
+
     /// The limit, once the job has gone over it.
     pub fn exceeded(&self) -> Option<u64> {
         self.budget.exceeded()
@@ -103,10 +108,10 @@ impl OutputBudget {
     /// Counts `bytes`; false once the job is over its limit (the job is
     /// then killed and the rest of its output dropped).
     fn take(&self, bytes: usize) -> bool {
+        let before = self.used.fetch_add(bytes as u64, Ordering::Relaxed);
         let Some(limit) = self.limit else {
             return true;
         };
-        let before = self.used.fetch_add(bytes as u64, Ordering::Relaxed);
         let within = before + bytes as u64 <= limit;
         if !within && before <= limit {
             let _ = self.over.send(Control::OutputLimit(limit));

@@ -1,0 +1,94 @@
+//! The gatekeeper's HTTP routes: the dashboard page and its assets
+//! (embedded in the binary: no network beyond the gatekeeper), the live
+//! picture as server-sent events, the same as JSON, and `/metrics`.
+//! Every route is a GET: nothing here can change the farm.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::header;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use futures_util::stream::Stream;
+use futures_util::StreamExt;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::WatchStream;
+
+use crate::gatekeeper::shared::Shared;
+use crate::web::{self, WebAccess};
+
+const INDEX: &str = include_str!("assets/index.html");
+const SCRIPT: &str = include_str!("assets/dashboard.js");
+const STYLE: &str = include_str!("assets/dashboard.css");
+
+/// Serves the dashboard and `/metrics` on `listener` until the task is
+/// aborted.
+pub async fn serve_http(shared: Arc<Shared>, listener: TcpListener, access: WebAccess) {
+    let router = Router::new()
+        .route(
+            "/",
+            get(|| async { page(INDEX, "text/html; charset=utf-8") }),
+        )
+        .route(
+            "/dashboard.js",
+            get(|| async { page(SCRIPT, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/dashboard.css",
+            get(|| async { page(STYLE, "text/css; charset=utf-8") }),
+        )
+        .route("/events", get(events))
+        .route("/snapshot.json", get(snapshot))
+        .merge(metrics_routes())
+        .with_state(shared);
+    serve(listener, access, router).await;
+}
+
+/// Serves `/metrics` alone on `listener` until the task is aborted.
+pub async fn serve_metrics(shared: Arc<Shared>, listener: TcpListener, access: WebAccess) {
+    serve(listener, access, metrics_routes().with_state(shared)).await;
+}
+
+async fn serve(listener: TcpListener, access: WebAccess, router: Router) {
+    if let Err(err) = web::serve(listener, access, router, std::future::pending()).await {
+        tracing::error!(%err, "HTTP listener stopped");
+    }
+}
+
+fn metrics_routes() -> Router<Arc<Shared>> {
+    Router::new().route("/metrics", get(metrics))
+}
+
+fn page(text: &'static str, content_type: &'static str) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, content_type)], text)
+}
+
+async fn metrics(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+) -> impl IntoResponse {
+    let (nodes, users, _) = shared.with(|c| c.status());
+    let text = shared.observe.metrics.encode(&nodes, &users);
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text)
+}
+
+async fn snapshot(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+) -> impl IntoResponse {
+    let text = shared.observe.snapshot.borrow().clone();
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        (*text).clone(),
+    )
+}
+
+/// The picture at once, then every time it is made again.
+async fn events(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let pictures = WatchStream::new(shared.observe.snapshot.subscribe())
+        .map(|text| Ok(Event::default().event("snapshot").data(text.as_str())));
+    Sse::new(pictures).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}

@@ -1,0 +1,179 @@
+//! Serving a router on an HTTP listener: plain HTTP, or HTTPS that wants a
+//! client certificate from the cluster CA, with the token checked in front
+//! of every route in token mode. Connections are accepted under the gRPC
+//! listeners' caps (per peer, in all, first bytes within 10 s:
+//! `daemon::incoming`). Each connection ends when the daemon stops (an
+//! event stream would otherwise keep it up for ever).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use mexec_common::tls::Tls;
+use mexec_common::token::Token;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::StreamExt;
+
+use super::{WebAccess, WebError};
+use crate::daemon;
+
+/// A TLS handshake that has not finished by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP keepalive on accepted connections, as on the gRPC listeners.
+const KEEPALIVE: Duration = Duration::from_secs(5);
+
+/// Binds `listen`, warning when the listener is open beyond loopback
+/// (which `WebAccess::resolve` allows only with `--http-insecure`).
+pub async fn bind(listen: SocketAddr, access: &WebAccess) -> Result<TcpListener, WebError> {
+    if access.is_open() && !listen.ip().is_loopback() {
+        tracing::warn!(
+            %listen,
+            "serving HTTP beyond loopback without TLS or token (--http-insecure): \
+             anyone who reaches it sees the farm's users and commands"
+        );
+    }
+    TcpListener::bind(listen)
+        .await
+        .map_err(|source| WebError::Bind { listen, source })
+}
+
+/// Serves `router` on `listener` under `access` until `stop` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    access: WebAccess,
+    router: Router,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), WebError> {
+    let router = match access.token.clone() {
+        Some(token) => router.layer(middleware::from_fn(move |request, next| {
+            require_token(token.clone(), request, next)
+        })),
+        None => router,
+    };
+    let acceptor = access.tls.as_ref().map(acceptor).transpose()?;
+    let (stopped_tx, stopped) = watch::channel(false);
+    let mut incoming = daemon::incoming(listener, KEEPALIVE);
+    tokio::pin!(stop);
+    loop {
+        let tcp = tokio::select! {
+            accepted = incoming.next() => match accepted {
+                Some(Ok(conn)) => conn,
+                Some(Err(_)) => continue,
+                None => break,
+            },
+            _ = &mut stop => break,
+        };
+        let (router, acceptor, stopped) = (router.clone(), acceptor.clone(), stopped.clone());
+        tokio::spawn(async move {
+            match acceptor {
+                None => connection(tcp, router, stopped).await,
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                    // No certificate, or one the CA did not sign: no request
+                    // is read.
+                    if let Ok(Ok(tls)) = handshake.await {
+                        connection(tls, router, stopped).await;
+                    }
+                }
+            }
+        });
+    }
+    let _ = stopped_tx.send(true);
+    Ok(())
+}
+
+/// Serves one connection, HTTP/1.1 or HTTP/2, until it ends or the daemon
+/// stops.
+async fn connection<I>(io: I, router: Router, mut stopped: watch::Receiver<bool>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let serving = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(router));
+    tokio::select! {
+        _ = serving => {}
+        _ = stopped.wait_for(|stopped| *stopped) => {}
+    }
+}
+
+/// Refuses a request without the token, in its header or (for a
+/// browser) as `?token=`.
+async fn require_token(token: Token, request: Request, next: Next) -> Response {
+    let mut metadata = tonic::metadata::MetadataMap::from_headers(request.headers().clone());
+    if let Some(sent) = query_token(request.uri().query()) {
+        if let Ok(value) = format!("Bearer {sent}").parse() {
+            metadata.insert(mexec_common::token::METADATA_KEY, value);
+        }
+    }
+    if token.admits(&metadata) {
+        next.run(request).await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong token: send `Authorization: Bearer TOKEN` or add ?token=TOKEN\n",
+        )
+            .into_response()
+    }
+}
+
+fn query_token(query: Option<&str>) -> Option<&str> {
+    query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("token="))
+}
+
+/// A TLS acceptor that wants a client certificate from the cluster CA.
+fn acceptor(tls: &Tls) -> Result<TlsAcceptor, WebError> {
+    let bad = |what: &str, err: &dyn std::fmt::Display| WebError::Tls(format!("{what}: {err}"));
+    let pem = tls.pem();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(&pem.ca) {
+        let ca = ca.map_err(|e| bad("the CA certificate", &e))?;
+        roots.add(ca).map_err(|e| bad("the CA certificate", &e))?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| bad("the CA certificate", &e))?;
+    let chain = CertificateDer::pem_slice_iter(&pem.cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("the certificate", &e))?;
+    let key = PrivateKeyDer::from_pem_slice(&pem.key).map_err(|e| bad("the key", &e))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("TLS", &e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| bad("the certificate and key", &e))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_is_found_among_query_pairs() {
+        assert_eq!(query_token(Some("a=1&token=xyz")), Some("xyz"));
+        assert_eq!(query_token(Some("a=1")), None);
+        assert_eq!(query_token(None), None);
+    }
+}
