@@ -53,6 +53,8 @@ pub async fn acquire(
             program: job.program(),
             avoid: avoid.to_vec(),
             want_nodes: cache.is_stale(),
+            toolchain: job.toolchain.clone(),
+            require: job.require.clone(),
         })),
     });
     let mut responses = GatekeeperClient::new(channel)

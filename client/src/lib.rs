@@ -12,6 +12,8 @@
 //! - `masquerade`: finding the real compiler behind a symlink named `gcc`.
 //! - `executor_view`: the job as the executors see it (mapped paths, and the
 //!   environment a client on another operating system sends).
+//! - `toolchain_cache`: our fingerprint of a job's compiler, kept between
+//!   jobs in the user's private state directory.
 //! - `job`: the whole job, made once from the invocation and the settings.
 //! - `outcome`: how an attempt ended: not started, finished, lost.
 //! - `failed_call`: what a failed call means, from the refusal kind, the
@@ -56,6 +58,7 @@ pub mod placement;
 pub mod retry;
 pub mod settings;
 pub mod status;
+pub mod toolchain_cache;
 
 /// mexec's own failures exit with this code, as ssh does.
 pub const EXIT_MEXEC_FAILURE: i32 = 255;

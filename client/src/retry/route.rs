@@ -429,6 +429,8 @@ mod tests {
                 forward_stdin: false,
                 repeatable: true,
                 for_executors: ExecutorView::default(),
+                toolchain: None,
+                require: Vec::new(),
             };
             Run {
                 settings: Settings::default(),

@@ -80,6 +80,10 @@ pub struct Flags {
     /// Streams one peer address may hold open at once [default: 1024].
     #[arg(long, env = "MEXEC_MAX_STREAMS_PER_PEER")]
     pub max_streams_per_peer: Option<usize>,
+    /// A label jobs may require (`mexec --require label:KEY`): KEY=VALUE
+    /// or KEY (repeatable; MEXEC_LABELS: comma-separated).
+    #[arg(long = "label", env = "MEXEC_LABELS", value_delimiter = ',', value_name = "KEY[=VALUE]")]
+    pub labels: Vec<String>,
 }
 
 /// The flags that bound what one job may use.
@@ -186,6 +190,9 @@ pub struct FileConfig {
     /// With `desktop`: below this much available memory (MiB) admit
     /// nothing. Default: 1/10 of RAM.
     pub desktop_min_available_mib: Option<u64>,
+    /// Labels jobs may require, "KEY=VALUE" or "KEY", used when no
+    /// `--label` is given. Default: none.
+    pub labels: Option<Vec<String>>,
     /// Any other key is refused.
     #[serde(flatten)]
     _other: NoOtherKeys,
@@ -220,6 +227,8 @@ pub struct Settings {
     pub max_streams_per_peer: usize,
     /// A desktop node's policy; `None` for a node of the farm.
     pub desktop: Option<DesktopPolicy>,
+    /// Labels, "KEY=VALUE" or "KEY", reported with the node's properties.
+    pub labels: Vec<String>,
 }
 
 /// Why the settings were refused.
@@ -233,6 +242,8 @@ pub enum SettingsError {
     Account(#[from] AccountError),
     #[error("--slots must be at least 1")]
     NoSlots,
+    #[error("--label / labels: {0}")]
+    BadLabel(String),
     #[error("--reclaim gives a desktop's jobs back to its owner: it needs --desktop")]
     ReclaimWithoutDesktop,
     #[error(
@@ -260,6 +271,12 @@ impl Settings {
             return Err(SettingsError::NoSlots);
         }
         let desktop = desktop_policy(&flags.desktop, &file, slots)?;
+        let labels = non_empty(flags.labels)
+            .or(file.labels)
+            .unwrap_or_default();
+        for label in &labels {
+            mexec_common::properties::check_label(label).map_err(SettingsError::BadLabel)?;
+        }
         let daemon = DaemonSettings::resolve(flags.daemon, file.daemon, ROLE)?;
         Ok(Settings {
             daemon,
@@ -284,6 +301,7 @@ impl Settings {
                 .unwrap_or(DEFAULT_MAX_STREAMS_PER_PEER)
                 .max(1),
             desktop,
+            labels,
         })
     }
 }
@@ -543,6 +561,7 @@ mod tests {
                 "reclaim MEXEC_RECLAIM",
                 "reclaim-after-ms MEXEC_RECLAIM_AFTER_MS",
                 "desktop-min-available-mib MEXEC_DESKTOP_MIN_AVAILABLE_MIB",
+                "label MEXEC_LABELS",
             ],
         );
 
@@ -555,7 +574,7 @@ mod tests {
             max_address_space_mib = 1\nmax_output_mib = 1\nmax_open_files = 1\n\
             max_processes = 1\nmax_stdin_bytes_per_sec = 1\nstart_timeout_secs = 1\nmax_streams_per_peer = 1\n\
             desktop = true\nreclaim = true\nreclaim_after_ms = 1\n\
-            desktop_min_available_mib = 1\n";
+            desktop_min_available_mib = 1\nlabels = [\"gpu\"]\n";
         let file: FileConfig =
             config_file::parse(std::path::Path::new("mexecd.toml"), every_key).unwrap();
         assert_eq!(file.daemon.token_file, Some("/t".into()));

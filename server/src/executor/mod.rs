@@ -28,6 +28,10 @@
 //! - `owner_load`: what a desktop offers, decided from samples (no I/O).
 //! - `priority`: the CPU and I/O priority jobs run at.
 //! - `error`: refusals and their gRPC statuses.
+//! - `toolchains`: the fingerprints of the compilers this node runs, kept
+//!   current and reported with the load.
+//! - `fit`: whether the node has what a job requires, and the client's
+//!   compiler.
 
 mod account;
 mod admission;
@@ -36,6 +40,7 @@ pub mod config;
 mod desktop;
 mod environment;
 mod error;
+mod fit;
 pub mod group_keeper;
 mod job;
 pub mod lease_check;
@@ -50,6 +55,7 @@ mod priority;
 mod process;
 mod procfs;
 mod service;
+mod toolchains;
 mod valid_job;
 
 use std::future::Future;
@@ -115,13 +121,20 @@ pub struct NodeContext {
     pub desktop: Option<Arc<desktop::Desktop>>,
     /// The CPU and I/O priority jobs run at.
     pub priority: JobPriority,
+    /// The fingerprints of the compilers jobs asked to check.
+    pub toolchains: Arc<toolchains::Toolchains>,
+    /// What jobs may require of this node (os, arch, CPU, labels...).
+    pub properties: mexec_common::properties::Properties,
 }
 
 impl NodeContext {
     /// The node's load now.
     pub fn load_report(&self) -> LoadReport {
         let offer = self.desktop.as_ref().map(|d| d.offer());
-        load::report(&self.name, self.admission.counts(), offer.as_ref())
+        let mut report = load::report(&self.name, self.admission.counts(), offer.as_ref());
+        report.toolchains = self.toolchains.report();
+        report.properties = self.properties.clone();
+        report
     }
 
     /// Resolves when the job of `spec` is to be given back to a desktop's
@@ -191,6 +204,10 @@ pub async fn run(
         let config = join_config(&settings, gatekeeper, listener.local_addr().ok());
         tokio::spawn(membership::stay_joined(ctx.clone(), config))
     });
+    let admission = ctx.admission.clone();
+    let toolchain_watch = tokio::spawn(toolchains::watch(ctx.toolchains.clone(), move || {
+        admission.announce()
+    }));
     let executor = ExecutorServer::new(service::ExecutorService::new(ctx.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let drain = drain(
@@ -203,6 +220,7 @@ pub async fn run(
     for task in [membership, sampler].into_iter().flatten() {
         task.abort();
     }
+    toolchain_watch.abort();
     result
 }
 
@@ -231,6 +249,8 @@ fn node_context(
         } else {
             JobPriority::Normal
         },
+        toolchains: toolchains::Toolchains::new(),
+        properties: mexec_common::properties::this_machine(&settings.labels),
     }
 }
 

@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::error::JobError;
 use super::valid_job::ValidJob;
-use super::{job, NodeContext};
+use super::{fit, job, NodeContext};
 use crate::auth::Caller;
 use crate::daemon::{ResponseStream, StreamPlace};
 
@@ -103,6 +103,7 @@ async fn start_job(
         .check(&ctx.name, &spec.user, spec.lease.as_ref(), now)
         .map_err(JobError::Lease)?;
     let valid = ValidJob::new(spec, ctx.policy.as_ref())?;
+    fit::check(&ctx, &valid).await?;
     let ticket = ctx.admission.admit()?;
     let (tx, rx) = mpsc::channel(job::OUTPUT_QUEUE);
     tokio::spawn(async move {

@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::cluster::{Grant, Reach, Wanted, HEARTBEAT};
 use super::registration;
+use super::fit::Needs;
 use super::relay;
 use super::shared::{queue_full, Shared};
 use crate::auth::Caller;
@@ -71,6 +72,10 @@ fn wanted(request: &LeaseRequest, relayed: bool) -> Wanted {
         program: request.program.clone(),
         avoid: request.avoid.iter().cloned().collect(),
         relayed,
+        needs: Needs {
+            toolchain: request.toolchain.clone(),
+            require: request.require.clone(),
+        },
     }
 }
 
@@ -141,9 +146,13 @@ impl Gatekeeper for GatekeeperService {
         };
         // Fair shares and per-user limits go by the certificate's user.
         lease_request.user = self.shared.job_user(caller.as_ref(), &lease_request.user)?;
+        let wanted = wanted(&lease_request, false);
+        if let Some(refusal) = self.shared.with(|c| c.unplaceable(&wanted)) {
+            return Err(refusal);
+        }
         let (id, grant) = self
             .shared
-            .with(|c| c.enqueue(wanted(&lease_request, false)))
+            .with(|c| c.enqueue(wanted))
             .map_err(queue_full)?;
         let (tx, rx) = mpsc::channel(2);
         let shared = self.shared.clone();
