@@ -26,6 +26,8 @@
 //! - `retry`: the retry loop: next node, back-off, another route, local
 //!   fallback.
 //! - `status`: `mexec --status`.
+//! - `status_toolchains`: what it says of each node's compilers (marked
+//!   where they are not ours) and properties.
 //!
 //! Helpers used along the way:
 //! - `placement`: choosing a node, with load shared between client
@@ -58,6 +60,7 @@ pub mod placement;
 pub mod retry;
 pub mod settings;
 pub mod status;
+pub mod status_toolchains;
 pub mod toolchain_cache;
 
 /// mexec's own failures exit with this code, as ssh does.

@@ -23,7 +23,11 @@ pub fn fingerprint(
     env: &[(OsString, OsString)],
     cwd: &Path,
 ) -> Option<ToolchainFingerprint> {
-    let path_var = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_os_str());
+    let path_var = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_os_str());
     let driver = toolchain::resolve_program(program, path_var, cwd)?;
     let name = program.to_string_lossy();
     let file = cache_file(&SharedState::for_this_user(), &name, &driver);

@@ -114,10 +114,7 @@ pub fn parse_all(texts: &[String]) -> Result<Vec<Requirement>, BadRequirement> {
 pub fn unmet<'a>(texts: &'a [String], properties: &Properties) -> Vec<&'a str> {
     texts
         .iter()
-        .filter(|t| {
-            !t.parse::<Requirement>()
-                .is_ok_and(|r| r.met_by(properties))
-        })
+        .filter(|t| !t.parse::<Requirement>().is_ok_and(|r| r.met_by(properties)))
         .map(String::as_str)
         .collect()
 }
@@ -224,7 +221,13 @@ mod tests {
             let r: Requirement = yes.parse().unwrap();
             assert!(r.met_by(&p), "{yes}: {p:?}");
         }
-        for no in ["arch=sparc", "label:wine", "label:rack=r8", "cores>=100000", "cpu:nosuchflag"] {
+        for no in [
+            "arch=sparc",
+            "label:wine",
+            "label:rack=r8",
+            "cores>=100000",
+            "cpu:nosuchflag",
+        ] {
             let r: Requirement = no.parse().unwrap();
             assert!(!r.met_by(&p), "{no}");
         }
@@ -234,7 +237,15 @@ mod tests {
 
     #[test]
     fn a_bad_requirement_says_what_is_allowed() {
-        for bad in ["arch", "=x", "arch=", "label:", "cpu:", "mem_mib>=lots", "a b=c"] {
+        for bad in [
+            "arch",
+            "=x",
+            "arch=",
+            "label:",
+            "cpu:",
+            "mem_mib>=lots",
+            "a b=c",
+        ] {
             let err = bad.parse::<Requirement>().unwrap_err();
             assert!(err.to_string().contains("use KEY=VALUE"), "{bad}: {err}");
         }

@@ -67,7 +67,10 @@ mod tests {
         let ours = fp("gcc", "aaaaaaaaaaaaaaaa");
         assert_eq!(mismatch("n1", &[], &ours), None);
         assert_eq!(mismatch("n1", &[fp("cc", "bb")], &ours), None);
-        assert_eq!(mismatch("n1", &[fp("gcc", "aaaaaaaaaaaaaaaa")], &ours), None);
+        assert_eq!(
+            mismatch("n1", &[fp("gcc", "aaaaaaaaaaaaaaaa")], &ours),
+            None
+        );
         let found = mismatch("n1", &[fp("gcc", "bbbbbbbbbbbbbbbb")], &ours).unwrap();
         assert_eq!(
             found.to_string(),

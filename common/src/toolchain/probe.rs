@@ -64,8 +64,7 @@ pub enum ProbeError {
 /// The executable `program` names, as a shell would find it: a path with
 /// a slash from `cwd`, else the first match on `path_var`.
 pub fn resolve_program(program: &OsStr, path_var: Option<&OsStr>, cwd: &Path) -> Option<PathBuf> {
-    if Path::new(program).components().count() > 1 || program.as_encoded_bytes().contains(&b'/')
-    {
+    if Path::new(program).components().count() > 1 || program.as_encoded_bytes().contains(&b'/') {
         let path = cwd.join(program);
         return is_executable(&path).then_some(path);
     }
@@ -110,7 +109,10 @@ pub fn compute(
     };
     let target = probe.ask("-dumpmachine")?;
     let mut files = vec![("driver".to_owned(), driver.to_owned())];
-    let path_var = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_os_str());
+    let path_var = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_os_str());
     for name in PROGRAMS {
         let Ok(answer) = probe.ask(&format!("-print-prog-name={name}")) else {
             continue;
@@ -279,25 +281,43 @@ mod tests {
         let gcc = resolve_program(OsStr::new("gcc"), path.as_deref(), Path::new("/"))
             .expect("gcc on PATH");
         let real = compute("gcc", &gcc, &env(), None).unwrap();
-        assert!(!real.version.is_empty() && real.target.contains('-'), "{real:?}");
+        assert!(
+            !real.version.is_empty() && real.target.contains('-'),
+            "{real:?}"
+        );
         assert_eq!(real.digest.len(), 64);
         let roles = real.files.len();
         assert!(roles >= 3, "driver, cc1 and as at least: {:?}", real.files);
-        assert!(real.files.iter().any(|s| s.path.ends_with("cc1")), "{real:?}");
+        assert!(
+            real.files.iter().any(|s| s.path.ends_with("cc1")),
+            "{real:?}"
+        );
         assert!(real.is_current());
         // The same compiler again: the same digest.
-        assert_eq!(compute("gcc", &gcc, &env(), None).unwrap().digest, real.digest);
+        assert_eq!(
+            compute("gcc", &gcc, &env(), None).unwrap().digest,
+            real.digest
+        );
 
         let dir = std::env::temp_dir().join(format!("mexec-probe-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let wrapper = dir.join("gcc");
-        std::fs::write(&wrapper, format!("#!/bin/sh\nexec {} -DODD \"$@\"\n", gcc.display()))
-            .unwrap();
+        std::fs::write(
+            &wrapper,
+            format!("#!/bin/sh\nexec {} -DODD \"$@\"\n", gcc.display()),
+        )
+        .unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
         let odd = compute("gcc", &wrapper, &env(), None).unwrap();
-        assert_eq!((odd.version.as_str(), odd.target.as_str()), (real.version.as_str(), real.target.as_str()));
-        assert_ne!(odd.digest, real.digest, "the wrapper is part of the toolchain");
+        assert_eq!(
+            (odd.version.as_str(), odd.target.as_str()),
+            (real.version.as_str(), real.target.as_str())
+        );
+        assert_ne!(
+            odd.digest, real.digest,
+            "the wrapper is part of the toolchain"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

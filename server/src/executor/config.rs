@@ -82,7 +82,12 @@ pub struct Flags {
     pub max_streams_per_peer: Option<usize>,
     /// A label jobs may require (`mexec --require label:KEY`): KEY=VALUE
     /// or KEY (repeatable; MEXEC_LABELS: comma-separated).
-    #[arg(long = "label", env = "MEXEC_LABELS", value_delimiter = ',', value_name = "KEY[=VALUE]")]
+    #[arg(
+        long = "label",
+        env = "MEXEC_LABELS",
+        value_delimiter = ',',
+        value_name = "KEY[=VALUE]"
+    )]
     pub labels: Vec<String>,
 }
 
@@ -271,9 +276,7 @@ impl Settings {
             return Err(SettingsError::NoSlots);
         }
         let desktop = desktop_policy(&flags.desktop, &file, slots)?;
-        let labels = non_empty(flags.labels)
-            .or(file.labels)
-            .unwrap_or_default();
+        let labels = non_empty(flags.labels).or(file.labels).unwrap_or_default();
         for label in &labels {
             mexec_common::properties::check_label(label).map_err(SettingsError::BadLabel)?;
         }

@@ -97,7 +97,12 @@ impl Toolchains {
     /// driver that no longer answers is forgotten. Blocking.
     fn remake(&self, known: Known) -> (Option<Fingerprint>, bool) {
         let program = known.fingerprint.program.clone();
-        let made = toolchain::compute(&program, &known.fingerprint.driver, &known.env, known.run_as);
+        let made = toolchain::compute(
+            &program,
+            &known.fingerprint.driver,
+            &known.env,
+            known.run_as,
+        );
         let mut table = self.known.lock().unwrap_or_else(|e| e.into_inner());
         let before = table.get(&program).map(|k| k.fingerprint.to_proto());
         match made {

@@ -481,7 +481,11 @@ impl Cluster {
         let fits = |n: &&Node| wanted.needs.met_by(&n.name, &n.report);
         // Avoiding is a preference: when every member that fits is avoided
         // (a one-node cluster lost a job once), any of them will do.
-        let all_avoided = self.nodes.values().filter(fits).all(|n| avoid.contains(&n.name));
+        let all_avoided = self
+            .nodes
+            .values()
+            .filter(fits)
+            .all(|n| avoid.contains(&n.name));
         self.nodes
             .values()
             .filter(fits)

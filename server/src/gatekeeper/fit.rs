@@ -37,7 +37,10 @@ impl Needs {
     ) -> Option<Status> {
         let mut members = members.peekable();
         members.peek()?;
-        if members.clone().any(|(name, report)| self.met_by(name, report)) {
+        if members
+            .clone()
+            .any(|(name, report)| self.met_by(name, report))
+        {
             return None;
         }
         let unmet: Vec<String> = members
@@ -106,11 +109,20 @@ mod tests {
         assert!(!needs.met_by("n2", &odd));
         assert!(!needs.met_by("n4", &member(Some("aaaa"), &[])));
 
-        assert!(needs.refusal([("n1", &same), ("n2", &odd)].into_iter()).is_none());
-        assert!(needs.refusal(std::iter::empty()).is_none(), "no members: wait");
+        assert!(needs
+            .refusal([("n1", &same), ("n2", &odd)].into_iter())
+            .is_none());
+        assert!(
+            needs.refusal(std::iter::empty()).is_none(),
+            "no members: wait"
+        );
         let status = needs.refusal([("n2", &odd)].into_iter()).unwrap();
         assert_eq!(Refusal::of(&status), Some(Refusal::Toolchain));
-        assert!(status.message().contains("node n2: gcc is 12.2.0"), "{}", status.message());
+        assert!(
+            status.message().contains("node n2: gcc is 12.2.0"),
+            "{}",
+            status.message()
+        );
         let plain = member(Some("aaaa"), &[]);
         let status = needs.refusal([("n4", &plain)].into_iter()).unwrap();
         assert_eq!(Refusal::of(&status), Some(Refusal::UnmetRequirement));

@@ -17,8 +17,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::cluster::{Grant, Reach, Wanted, HEARTBEAT};
-use super::registration;
 use super::fit::Needs;
+use super::registration;
 use super::relay;
 use super::shared::{queue_full, Shared};
 use crate::auth::Caller;
