@@ -389,3 +389,96 @@ fn compiles_go_only_to_nodes_with_our_compiler_until_the_odd_one_is_replaced() {
         );
     }
 }
+
+/// Where `count` runs of `mexec ARGS -- true` went, by node; all must
+/// succeed.
+fn placements(
+    mut command: impl FnMut() -> Command,
+    count: usize,
+    log: &Path,
+) -> HashMap<String, usize> {
+    let _ = std::fs::remove_file(log);
+    for _ in 0..count {
+        let out = command().env("MEXEC_JOBLOG", log).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let jobs: Vec<serde_json::Value> = std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    nodes_of(&jobs)
+}
+
+#[test]
+fn require_places_only_on_nodes_with_the_property_and_an_unmet_one_is_an_error() {
+    let mut farm = mexec_testkit::GatedFarm::start(&[], &[]);
+    for (name, label) in [("n1", "gpu"), ("n2", "rack=r2"), ("n3", "rack=r3")] {
+        farm.add_with(name, 2, &["--label", label, "--direct-jobs", "allow"]);
+    }
+    assert!(wait_until(Duration::from_secs(10), || farm.members().len() == 3));
+    let nodes: String = farm
+        .executors
+        .iter()
+        .map(Executor::node)
+        .collect::<Vec<_>>()
+        .join(",");
+    let dir = job_dir();
+    let log = dir.path().join("jobs.jsonl");
+    let gated = |args: &[&str]| {
+        let mut command = farm.mexec(dir.path(), args);
+        command.env_remove("MEXEC_REQUIRE");
+        command
+    };
+    let direct = |args: &[&str]| {
+        let mut command = gated(args);
+        command
+            .env("MEXEC_NODES", &nodes)
+            .env_remove("MEXEC_GATEKEEPER");
+        command
+    };
+    for (way, run) in [
+        ("gated", &gated as &dyn Fn(&[&str]) -> Command),
+        ("direct", &direct),
+    ] {
+        let on = placements(
+            || run(&["--no-local", "--require", "label:gpu", "--", "true"]),
+            6,
+            &log,
+        );
+        println!("{way} --require label:gpu: {on:?}");
+        assert_eq!(on, HashMap::from([("n1".to_owned(), 6)]), "{way}");
+        let on = placements(
+            || {
+                let mut c = run(&["--no-local", "--", "true"]);
+                c.env("MEXEC_REQUIRE", "label:rack=r2, os=linux");
+                c
+            },
+            4,
+            &log,
+        );
+        println!("{way} MEXEC_REQUIRE=label:rack=r2,os=linux: {on:?}");
+        assert_eq!(on, HashMap::from([("n2".to_owned(), 4)]), "{way}");
+
+        // No node has it: an error, and never a local run (this machine is
+        // not known to have it either).
+        let out = run(&["--require", "label:wine", "--", "touch", "ran-here"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        println!("{way} --require label:wine: {stderr}");
+        assert_eq!(out.status.code(), Some(255), "{way}: {stderr}");
+        assert!(stderr.contains("lack"), "{way}: {stderr}");
+        assert!(stderr.contains("label:wine"), "{way}: {stderr}");
+        assert!(
+            stderr.contains("not running it locally: it requires label:wine"),
+            "{way}: {stderr}"
+        );
+        assert!(!dir.path().join("ran-here").exists(), "{way}");
+    }
+    let out = gated(&["--require", "arch", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("requirement `arch`: use KEY=VALUE"));
+}
