@@ -198,6 +198,19 @@ fn hash_file(hash: &mut Context, path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Runs `command` as `run_as` (std clears the supplementary groups too).
+#[cfg(unix)]
+fn as_account(command: &mut Command, run_as: Option<RunAs>) {
+    use std::os::unix::process::CommandExt;
+    if let Some(run_as) = run_as {
+        command.uid(run_as.uid).gid(run_as.gid);
+    }
+}
+
+/// Only the daemons, which run on Unix, ask as another account.
+#[cfg(not(unix))]
+fn as_account(_command: &mut Command, _run_as: Option<RunAs>) {}
+
 /// One driver, asked one question at a time.
 struct Probe<'a> {
     driver: &'a Path,
@@ -218,11 +231,7 @@ impl Probe<'_> {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
-        #[cfg(unix)]
-        if let Some(run_as) = self.run_as {
-            use std::os::unix::process::CommandExt;
-            command.uid(run_as.uid).gid(run_as.gid);
-        }
+        as_account(&mut command, self.run_as);
         let mut child = command.spawn().map_err(|source| ProbeError::Run {
             driver: shown(),
             arg: arg.to_owned(),

@@ -32,6 +32,9 @@ struct Known {
 #[derive(Debug, Default)]
 pub struct Toolchains {
     known: Mutex<HashMap<String, Known>>,
+    /// Held while a fingerprint is made, so that the first jobs of a
+    /// `make -j50` make it once and the others find it made.
+    making: tokio::sync::Mutex<()>,
 }
 
 impl Toolchains {
@@ -70,6 +73,10 @@ impl Toolchains {
         if let Some(current) = self.current(&job.argv0, &driver) {
             return (Some(current), false);
         }
+        let _making = self.making.lock().await;
+        if let Some(current) = self.current(&job.argv0, &driver) {
+            return (Some(current), false);
+        }
         let known = Known {
             fingerprint: placeholder(&job.argv0, driver),
             env: environment::for_job(&job.spec, run_as),
@@ -79,10 +86,9 @@ impl Toolchains {
             }),
         };
         let this = self.clone();
-        let made = tokio::task::spawn_blocking(move || this.remake(known))
+        tokio::task::spawn_blocking(move || this.remake(known))
             .await
-            .unwrap_or((None, false));
-        made
+            .unwrap_or((None, false))
     }
 
     /// The fingerprint of `program` if it is for `driver` and still current.
