@@ -237,11 +237,18 @@ impl Farm {
     }
 
     fn status(&self, gated: bool) -> serde_json::Value {
-        let project = Project {
-            dir: tempfile::tempdir().unwrap(),
-        };
+        self.status_in(
+            &Project {
+                dir: tempfile::tempdir().unwrap(),
+            },
+            gated,
+        )
+    }
+
+    /// `--status --json` with the PATH of `project`, whose gcc it compares.
+    fn status_in(&self, project: &Project, gated: bool) -> serde_json::Value {
         let out = self
-            .mexec(&project, gated, &["--status", "--json"])
+            .mexec(project, gated, &["--status", "--json"])
             .output()
             .unwrap();
         serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
@@ -324,6 +331,39 @@ fn compiles_go_only_to_nodes_with_our_compiler_until_the_odd_one_is_replaced() {
         !odd.is_empty() && !good.is_empty() && odd != good,
         "{odd} {good}"
     );
+    // --status marks the odd node, in the table and in JSON, both ways.
+    let table = farm.mexec(&project, true, &["--status"]).output().unwrap();
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    println!("{table}");
+    let line = |node: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(node) && l.contains(" gcc "))
+            .unwrap_or_else(|| panic!("no gcc line for {node}:\n{table}"))
+            .to_owned()
+    };
+    assert!(line("n3 ").contains("DIFFERS: here "), "{table}");
+    assert!(line("n1 ").ends_with("same as here"), "{table}");
+    let direct = farm.status_in(&project, false);
+    let same = |node: &str| {
+        direct
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["node"] == node)
+            .map(|n| n["toolchains"]["gcc"]["same_as_client"].clone())
+    };
+    assert_eq!(
+        same("n3"),
+        Some(serde_json::Value::Bool(false)),
+        "{direct:#}"
+    );
+    assert_eq!(
+        same("n1"),
+        Some(serde_json::Value::Bool(true)),
+        "{direct:#}"
+    );
+    assert!(direct[0]["properties"]["arch"].is_string(), "{direct:#}");
 
     // Only the odd node, directly: the compile runs here, saying why.
     let odd_only = farm.lan.address(ODD, EXECUTOR_PORT);
