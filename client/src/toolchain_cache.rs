@@ -102,6 +102,13 @@ mod tests {
         let cached = read(&file).expect("saved");
         assert_eq!(cached, made);
         assert!(cached.is_current());
+        // A file others could have written is not trusted: it could claim
+        // any fingerprint and steer our compiles.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(read(&file).is_none(), "a writable cache file was read");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(read(&file).is_some());
         // Another compiler in its place: the cached one is no longer current.
         std::fs::remove_file(&gcc).unwrap();
         std::fs::write(&gcc, "#!/bin/sh\nexec gcc -O3 \"$@\"\n").unwrap();
