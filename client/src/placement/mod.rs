@@ -213,17 +213,7 @@ impl Placement {
                 ours_then: node.reservations.len() as u32,
             });
             node.name = report.node.clone();
-            node.toolchains = report
-                .toolchains
-                .iter()
-                .map(|t| KnownToolchain {
-                    program: t.program.clone(),
-                    digest: t.digest.clone(),
-                    version: t.version.clone(),
-                    target: t.target.clone(),
-                    driver: t.driver.clone(),
-                })
-                .collect();
+            node.toolchains = report.toolchains.iter().map(KnownToolchain::from).collect();
         });
     }
 
@@ -263,13 +253,7 @@ fn known_mismatch(
         .toolchains
         .iter()
         .filter(|t| t.program == ours.program)
-        .map(|t| ToolchainFingerprint {
-            program: t.program.clone(),
-            digest: t.digest.clone(),
-            version: t.version.clone(),
-            target: t.target.clone(),
-            driver: t.driver.clone(),
-        })
+        .map(ToolchainFingerprint::from)
         .collect();
     let name = if state.name.is_empty() {
         addr.authority()

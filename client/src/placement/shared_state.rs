@@ -13,6 +13,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use mexec_common::clock::now_ms;
+use mexec_proto::v1::ToolchainFingerprint;
 use serde::{Deserialize, Serialize};
 
 use crate::os;
@@ -72,6 +73,30 @@ pub struct KnownToolchain {
     pub version: String,
     pub target: String,
     pub driver: String,
+}
+
+impl From<&ToolchainFingerprint> for KnownToolchain {
+    fn from(t: &ToolchainFingerprint) -> Self {
+        KnownToolchain {
+            program: t.program.clone(),
+            digest: t.digest.clone(),
+            version: t.version.clone(),
+            target: t.target.clone(),
+            driver: t.driver.clone(),
+        }
+    }
+}
+
+impl From<&KnownToolchain> for ToolchainFingerprint {
+    fn from(t: &KnownToolchain) -> Self {
+        ToolchainFingerprint {
+            program: t.program.clone(),
+            digest: t.digest.clone(),
+            version: t.version.clone(),
+            target: t.target.clone(),
+            driver: t.driver.clone(),
+        }
+    }
 }
 
 /// The parts of a load report that placement uses.
