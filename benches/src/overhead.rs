@@ -30,6 +30,11 @@ pub struct Overhead {
     /// it could not run.
     #[serde(default)]
     pub icecream: Option<String>,
+    /// The client's fingerprint of gcc from a warm cache, in microseconds
+    /// per job (median of in-process lookups): the toolchain check's own
+    /// cost, beside the compile variants with it off (`MEXEC_TOOLCHAIN=any`).
+    #[serde(default)]
+    pub fingerprint_warm_us: Option<f64>,
 }
 
 /// `observed`: also a gatekeeper farm with metrics, the dashboard and
@@ -100,20 +105,40 @@ pub fn run(runs: usize, observed: bool) -> Overhead {
             .current_dir(dir.path());
         c
     };
-    let direct = |i: usize| {
-        let mut c = farm.mexec(dir.path(), &compile_args);
-        c.arg(format!("m{}.o", i % 4));
+    // The toolchain check is on unless MEXEC_TOOLCHAIN=any: each way to
+    // the farm with it on and off, side by side.
+    let check = |mut c: Command, on: bool| {
+        if on {
+            c.env_remove(TOOLCHAIN);
+        } else {
+            c.env(TOOLCHAIN, "any");
+        }
         c
     };
-    let gated_compile = |i: usize| {
-        let mut c = gated.mexec(dir.path(), &compile_args);
-        c.arg(format!("g{}.o", i % 4));
-        c
+    let (farm_ref, gated_ref, path) = (&farm, &gated, dir.path());
+    let direct = |on: bool| {
+        move |i: usize| {
+            let mut c = check(farm_ref.mexec(path, &compile_args), on);
+            c.arg(format!("m{}{}.o", u8::from(on), i % 4));
+            c
+        }
+    };
+    let gated_compile = |on: bool| {
+        move |i: usize| {
+            let mut c = check(gated_ref.mexec(path, &compile_args), on);
+            c.arg(format!("g{}{}.o", u8::from(on), i % 4));
+            c
+        }
     };
     let mut variants: Vec<(&str, Make<'_>)> = vec![
         ("local", Box::new(local)),
-        ("mexec direct", Box::new(direct)),
-        ("mexec via gatekeeper", Box::new(gated_compile)),
+        ("mexec direct", Box::new(direct(true))),
+        ("mexec direct, MEXEC_TOOLCHAIN=any", Box::new(direct(false))),
+        ("mexec via gatekeeper", Box::new(gated_compile(true))),
+        (
+            "mexec via gatekeeper, MEXEC_TOOLCHAIN=any",
+            Box::new(gated_compile(false)),
+        ),
     ];
     let dir_path = dir.path();
     if let Some(distccd) = &distccd {
@@ -152,7 +177,29 @@ pub fn run(runs: usize, observed: bool) -> Overhead {
         true_cmd,
         compile,
         icecream,
+        fingerprint_warm_us: fingerprint_warm_us(dir.path(), runs),
     }
+}
+
+const TOOLCHAIN: &str = mexec_common::toolchain::CHECK_VARIABLE;
+
+/// The median of `runs` warm-cache fingerprints of gcc, in microseconds:
+/// what the check costs a job whose compiler did not change (a PATH
+/// lookup, the cache file, a stat of each file behind the fingerprint).
+fn fingerprint_warm_us(dir: &std::path::Path, runs: usize) -> Option<f64> {
+    let env: Vec<_> = std::env::vars_os().collect();
+    let gcc = std::ffi::OsStr::new("gcc");
+    mexec_client::toolchain_cache::fingerprint(gcc, &env, dir)?;
+    let samples: Vec<Duration> = (0..runs.max(10))
+        .map(|_| {
+            let started = Instant::now();
+            let made = mexec_client::toolchain_cache::fingerprint(gcc, &env, dir);
+            let took = started.elapsed();
+            assert!(made.is_some(), "gcc stopped answering");
+            took
+        })
+        .collect();
+    Some(Timing::of(&samples).median_ms * 1000.0)
 }
 
 /// Untimed rounds before the measured ones.

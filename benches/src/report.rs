@@ -123,6 +123,7 @@ pub fn markdown(r: &Results) -> String {
         if let Some(note) = &o.icecream {
             let _ = writeln!(md, "\nicecream: {note}.");
         }
+        toolchain_check(&mut md, o);
         md.push('\n');
     }
 
@@ -366,4 +367,31 @@ fn desktop_section(md: &mut String, d: &crate::desktop::Desktop) {
         let _ = writeln!(md, "\nNot measured: {why}.");
     }
     md.push('\n');
+}
+
+/// What the toolchain check costs a compile: each way with it on and off
+/// (`MEXEC_TOOLCHAIN=any`), and the warm-cache fingerprint itself.
+fn toolchain_check(md: &mut String, o: &crate::overhead::Overhead) {
+    let median = |name: &str| {
+        o.compile
+            .iter()
+            .find(|v| v.name == name)
+            .map(|v| v.timing.median_ms)
+    };
+    for way in ["mexec direct", "mexec via gatekeeper"] {
+        if let (Some(on), Some(off)) = (median(way), median(&format!("{way}, MEXEC_TOOLCHAIN=any")))
+        {
+            let _ = writeln!(
+                md,
+                "\nToolchain check, {way}: {on:.2} ms with it, {off:.2} ms without ({:+.2} ms per compile).",
+                on - off
+            );
+        }
+    }
+    if let Some(us) = o.fingerprint_warm_us {
+        let _ = writeln!(
+            md,
+            "\nThe client's fingerprint of gcc from a warm cache: {us:.0} µs per job (median, in process)."
+        );
+    }
 }

@@ -38,6 +38,9 @@ fn a_smoke_run_writes_every_section() {
         "icecream: ",
         "per gatekeeper CPU-second",
         "What the end of each run is made of",
+        "Toolchain check, mexec direct: ",
+        "Toolchain check, mexec via gatekeeper: ",
+        "The client's fingerprint of gcc from a warm cache: ",
     ] {
         assert!(text.contains(line), "missing {line:?}:\n{text}");
     }

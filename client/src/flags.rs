@@ -91,6 +91,12 @@ pub struct Flags {
     /// and needs a --map rule for its working directory.
     #[arg(long, env = "MEXEC_CLUSTER_OS", value_name = "OS")]
     pub cluster_os: Option<String>,
+    /// Run only on a node with this property: KEY=VALUE (arch=aarch64),
+    /// KEY>=NUMBER (mem_mib>=16000), label:NAME[=VALUE] or cpu:FLAG
+    /// (repeatable; also MEXEC_REQUIRE, requirements separated by ',').
+    /// A job with requirements never runs locally.
+    #[arg(long = "require", value_name = "REQUIREMENT")]
+    pub require: Vec<String>,
     /// Show the nodes and their load, then exit.
     #[arg(long)]
     pub status: bool,

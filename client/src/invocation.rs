@@ -114,6 +114,7 @@ fn is_our_option(arg: &OsStr) -> bool {
 const OUR_LONG_OPTIONS: &[&str] = &[
     "config",
     "nodes",
+    "require",
     "token-file",
     "tls-ca",
     "tls-cert",

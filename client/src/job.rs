@@ -9,13 +9,14 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use mexec_proto::v1::{EnvVar, JobSpec};
+use mexec_proto::v1::{EnvVar, JobSpec, ToolchainFingerprint};
 
 use crate::executor_view::{ExecutorView, ViewError};
 use crate::invocation::{self, Form, Invocation};
 use crate::masquerade;
 use crate::os;
 use crate::settings::Settings;
+use crate::toolchain_cache;
 use crate::EXIT_MEXEC_FAILURE;
 
 /// A command to run, with everything that makes it behave as locally.
@@ -40,6 +41,11 @@ pub struct Job {
     pub repeatable: bool,
     /// argv, cwd and environment as sent to the executors.
     pub for_executors: ExecutorView,
+    /// Our fingerprint of the job's compiler, when it is one and the
+    /// toolchain is checked: only nodes with the same one run the job.
+    pub toolchain: Option<ToolchainFingerprint>,
+    /// What the job requires of its node.
+    pub require: Vec<String>,
 }
 
 /// Why no job could be made.
@@ -78,6 +84,7 @@ impl Job {
         }
         let cwd = std::env::current_dir().map_err(JobError::Cwd)?;
         let for_executors = ExecutorView::new(&argv, &cwd, &env, settings)?;
+        let toolchain = our_toolchain(&argv, &env, &cwd, settings);
         let client_host = mexec_common::host::name();
         let build_id = std::env::var("MEXEC_BUILD_ID")
             .unwrap_or_else(|_| format!("{client_host}:{}", os::build_scope()));
@@ -102,6 +109,8 @@ impl Job {
             argv,
             env,
             for_executors,
+            toolchain,
+            require: settings.require.clone(),
         })
     }
 
@@ -141,8 +150,26 @@ impl Job {
             repeatable: self.repeatable && !self.forward_stdin,
             // Fresh for each attempt (`node_run`, `lease`): one decode each.
             munge_credential: String::new(),
+            toolchain: self.toolchain.clone(),
+            require: self.require.clone(),
         }
     }
+}
+
+/// Our fingerprint of the compiler `argv` runs, when the settings check
+/// toolchains and the executors run what we would (a client on another
+/// system has another compiler by nature, and is not checked).
+fn our_toolchain(
+    argv: &[OsString],
+    env: &[(OsString, OsString)],
+    cwd: &std::path::Path,
+    settings: &Settings,
+) -> Option<ToolchainFingerprint> {
+    let program = argv.first()?;
+    let check = settings.check_toolchain
+        && !settings.foreign_client()
+        && mexec_common::toolchain::is_compiler(&program.to_string_lossy());
+    check.then(|| toolchain_cache::fingerprint(program, env, cwd))?
 }
 
 /// argv for the form we were started in. Started as a masquerade, the job

@@ -58,6 +58,8 @@ pub async fn acquire(
             avoid: avoid.to_vec(),
             want_nodes: cache.is_stale(),
             munge_credential,
+            toolchain: job.toolchain.clone(),
+            require: job.require.clone(),
         })),
     });
     let mut responses = GatekeeperClient::new(channel)

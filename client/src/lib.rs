@@ -12,6 +12,8 @@
 //! - `masquerade`: finding the real compiler behind a symlink named `gcc`.
 //! - `executor_view`: the job as the executors see it (mapped paths, and the
 //!   environment a client on another operating system sends).
+//! - `toolchain_cache`: our fingerprint of a job's compiler, kept between
+//!   jobs in the user's private state directory.
 //! - `job`: the whole job, made once from the invocation and the settings.
 //! - `outcome`: how an attempt ended: not started, finished, lost.
 //! - `failed_call`: what a failed call means, from the refusal kind, the
@@ -24,6 +26,8 @@
 //! - `retry`: the retry loop: next node, back-off, another route, local
 //!   fallback.
 //! - `status`: `mexec --status`.
+//! - `status_toolchains`: what it says of each node's compilers (marked
+//!   where they are not ours) and properties.
 //!
 //! Helpers used along the way:
 //! - `placement`: choosing a node, with load shared between client
@@ -56,6 +60,8 @@ pub mod placement;
 pub mod retry;
 pub mod settings;
 pub mod status;
+pub mod status_toolchains;
+pub mod toolchain_cache;
 pub mod usage;
 
 /// mexec's own failures exit with this code, as ssh does.

@@ -117,7 +117,7 @@ impl MemberCache {
 
 /// Writes a new file only we can write, whatever the umask, so that the
 /// next read accepts it; an existing file or link in its place is refused.
-fn write_new_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_new_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

@@ -8,6 +8,8 @@ use std::time::Duration;
 /// The config file, which `mpmake` reads too.
 pub use mexec_common::farm::FileConfig;
 use mexec_common::farm::{Farm, FarmError};
+use mexec_common::properties::{self, BadRequirement};
+use mexec_common::toolchain;
 
 use crate::flags::Flags;
 use crate::path_map::{PathMap, Rule, RuleError};
@@ -38,6 +40,11 @@ pub struct Settings {
     /// The executors' operating system (Rust's names: "linux", ...;
     /// empty means `DEFAULT_CLUSTER_OS`).
     pub cluster_os: String,
+    /// What every job requires of its node, as written (checked).
+    pub require: Vec<String>,
+    /// Whether compiles go only to nodes with our compiler (false with
+    /// `MEXEC_TOOLCHAIN=any`).
+    pub check_toolchain: bool,
 }
 
 /// The executors' operating system unless told otherwise.
@@ -63,6 +70,10 @@ pub enum SettingsError {
     Farm(#[from] FarmError),
     #[error("--map / MEXEC_MAP / map: {0}")]
     Map(#[from] RuleError),
+    #[error("--require / MEXEC_REQUIRE / require: {0}")]
+    Require(#[from] BadRequirement),
+    #[error("MEXEC_TOOLCHAIN / toolchain: `{0}` is neither `check` nor `any`")]
+    Toolchain(String),
 }
 
 impl Settings {
@@ -93,7 +104,35 @@ impl Settings {
                 .clone()
                 .or(file.cluster_os)
                 .unwrap_or_else(|| DEFAULT_CLUSTER_OS.to_owned()),
+            require: requirements(flags, file.require.unwrap_or_default())?,
+            check_toolchain: check_toolchain(file.toolchain)?,
         })
+    }
+}
+
+/// The requirements of `--require`, then MEXEC_REQUIRE (','-separated),
+/// then the config file; each must parse.
+fn requirements(flags: &Flags, from_file: Vec<String>) -> Result<Vec<String>, BadRequirement> {
+    let from_env = std::env::var("MEXEC_REQUIRE").unwrap_or_default();
+    let all: Vec<String> = flags
+        .require
+        .iter()
+        .map(|r| r.trim().to_owned())
+        .chain(from_env.split(',').map(|r| r.trim().to_owned()))
+        .chain(from_file)
+        .filter(|r| !r.is_empty())
+        .collect();
+    properties::parse_all(&all)?;
+    Ok(all)
+}
+
+/// MEXEC_TOOLCHAIN over the config file: `check` (the default) or `any`.
+fn check_toolchain(from_file: Option<String>) -> Result<bool, SettingsError> {
+    let value = std::env::var(toolchain::CHECK_VARIABLE).ok().or(from_file);
+    match value.as_deref().map(str::trim) {
+        None | Some("") | Some("check") => Ok(true),
+        Some("any") => Ok(false),
+        Some(other) => Err(SettingsError::Toolchain(other.to_owned())),
     }
 }
 

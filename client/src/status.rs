@@ -8,6 +8,7 @@ use mexec_common::nodes::NodeAddr;
 use mexec_proto::v1::LoadReport;
 use serde::Serialize;
 
+use crate::status_toolchains::{self, Ours};
 use crate::{say, EXIT_MEXEC_FAILURE};
 
 /// Prints the status of the gatekeeper's cluster, else of the configured
@@ -72,6 +73,12 @@ async fn show_cluster(connector: &Connector, gatekeeper: &NodeAddr, json: bool) 
         }
         Ok(reply) => {
             print!("{}", cluster_table(&reply));
+            let reports: Vec<LoadReport> =
+                reply.nodes.iter().filter_map(|n| n.load.clone()).collect();
+            print!(
+                "{}",
+                status_toolchains::section(&reports, &mut Ours::default())
+            );
             0
         }
         Err(err) => {
@@ -82,7 +89,12 @@ async fn show_cluster(connector: &Connector, gatekeeper: &NodeAddr, json: bool) 
 }
 
 async fn show_nodes(connector: &Connector, nodes: &[NodeAddr], json: bool) -> i32 {
-    let rows = collect(connector, nodes).await;
+    let answers = load_query::node_loads(connector, nodes).await;
+    let reports: Vec<LoadReport> = answers
+        .iter()
+        .filter_map(|a| a.as_ref().ok().cloned())
+        .collect();
+    let rows: Vec<NodeStatus> = nodes.iter().zip(answers).map(|(a, r)| row(a, r)).collect();
     if json {
         println!(
             "{}",
@@ -90,6 +102,10 @@ async fn show_nodes(connector: &Connector, nodes: &[NodeAddr], json: bool) -> i3
         );
     } else {
         print!("{}", table(&rows));
+        print!(
+            "{}",
+            status_toolchains::section(&reports, &mut Ours::default())
+        );
     }
     if rows.iter().any(|r| r.reachable) {
         0
@@ -124,6 +140,11 @@ pub struct NodeStatus {
     pub draining: Option<bool>,
     pub os: Option<String>,
     pub arch: Option<String>,
+    /// Compilers by program: digest, version, target, driver, and whether
+    /// it is this client's.
+    pub toolchains: Option<serde_json::Value>,
+    /// What jobs may require of the node.
+    pub properties: Option<serde_json::Value>,
     pub error: Option<String>,
 }
 
@@ -139,27 +160,32 @@ pub async fn collect(connector: &Connector, nodes: &[NodeAddr]) -> Vec<NodeStatu
 
 fn row(addr: &NodeAddr, answer: Result<LoadReport, String>) -> NodeStatus {
     match answer {
-        Ok(r) => NodeStatus {
-            offered_slots: Some(load_query::offered_slots(&r)),
-            address: addr.authority(),
-            reachable: true,
-            node: Some(r.node),
-            version: Some(r.version),
-            slots: Some(r.slots),
-            desktop: Some(r.desktop),
-            offer_reason: Some(r.offer_reason),
-            owner_load: Some(r.owner_load),
-            reclaiming: Some(r.reclaiming),
-            running: Some(r.running),
-            queued: Some(r.queued),
-            load_avg_1m: Some(r.load_avg_1m),
-            foreign_load: Some(r.foreign_load),
-            mem_available_mib: Some(r.mem_available_bytes / (1024 * 1024)),
-            draining: Some(r.draining),
-            os: Some(r.os),
-            arch: Some(r.arch),
-            error: None,
-        },
+        Ok(r) => {
+            let (toolchains, properties) = status_toolchains::node_json(&r, &mut Ours::default());
+            NodeStatus {
+                toolchains: Some(toolchains),
+                properties: Some(properties),
+                offered_slots: Some(load_query::offered_slots(&r)),
+                address: addr.authority(),
+                reachable: true,
+                node: Some(r.node),
+                version: Some(r.version),
+                slots: Some(r.slots),
+                desktop: Some(r.desktop),
+                offer_reason: Some(r.offer_reason),
+                owner_load: Some(r.owner_load),
+                reclaiming: Some(r.reclaiming),
+                running: Some(r.running),
+                queued: Some(r.queued),
+                load_avg_1m: Some(r.load_avg_1m),
+                foreign_load: Some(r.foreign_load),
+                mem_available_mib: Some(r.mem_available_bytes / (1024 * 1024)),
+                draining: Some(r.draining),
+                os: Some(r.os),
+                arch: Some(r.arch),
+                error: None,
+            }
+        }
         Err(error) => NodeStatus {
             address: addr.authority(),
             reachable: false,
@@ -179,6 +205,8 @@ fn row(addr: &NodeAddr, answer: Result<LoadReport, String>) -> NodeStatus {
             draining: None,
             os: None,
             arch: None,
+            toolchains: None,
+            properties: None,
             error: Some(error),
         },
     }
@@ -333,12 +361,15 @@ pub fn cluster_table(reply: &mexec_proto::v1::ClusterStatusReply) -> String {
 
 /// The gatekeeper's view as JSON for scripts.
 pub fn cluster_json(reply: &mexec_proto::v1::ClusterStatusReply) -> serde_json::Value {
+    let mut ours = Ours::default();
     let nodes: Vec<_> = reply
         .nodes
         .iter()
         .map(|n| {
             let load = n.load.clone().unwrap_or_default();
+            let (toolchains, properties) = status_toolchains::node_json(&load, &mut ours);
             serde_json::json!({
+                "toolchains": toolchains, "properties": properties,
                 "address": n.address, "node": load.node, "slots": load.slots,
                 "running": load.running, "queued": load.queued, "leased": n.leased,
                 "load_avg_1m": load.load_avg_1m, "foreign_load": load.foreign_load,

@@ -89,6 +89,13 @@ pub struct FileConfig {
     pub forward_env: Option<bool>,
     /// The executors' operating system. Default: "linux".
     pub cluster_os: Option<String>,
+    /// Requirements every job makes of its node ("arch=x86_64",
+    /// "label:gpu"), after those of `--require` and MEXEC_REQUIRE.
+    /// Default: none.
+    pub require: Option<Vec<String>>,
+    /// "check": compiles go only to nodes whose compiler fingerprints as
+    /// ours; "any": no check (MEXEC_TOOLCHAIN overrides). Default: "check".
+    pub toolchain: Option<String>,
 }
 
 /// Where the farm is, resolved.

@@ -23,6 +23,10 @@
 //! - `munge`: MUNGE credentials through the node's munged (libmunge
 //!   loaded at run time).
 //! - `telemetry`: one `init_tracing()` for every binary.
+//! - `toolchain`: compiler fingerprints, so jobs go only to nodes whose
+//!   compiler would produce what the client's would.
+//! - `properties`: a node's properties (os, arch, libc, CPU, memory,
+//!   labels) and the requirements jobs make of them.
 
 pub mod clock;
 pub mod config_file;
@@ -34,10 +38,12 @@ pub mod lease_ticket;
 pub mod load_query;
 pub mod munge;
 pub mod nodes;
+pub mod properties;
 pub mod refusal;
 pub mod telemetry;
 pub mod tls;
 pub mod token;
+pub mod toolchain;
 
 /// The version every binary and load report carries.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

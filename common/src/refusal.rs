@@ -41,11 +41,16 @@ pub enum Refusal {
     /// with a valid lease ticket from it: none came, or it was for another
     /// node or user, expired, used, or not signed with this node's key.
     Lease,
+    /// The job's compiler fingerprints differently here than at the
+    /// client: this node would not produce the same objects.
+    Toolchain,
+    /// The node lacks a property the job requires.
+    UnmetRequirement,
 }
 
 impl Refusal {
     /// Every kind, for tests and exhaustive tables.
-    pub const ALL: [Refusal; 11] = [
+    pub const ALL: [Refusal; 13] = [
         Refusal::Busy,
         Refusal::Draining,
         Refusal::CwdMissing,
@@ -57,6 +62,8 @@ impl Refusal {
         Refusal::StartTimeout,
         Refusal::NoNode,
         Refusal::Lease,
+        Refusal::Toolchain,
+        Refusal::UnmetRequirement,
     ];
 
     /// The kind's name on the wire and in logs.
@@ -73,6 +80,8 @@ impl Refusal {
             Refusal::StartTimeout => "start-timeout",
             Refusal::NoNode => "no-node",
             Refusal::Lease => "lease",
+            Refusal::Toolchain => "toolchain",
+            Refusal::UnmetRequirement => "unmet-requirement",
         }
     }
 
@@ -95,6 +104,7 @@ impl Refusal {
             Refusal::StartTimeout => Code::DeadlineExceeded,
             Refusal::NoNode => Code::Unavailable,
             Refusal::Lease => Code::PermissionDenied,
+            Refusal::Toolchain | Refusal::UnmetRequirement => Code::FailedPrecondition,
         }
     }
 

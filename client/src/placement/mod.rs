@@ -11,11 +11,13 @@ pub mod shared_state;
 use std::collections::HashSet;
 
 use mexec_common::nodes::NodeAddr;
-use mexec_proto::v1::LoadReport;
+use mexec_proto::v1::{LoadReport, ToolchainFingerprint};
 
 use score::NodeView;
 pub use shared_state::SharedState;
-use shared_state::{NodeState, Snapshot, DOWN_FOR_MS, REFRESH_AFTER_MS, REPORT_TTL_MS};
+use shared_state::{
+    KnownToolchain, NodeState, Snapshot, DOWN_FOR_MS, REFRESH_AFTER_MS, REPORT_TTL_MS,
+};
 
 /// Slots assumed for a node nobody has reported on or configured.
 const GUESSED_SLOTS: u32 = 4;
@@ -90,6 +92,17 @@ impl Placement {
     /// Picks the best node not in `exclude` and reserves it. Without a
     /// usable state file, placement still works, from a random order.
     pub fn choose(&self, exclude: &HashSet<usize>) -> Option<Choice> {
+        self.choose_for(exclude, None)
+    }
+
+    /// Like `choose`, for a job whose compiler fingerprints as `ours`:
+    /// nodes whose last report (still fresh) has another fingerprint of
+    /// that program are not chosen.
+    pub fn choose_for(
+        &self,
+        exclude: &HashSet<usize>,
+        ours: Option<&ToolchainFingerprint>,
+    ) -> Option<Choice> {
         let pid = self.pid;
         let result = self.state.update(|data, now| {
             let views: Vec<NodeView> = self
@@ -112,7 +125,18 @@ impl Placement {
                         .collect()
                 }
             };
-            let index = order.into_iter().find(|i| !exclude.contains(i))?;
+            let index = order.into_iter().find(|&i| {
+                !exclude.contains(&i)
+                    && ours.is_none_or(|ours| {
+                        known_mismatch(
+                            &self.nodes[i],
+                            data.nodes.get(&self.nodes[i].authority()),
+                            ours,
+                            now,
+                        )
+                        .is_none()
+                    })
+            })?;
             let mut refresh = Vec::new();
             for (i, addr) in self.nodes.iter().enumerate() {
                 let node = data.nodes.entry(addr.authority()).or_default();
@@ -188,8 +212,55 @@ impl Placement {
                 at_ms: now,
                 ours_then: node.reservations.len() as u32,
             });
+            node.name = report.node.clone();
+            node.toolchains = report.toolchains.iter().map(KnownToolchain::from).collect();
         });
     }
+
+    /// The nodes whose fresh report shows another compiler than `ours`,
+    /// said as the line a person reads (for when no node is left).
+    pub fn known_mismatches(&self, ours: &ToolchainFingerprint) -> Vec<String> {
+        self.state
+            .update(|data, now| {
+                self.nodes
+                    .iter()
+                    .filter_map(|addr| {
+                        known_mismatch(addr, data.nodes.get(&addr.authority()), ours, now)
+                    })
+                    .map(|m| m.to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// How `addr`'s compiler differs from `ours`, by its last report while
+/// that is fresh; `None` when it is the same or not known.
+fn known_mismatch(
+    addr: &NodeAddr,
+    state: Option<&NodeState>,
+    ours: &ToolchainFingerprint,
+    now: u64,
+) -> Option<mexec_common::toolchain::Mismatch> {
+    let state = state?;
+    let fresh = state
+        .report
+        .is_some_and(|r| now.saturating_sub(r.at_ms) < REPORT_TTL_MS);
+    if !fresh {
+        return None;
+    }
+    let reported: Vec<ToolchainFingerprint> = state
+        .toolchains
+        .iter()
+        .filter(|t| t.program == ours.program)
+        .map(ToolchainFingerprint::from)
+        .collect();
+    let name = if state.name.is_empty() {
+        addr.authority()
+    } else {
+        state.name.clone()
+    };
+    mexec_common::toolchain::mismatch(&name, &reported, ours)
 }
 
 fn view(addr: &NodeAddr, state: Option<&NodeState>, now: u64) -> NodeView {
@@ -313,5 +384,57 @@ mod tests {
         p.release(1);
         p.record(0, &desk(8));
         assert_eq!(p.choose(&HashSet::new()).unwrap().index, 0);
+    }
+}
+
+#[cfg(test)]
+mod toolchain_tests {
+    use super::*;
+
+    fn gcc(digest: &str) -> ToolchainFingerprint {
+        ToolchainFingerprint {
+            program: "gcc".into(),
+            digest: digest.into(),
+            version: "12.2.0".into(),
+            target: "x86_64-linux-gnu".into(),
+            driver: "/usr/bin/gcc".into(),
+        }
+    }
+
+    #[test]
+    fn a_node_reported_with_another_compiler_is_not_chosen_for_a_compile() {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes = mexec_common::nodes::parse_node_list("127.0.0.1:1,127.0.0.1:2").unwrap();
+        let placement = Placement::new(nodes, SharedState::at(dir.path().join("placement.json")));
+        let report = |name: &str, digest: &str| LoadReport {
+            node: name.into(),
+            slots: 4,
+            toolchains: vec![gcc(digest)],
+            ..LoadReport::default()
+        };
+        placement.record(0, &report("odd", "bbbb"));
+        placement.record(1, &report("good", "aaaa"));
+        let ours = gcc("aaaa");
+        for _ in 0..10 {
+            let choice = placement.choose_for(&HashSet::new(), Some(&ours)).unwrap();
+            assert_eq!(choice.index, 1);
+            placement.release(choice.index);
+        }
+        // With the good node excluded, none is left, and the reason is known.
+        let only_good = HashSet::from([1]);
+        assert!(placement.choose_for(&only_good, Some(&ours)).is_none());
+        assert!(
+            placement.choose_for(&only_good, None).is_some(),
+            "no check: any node"
+        );
+        let why = placement.known_mismatches(&ours);
+        assert_eq!(why.len(), 1);
+        assert!(
+            why[0].starts_with("node odd: gcc is 12.2.0 x86_64-linux-gnu bbbb"),
+            "{why:?}"
+        );
+        // The odd node upgraded to ours: chosen again.
+        placement.record(0, &report("odd", "aaaa"));
+        assert!(placement.choose_for(&only_good, Some(&ours)).is_some());
     }
 }

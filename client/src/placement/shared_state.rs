@@ -13,6 +13,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use mexec_common::clock::now_ms;
+use mexec_proto::v1::ToolchainFingerprint;
 use serde::{Deserialize, Serialize};
 
 use crate::os;
@@ -55,6 +56,47 @@ pub struct NodeState {
     /// Last time anything touched this entry.
     #[serde(default)]
     pub touched_ms: u64,
+    /// The compilers' fingerprints of the last load report, so that a
+    /// compile skips a node known to have another compiler.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub toolchains: Vec<KnownToolchain>,
+    /// The node's name, as its last load report gave it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+}
+
+/// A node's fingerprint of one compiler, as its load report gave it.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownToolchain {
+    pub program: String,
+    pub digest: String,
+    pub version: String,
+    pub target: String,
+    pub driver: String,
+}
+
+impl From<&ToolchainFingerprint> for KnownToolchain {
+    fn from(t: &ToolchainFingerprint) -> Self {
+        KnownToolchain {
+            program: t.program.clone(),
+            digest: t.digest.clone(),
+            version: t.version.clone(),
+            target: t.target.clone(),
+            driver: t.driver.clone(),
+        }
+    }
+}
+
+impl From<&KnownToolchain> for ToolchainFingerprint {
+    fn from(t: &KnownToolchain) -> Self {
+        ToolchainFingerprint {
+            program: t.program.clone(),
+            digest: t.digest.clone(),
+            version: t.version.clone(),
+            target: t.target.clone(),
+            driver: t.driver.clone(),
+        }
+    }
 }
 
 /// The parts of a load report that placement uses.

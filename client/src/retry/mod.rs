@@ -166,6 +166,15 @@ impl<'a> JobRun<'a> {
     }
 
     async fn fall_back(&mut self, why: &str) -> i32 {
+        // This machine is not known to have what the job requires.
+        if !self.job.require.is_empty() {
+            say!(
+                "{why}; not running it locally: it requires {}",
+                self.job.require.join(", ")
+            );
+            self.report("", "failed", EXIT_MEXEC_FAILURE);
+            return EXIT_MEXEC_FAILURE;
+        }
         if self.settings.no_local {
             say!("{why}; not running it locally (--no-local)");
             self.report("", "failed", EXIT_MEXEC_FAILURE);

@@ -204,8 +204,11 @@ impl Direct {
                 "no nodes are configured (set MEXEC_NODES, --nodes or MEXEC_GATEKEEPER)".into(),
             );
         }
-        let Some(choice) = self.placement.choose(&self.tried) else {
-            return self.round_over();
+        let Some(choice) = self
+            .placement
+            .choose_for(&self.tried, cx.job.toolchain.as_ref())
+        else {
+            return self.round_over(cx);
         };
         self.tried.insert(choice.index);
         self.current = Some(choice.index);
@@ -224,7 +227,15 @@ impl Direct {
 
     /// Every node was tried: a busy farm is waited for (never a reason to
     /// run here), anything else is.
-    fn round_over(&mut self) -> Step {
+    fn round_over(&mut self, cx: Context<'_>) -> Step {
+        // Nodes skipped for a compiler known to differ were never asked.
+        if let Some(ours) = &cx.job.toolchain {
+            for skipped in self.placement.known_mismatches(ours) {
+                if !self.causes.contains(&skipped) {
+                    self.causes.push(skipped);
+                }
+            }
+        }
         if self.busy {
             self.busy = false;
             self.tried = self.lost.clone();
@@ -429,6 +440,8 @@ mod tests {
                 forward_stdin: false,
                 repeatable: true,
                 for_executors: ExecutorView::default(),
+                toolchain: None,
+                require: Vec::new(),
             };
             Run {
                 settings: Settings::default(),

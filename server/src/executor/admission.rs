@@ -198,7 +198,8 @@ impl Admission {
         }
     }
 
-    fn announce(&self) {
+    /// Wakes the load streams: something they report changed.
+    pub fn announce(&self) {
         self.changed.send_modify(|generation| *generation += 1);
     }
 }

@@ -102,6 +102,15 @@ pub struct Flags {
     pub max_streams_per_peer: Option<usize>,
     #[command(flatten)]
     pub web: WebFlags,
+    /// A label jobs may require (`mexec --require label:KEY`): KEY=VALUE
+    /// or KEY (repeatable; MEXEC_LABELS: comma-separated).
+    #[arg(
+        long = "label",
+        env = "MEXEC_LABELS",
+        value_delimiter = ',',
+        value_name = "KEY[=VALUE]"
+    )]
+    pub labels: Vec<String>,
 }
 
 /// The flags that bound what one job may use.
@@ -218,6 +227,9 @@ pub struct FileConfig {
     /// With `desktop`: below this much available memory (MiB) admit
     /// nothing. Default: 1/10 of RAM.
     pub desktop_min_available_mib: Option<u64>,
+    /// Labels jobs may require, "KEY=VALUE" or "KEY", used when no
+    /// `--label` is given. Default: none.
+    pub labels: Option<Vec<String>>,
     /// Any other key is refused.
     #[serde(flatten)]
     pub web: WebFile,
@@ -260,6 +272,8 @@ pub struct Settings {
     pub desktop: Option<DesktopPolicy>,
     /// Where to serve `/metrics`, if anywhere.
     pub metrics: Option<WebListen>,
+    /// Labels, "KEY=VALUE" or "KEY", reported with the node's properties.
+    pub labels: Vec<String>,
 }
 
 /// Why the settings were refused.
@@ -275,6 +289,8 @@ pub enum SettingsError {
     Web(#[from] WebError),
     #[error("--slots must be at least 1")]
     NoSlots,
+    #[error("--label / labels: {0}")]
+    BadLabel(String),
     #[error("--reclaim gives a desktop's jobs back to its owner: it needs --desktop")]
     ReclaimWithoutDesktop,
     #[error(
@@ -316,6 +332,10 @@ impl Settings {
             return Err(SettingsError::NoSlots);
         }
         let desktop = desktop_policy(&flags.desktop, &file, slots)?;
+        let labels = non_empty(flags.labels).or(file.labels).unwrap_or_default();
+        for label in &labels {
+            mexec_common::properties::check_label(label).map_err(SettingsError::BadLabel)?;
+        }
         let daemon = DaemonSettings::resolve(flags.daemon, file.daemon, ROLE)?;
         let submitter = flags.run_as_submitter || file.run_as_submitter.unwrap_or(false);
         let min_uid = flags
@@ -363,6 +383,7 @@ impl Settings {
                 .unwrap_or(DEFAULT_MAX_STREAMS_PER_PEER)
                 .max(1),
             desktop,
+            labels,
         })
     }
 }
@@ -666,6 +687,7 @@ mod tests {
                 "reclaim MEXEC_RECLAIM",
                 "reclaim-after-ms MEXEC_RECLAIM_AFTER_MS",
                 "desktop-min-available-mib MEXEC_DESKTOP_MIN_AVAILABLE_MIB",
+                "label MEXEC_LABELS",
             ],
         );
 
@@ -681,7 +703,7 @@ mod tests {
             desktop = true\nreclaim = true\nreclaim_after_ms = 1\n\
             desktop_min_available_mib = 1\nrun_as_submitter = false\nmin_uid = 1000\n\
             munge = false\nmunge_socket = \"/m\"\nrelay_from = [\"gk\"]\n\
-            cwd_wait_ms = 1\nwrite_back_outputs = true\n";
+            cwd_wait_ms = 1\nwrite_back_outputs = true\nlabels = [\"gpu\"]\n";
         let file: FileConfig =
             config_file::parse(std::path::Path::new("mexecd.toml"), every_key).unwrap();
         assert_eq!(file.daemon.token_file, Some("/t".into()));

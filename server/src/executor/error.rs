@@ -57,6 +57,10 @@ pub enum JobError {
     TooManyStreams { peer: String, limit: usize },
     #[error("{0}")]
     Lease(String),
+    #[error("lacks what the job requires: {0}")]
+    Unmet(String),
+    #[error("{0}")]
+    Toolchain(String),
 }
 
 impl From<AdmissionRefusal> for JobError {
@@ -104,15 +108,20 @@ impl JobError {
             JobError::Draining => Refusal::Draining,
             JobError::Full { .. } => Refusal::Busy,
             JobError::Lease(_) => Refusal::Lease,
+            JobError::Unmet(_) => Refusal::UnmetRequirement,
+            JobError::Toolchain(_) => Refusal::Toolchain,
         })
     }
 
     /// The status a client sees, naming `node`.
     pub fn into_status(self, node: &str) -> Status {
         let message = match self {
-            JobError::Draining | JobError::Full { .. } | JobError::TooManyStreams { .. } => {
-                format!("node {node} {self}")
-            }
+            JobError::Draining
+            | JobError::Full { .. }
+            | JobError::TooManyStreams { .. }
+            | JobError::Unmet(_) => format!("node {node} {self}"),
+            // The mismatch names the node itself.
+            JobError::Toolchain(_) => self.to_string(),
             _ => format!("node {node}: {self}"),
         };
         match self.refusal() {

@@ -35,6 +35,10 @@
 //! - `owner_load`: what a desktop offers, decided from samples (no I/O).
 //! - `priority`: the CPU and I/O priority jobs run at.
 //! - `error`: refusals and their gRPC statuses.
+//! - `toolchains`: the fingerprints of the compilers this node runs, kept
+//!   current and reported with the load.
+//! - `fit`: whether the node has what a job requires, and the client's
+//!   compiler.
 
 mod account;
 mod admission;
@@ -44,6 +48,7 @@ mod cwd_wait;
 mod desktop;
 mod environment;
 mod error;
+mod fit;
 pub mod group_keeper;
 mod job;
 mod job_cgroup;
@@ -63,6 +68,7 @@ mod procfs;
 mod service;
 mod shared_tree;
 mod spawner;
+mod toolchains;
 mod valid_job;
 
 use std::future::Future;
@@ -137,13 +143,20 @@ pub struct NodeContext {
     pub priority: JobPriority,
     /// The node's metrics and job events.
     pub observe: observe::Observer,
+    /// The fingerprints of the compilers jobs asked to check.
+    pub toolchains: Arc<toolchains::Toolchains>,
+    /// What jobs may require of this node (os, arch, CPU, labels...).
+    pub properties: mexec_common::properties::Properties,
 }
 
 impl NodeContext {
     /// The node's load now.
     pub fn load_report(&self) -> LoadReport {
         let offer = self.desktop.as_ref().map(|d| d.offer());
-        load::report(&self.name, self.admission.counts(), offer.as_ref())
+        let mut report = load::report(&self.name, self.admission.counts(), offer.as_ref());
+        report.toolchains = self.toolchains.report();
+        report.properties = self.properties.clone();
+        report
     }
 
     /// Resolves when the job of `spec` is to be given back to a desktop's
@@ -234,6 +247,10 @@ pub async fn run_with_metrics(
         let config = join_config(&settings, gatekeeper, listener.local_addr().ok());
         tokio::spawn(membership::stay_joined(ctx.clone(), config))
     });
+    let admission = ctx.admission.clone();
+    let toolchain_watch = tokio::spawn(toolchains::watch(ctx.toolchains.clone(), move || {
+        admission.announce()
+    }));
     let executor = ExecutorServer::new(service::ExecutorService::new(ctx.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let drain = drain(
@@ -246,6 +263,7 @@ pub async fn run_with_metrics(
     for task in [membership, sampler, metrics].into_iter().flatten() {
         task.abort();
     }
+    toolchain_watch.abort();
     result
 }
 
@@ -282,6 +300,8 @@ fn node_context(
             JobPriority::Normal
         },
         observe: observe::Observer::new(),
+        toolchains: toolchains::Toolchains::new(),
+        properties: mexec_common::properties::this_machine(&settings.labels),
     }
 }
 

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::cwd_wait::{self, CwdWait};
 use super::error::JobError;
 use super::valid_job::ValidJob;
-use super::{job, JobAccounts, NodeContext};
+use super::{fit, job, JobAccounts, NodeContext};
 use crate::auth::Caller;
 use crate::daemon::{ResponseStream, StreamPlace};
 
@@ -135,6 +135,7 @@ async fn start_job(
             "working directory appeared after a wait"
         );
     }
+    fit::check(&ctx, &valid).await?;
     let ticket = ctx.admission.admit()?;
     let (tx, rx) = mpsc::channel(job::OUTPUT_QUEUE);
     tokio::spawn(async move {

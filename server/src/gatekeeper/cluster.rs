@@ -128,6 +128,8 @@ pub struct Wanted {
     pub program: String,
     pub avoid: HashSet<String>,
     pub relayed: bool,
+    /// What its node must have.
+    pub needs: super::fit::Needs,
 }
 
 /// A live member's name, asked for from another host.
@@ -324,6 +326,14 @@ impl Cluster {
         silent
     }
 
+    /// Why no member may take `wanted`, when none may (and there are
+    /// members): it lacks what it requires, or a different compiler.
+    pub fn unplaceable(&self, wanted: &Wanted) -> Option<tonic::Status> {
+        wanted
+            .needs
+            .refusal(self.nodes.values().map(|n| (n.name.as_str(), &n.report)))
+    }
+
     /// Queues a request; the grant arrives on the receiver.
     pub fn enqueue(
         &mut self,
@@ -388,7 +398,7 @@ impl Cluster {
             let Some(index) = self.next_fair(&skipped) else {
                 return;
             };
-            let Some(node) = self.best_node(&self.waiting[index].wanted.avoid) else {
+            let Some(node) = self.best_node(&self.waiting[index].wanted) else {
                 // Every free slot is on a node this request avoids.
                 skipped.insert(self.waiting[index].id);
                 continue;
@@ -466,12 +476,19 @@ impl Cluster {
             .map(|(i, _)| i)
     }
 
-    fn best_node(&self, avoid: &HashSet<String>) -> Option<String> {
-        // Avoiding is a preference: when every member is avoided (a
-        // one-node cluster lost a job once), any member will do.
-        let all_avoided = self.nodes.keys().all(|n| avoid.contains(n));
+    fn best_node(&self, wanted: &Wanted) -> Option<String> {
+        let avoid = &wanted.avoid;
+        let fits = |n: &&Node| wanted.needs.met_by(&n.name, &n.report);
+        // Avoiding is a preference: when every member that fits is avoided
+        // (a one-node cluster lost a job once), any of them will do.
+        let all_avoided = self
+            .nodes
+            .values()
+            .filter(fits)
+            .all(|n| avoid.contains(&n.name));
         self.nodes
             .values()
+            .filter(fits)
             .filter(|n| n.has_free_slot() && (all_avoided || !avoid.contains(&n.name)))
             .min_by(|a, b| a.score().total_cmp(&b.score()))
             .map(|n| n.name.clone())

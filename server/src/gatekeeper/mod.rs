@@ -5,6 +5,7 @@
 //! Layout:
 //! - `config`: `mexec-gatekeeper` settings.
 //! - `cluster`: members, leases and the fair queue (pure logic).
+//! - `fit`: which members a request may go to (requirements, toolchain).
 //! - `registration`: what a registering node may say, and where it is
 //!   reached (the address its stream comes from).
 //! - `shared`: what every handler shares, and the steps lease and relay
@@ -15,6 +16,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod fit;
 pub mod observe;
 mod registration;
 mod relay;

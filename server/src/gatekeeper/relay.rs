@@ -15,6 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status, Streaming};
 
 use super::cluster::{Grant, Wanted};
+use super::fit::Needs;
 use super::shared::{queue_full, Shared};
 use crate::auth::Caller;
 use crate::daemon::StreamPlace;
@@ -57,7 +58,15 @@ pub async fn start(
         program: String::from_utf8_lossy(&spec.argv[0]).into_owned(),
         avoid: HashSet::new(),
         relayed: true,
+        needs: Needs {
+            toolchain: spec.toolchain.clone(),
+            require: spec.require.clone(),
+        },
     };
+    if let Some(refusal) = shared.with(|c| c.unplaceable(&wanted)) {
+        shared.observe.lease(LeaseResult::refused, None);
+        return Err(refusal);
+    }
     let (id, grant) = shared.with(|c| c.enqueue(wanted.clone())).map_err(|full| {
         shared.observe.lease(LeaseResult::refused, None);
         queue_full(full)

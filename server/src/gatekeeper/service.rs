@@ -17,6 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::cluster::{Grant, Reach, Wanted, HEARTBEAT};
+use super::fit::Needs;
 use super::registration;
 use super::relay;
 use super::shared::{queue_full, Shared};
@@ -72,6 +73,10 @@ fn wanted(request: &LeaseRequest, relayed: bool) -> Wanted {
         program: request.program.clone(),
         avoid: request.avoid.iter().cloned().collect(),
         relayed,
+        needs: Needs {
+            toolchain: request.toolchain.clone(),
+            require: request.require.clone(),
+        },
     }
 }
 
@@ -149,13 +154,15 @@ impl Gatekeeper for GatekeeperService {
                 &lease_request.munge_credential,
             )
             .await?;
-        let (id, grant) = self
-            .shared
-            .with(|c| c.enqueue(wanted(&lease_request, false)))
-            .map_err(|full| {
-                self.shared.observe.lease(LeaseResult::refused, None);
-                queue_full(full)
-            })?;
+        let wanted = wanted(&lease_request, false);
+        if let Some(refusal) = self.shared.with(|c| c.unplaceable(&wanted)) {
+            self.shared.observe.lease(LeaseResult::refused, None);
+            return Err(refusal);
+        }
+        let (id, grant) = self.shared.with(|c| c.enqueue(wanted)).map_err(|full| {
+            self.shared.observe.lease(LeaseResult::refused, None);
+            queue_full(full)
+        })?;
         let (tx, rx) = mpsc::channel(2);
         let shared = self.shared.clone();
         tokio::spawn(async move {
