@@ -4,8 +4,13 @@
 //! real accounts made by `useradd` (`mexec-alice`, `mexec-bob`, private
 //! directories of mode 700) and a real munged of the test's own.
 //!
-//! The tree the users build in is `MEXEC_USERS_TREE` when set (a network
-//! file system's export), else a directory on the local disk.
+//! The two-user builds and the check that one user's job cannot get into
+//! the other's home run with the homes on a real network file system: a
+//! GlusterFS volume served by a host of its own (`testkit::netfs`), which
+//! the build host and each executor host mount, the executors inside
+//! their hosts' mount namespaces, so their jobs see the homes only through
+//! the network. The other tests need no shared tree: theirs is
+//! `MEXEC_USERS_TREE` when set, else a directory on the local disk.
 //!
 //! Skipped with a message where namespaces cannot be made (not root);
 //! `.ci/run` sets MEXEC_REQUIRE_NETNS=1 so CI fails instead of skipping.
@@ -23,6 +28,7 @@ use mexec_proto::v1::{run_request, run_response, EnvVar, JobSpec, RunRequest};
 use mexec_server::certs::{self, Issued, Kind, Validity};
 use mexec_testkit::accounts::{self, Account, Tree};
 use mexec_testkit::munged::Munged;
+use mexec_testkit::netfs::NetFs;
 use mexec_testkit::netns::Lan;
 use mexec_testkit::{bin, c_project, copy_tree, wait_until, Executor, Gatekeeper};
 use tokio::sync::mpsc;
@@ -158,19 +164,41 @@ fn write_token(path: &Path, owner: Option<&Account>) {
     }
 }
 
+/// Where the users' homes are.
+#[derive(Clone, Copy, PartialEq)]
+enum Homes {
+    /// `Tree::new()`: the local disk, or `MEXEC_USERS_TREE`.
+    Local,
+    /// A GlusterFS volume that the build host and the gatekeeper's
+    /// executors mount, each executor in its host's mount namespace.
+    Network,
+}
+
 /// A gatekeeper on host 0 and executors `n1`, `n2` on hosts 1 and 2, each
 /// running jobs as their submitters; host 3 has `n3`, a node of no
-/// cluster, for direct jobs.
+/// cluster, for direct jobs. With `Homes::Network`, a fifth host serves
+/// the volume that hosts 1 and 2 mount.
+/// Fields drop in order: executors, the file system, then the LAN.
 struct Cluster {
+    executors: Vec<Executor>,
+    _gatekeeper: Gatekeeper,
+    fs: Option<NetFs>,
     lan: Lan,
     proof: Proof,
-    _gatekeeper: Gatekeeper,
-    executors: Vec<Executor>,
 }
 
 impl Cluster {
-    fn start(test: &str, proof: Proof, executor_extra: &[&str]) -> Option<Cluster> {
-        let lan = Lan::create_or_skip(4, test)?;
+    fn start(test: &str, proof: Proof, executor_extra: &[&str], homes: Homes) -> Option<Cluster> {
+        let mut lan = Lan::create_or_skip(4, test)?;
+        let fs = (homes == Homes::Network).then(|| {
+            let fs = NetFs::start(&mut lan, &[1, 2]).expect("the network file system");
+            println!(
+                "{test}: GlusterFS server and mounts on the build host and hosts 1, 2 set up \
+                 in {:.2} s",
+                fs.setup_time.as_secs_f64()
+            );
+            fs
+        });
         let ip = |h: usize| lan.hosts[h].ip.to_string();
         let mut gk_flags = proof.daemon_flags("gk", &ip(0));
         gk_flags.extend(["--log-format".into(), "json".into()]);
@@ -199,14 +227,18 @@ impl Cluster {
             }
             flags.extend(executor_extra.iter().map(|s| s.to_string()));
             let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-            let command = lan.command(host, bin("mexecd"));
+            let command = match &fs {
+                Some(fs) if host < 3 => fs.command(&lan, host, bin("mexecd")),
+                _ => lan.command(host, bin("mexecd")),
+            };
             executors.push(Executor::start_with(command, &name, 4, &flags));
         }
         let cluster = Cluster {
+            executors,
+            _gatekeeper: gatekeeper,
+            fs,
             lan,
             proof,
-            _gatekeeper: gatekeeper,
-            executors,
         };
         let state = tempfile::tempdir().unwrap();
         assert!(
@@ -216,6 +248,43 @@ impl Cluster {
             cluster.executors[0].log_text()
         );
         Some(cluster)
+    }
+
+    /// The tree the users' homes go in: on the volume when there is one.
+    fn tree(&self) -> Tree {
+        match &self.fs {
+            Some(fs) => Tree::at(&fs.path()),
+            None => Tree::new(),
+        }
+    }
+
+    /// With homes on the volume: `user`'s home, as executor hosts 1 and 2
+    /// see it in their mount namespaces, is on their GlusterFS mount,
+    /// the user's, mode 700.
+    fn check_home_on_executors(&self, user: &User) {
+        let Some(fs) = &self.fs else {
+            return;
+        };
+        for host in [1, 2] {
+            let script = format!(
+                "findmnt -n -o FSTYPE --target '{d}'; stat -c '%U %a' '{d}'",
+                d = user.dir.display()
+            );
+            let output = fs.run_on(&self.lan, host, &script);
+            ok(&output, "findmnt and stat on an executor host");
+            let seen = text(&output.stdout);
+            assert_eq!(
+                seen,
+                format!("fuse.glusterfs\n{} 700\n", user.account.name),
+                "{} as host {host} sees it",
+                user.dir.display()
+            );
+            println!(
+                "host {host} sees {}: {}",
+                user.dir.display(),
+                seen.trim().replace('\n', ", ")
+            );
+        }
     }
 
     fn gatekeeper_address(&self) -> String {
@@ -379,6 +448,9 @@ fn two_users_build_at_once(
     bob_relays: bool,
 ) -> Vec<(User, Objects)> {
     let users = [User::new(ALICE, tree, label), User::new(BOB, tree, label)];
+    for user in &users {
+        cluster.check_home_on_executors(user);
+    }
     let mut local = Vec::new();
     for user in &users {
         let dir = bzip2_tree(user);
@@ -457,14 +529,15 @@ fn two_users_build_at_once(
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        let mut nodes: Vec<&str> = jobs.iter().filter_map(|j| j["node"].as_str()).collect();
-        nodes.sort();
-        nodes.dedup();
+        let mut nodes = BTreeMap::<&str, usize>::new();
+        for node in jobs.iter().filter_map(|j| j["node"].as_str()) {
+            *nodes.entry(node).or_default() += 1;
+        }
         assert!(jobs.iter().all(|j| j["placed"] == "remote"), "{joblog}");
         logged.push(jobs.len());
         let mode = local.values().next().map(|(_, m, _)| *m).unwrap_or(0);
         println!(
-            "{}: {} jobs ({}) on {nodes:?}; {} objects owned by uid {} with mode {mode:o} \
+            "{}: {} jobs ({}), per node {nodes:?}; {} objects owned by uid {} with mode {mode:o} \
              (umask 027), byte for byte the local build's",
             user.account.name,
             jobs.len(),
@@ -622,10 +695,11 @@ fn two_users_build_as_themselves_under_mutual_tls() {
         "two_users_build_as_themselves_under_mutual_tls",
         Proof::tls(),
         &[],
+        Homes::Network,
     ) else {
         return;
     };
-    let tree = Tree::new();
+    let tree = cluster.tree();
     two_users_build_at_once(&cluster, &tree, "tls", true);
     no_way_into_the_other_home(&cluster, &tree, "tls");
 }
@@ -633,7 +707,7 @@ fn two_users_build_as_themselves_under_mutual_tls() {
 #[test]
 fn under_mutual_tls_a_claim_is_not_a_proof() {
     let test = "under_mutual_tls_a_claim_is_not_a_proof";
-    let Some(cluster) = Cluster::start(test, Proof::tls(), &[]) else {
+    let Some(cluster) = Cluster::start(test, Proof::tls(), &[], Homes::Local) else {
         return;
     };
     let tree = Tree::new();
@@ -699,7 +773,8 @@ fn under_mutual_tls_a_claim_is_not_a_proof() {
 #[test]
 fn unknown_root_and_system_users_are_refused_and_nothing_runs() {
     let test = "unknown_root_and_system_users_are_refused_and_nothing_runs";
-    let Some(cluster) = Cluster::start(test, Proof::tls(), &["--min-uid", "1000"]) else {
+    let Some(cluster) = Cluster::start(test, Proof::tls(), &["--min-uid", "1000"], Homes::Local)
+    else {
         return;
     };
     let tree = Tree::new();
@@ -734,10 +809,10 @@ fn two_users_build_as_themselves_with_munge() {
     let Some(proof) = Proof::munge() else {
         return;
     };
-    let Some(cluster) = Cluster::start(test, proof, &[]) else {
+    let Some(cluster) = Cluster::start(test, proof, &[], Homes::Network) else {
         return;
     };
-    let tree = Tree::new();
+    let tree = cluster.tree();
     let built = two_users_build_at_once(&cluster, &tree, "munge", false);
     let (alice, local) = &built[0];
     mpmake_rebuild(&cluster, alice, local);
@@ -750,7 +825,7 @@ fn with_munge_claims_root_and_replayed_credentials_are_refused() {
     let Some(proof) = Proof::munge() else {
         return;
     };
-    let Some(cluster) = Cluster::start(test, proof, &[]) else {
+    let Some(cluster) = Cluster::start(test, proof, &[], Homes::Local) else {
         return;
     };
     let tree = Tree::new();

@@ -95,18 +95,28 @@ pub struct Tree {
 
 impl Tree {
     pub fn new() -> Tree {
-        let (root, made) = match std::env::var_os("MEXEC_USERS_TREE") {
-            Some(root) => (PathBuf::from(root), None),
+        match std::env::var_os("MEXEC_USERS_TREE") {
+            Some(root) => Tree::at(Path::new(&root)),
             None => {
                 let made = tempfile::Builder::new()
                     .prefix("mexec-users-")
                     .tempdir_in("/tmp")
                     .expect("a tree");
-                (made.path().to_owned(), Some(made))
+                let mut tree = Tree::at(made.path());
+                tree._made = Some(made);
+                tree
             }
-        };
-        std::fs::set_permissions(&root, PermissionsExt::from_mode(0o755)).unwrap();
-        Tree { root, _made: made }
+        }
+    }
+
+    /// The tree at `root`, which outlives it (a network file system's
+    /// mount, say), open to everyone to look into as `/home` is.
+    pub fn at(root: &Path) -> Tree {
+        std::fs::set_permissions(root, PermissionsExt::from_mode(0o755)).unwrap();
+        Tree {
+            root: root.to_owned(),
+            _made: None,
+        }
     }
 
     /// A fresh directory of `account`'s own in the tree, mode 700, as a
