@@ -21,6 +21,8 @@
 //! - `lease_ticket`: the gatekeeper's signed, short-lived permission for
 //!   one job of one user on one node, and the keys that sign it.
 //! - `telemetry`: one `init_tracing()` for every binary.
+//! - `version`: which versions work together, and the version every
+//!   request carries.
 
 pub mod clock;
 pub mod config_file;
@@ -35,6 +37,7 @@ pub mod refusal;
 pub mod telemetry;
 pub mod tls;
 pub mod token;
+pub mod version;
 
 /// The version every binary and load report carries.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -41,11 +41,14 @@ pub enum Refusal {
     /// with a valid lease ticket from it: none came, or it was for another
     /// node or user, expired, used, or not signed with this node's key.
     Lease,
+    /// The peer's version is outside the compatibility rule
+    /// (`common::version`); the message names both versions.
+    Version,
 }
 
 impl Refusal {
     /// Every kind, for tests and exhaustive tables.
-    pub const ALL: [Refusal; 11] = [
+    pub const ALL: [Refusal; 12] = [
         Refusal::Busy,
         Refusal::Draining,
         Refusal::CwdMissing,
@@ -57,6 +60,7 @@ impl Refusal {
         Refusal::StartTimeout,
         Refusal::NoNode,
         Refusal::Lease,
+        Refusal::Version,
     ];
 
     /// The kind's name on the wire and in logs.
@@ -73,6 +77,7 @@ impl Refusal {
             Refusal::StartTimeout => "start-timeout",
             Refusal::NoNode => "no-node",
             Refusal::Lease => "lease",
+            Refusal::Version => "version",
         }
     }
 
@@ -95,6 +100,7 @@ impl Refusal {
             Refusal::StartTimeout => Code::DeadlineExceeded,
             Refusal::NoNode => Code::Unavailable,
             Refusal::Lease => Code::PermissionDenied,
+            Refusal::Version => Code::FailedPrecondition,
         }
     }
 

@@ -11,6 +11,7 @@
 //! - `request_limits`: the sizes of a job request, checked by both roles.
 //! - `auth`: who may call (token, certificate, allow list) and for whom a
 //!   job runs.
+//! - `refusal_log`: every refusal on record, rate-limited.
 //! - `certs`: issuing the cluster CA, node and user certificates.
 
 pub mod auth;
@@ -18,4 +19,5 @@ pub mod certs;
 pub mod daemon;
 pub mod executor;
 pub mod gatekeeper;
+pub mod refusal_log;
 pub mod request_limits;

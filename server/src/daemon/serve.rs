@@ -34,13 +34,14 @@ const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
 const LINGER_AFTER_DRAIN: Duration = Duration::from_secs(2);
 
 /// Serves `service` beside `grpc.health.v1` on `listener`, behind TLS and
-/// the access checks of `daemon`, until `stop` resolves. Then health reports
+/// the `access` checks, until `stop` resolves. Then health reports
 /// the service not serving, `drain` runs to its end (while the daemon still
 /// answers, so peers hear why it takes nothing new), new connections are
 /// refused, and open streams get `LINGER_AFTER_DRAIN` before it returns.
 pub async fn serve<S>(
     listener: TcpListener,
     daemon: &DaemonSettings,
+    access: crate::auth::Access,
     service: S,
     stop: impl Future<Output = ()> + Send + 'static,
     drain: impl Future<Output = ()> + Send + 'static,
@@ -76,7 +77,7 @@ where
         // a running job. Clients open a new one when they need it.
         .max_connection_age(MAX_CONNECTION_AGE)
         .add_service(health_service)
-        .add_service(InterceptedService::new(service, daemon.access()))
+        .add_service(InterceptedService::new(service, access))
         .serve_with_incoming_shutdown(
             connections::incoming(listener, KEEPALIVE_INTERVAL),
             stopping,

@@ -199,7 +199,16 @@ pub async fn run(
         abort_tx,
         settings.name.clone(),
     );
-    let result = daemon::serve(listener, &settings.daemon, executor, shutdown, drain).await;
+    let access = ctx.access.clone();
+    let result = daemon::serve(
+        listener,
+        &settings.daemon,
+        access,
+        executor,
+        shutdown,
+        drain,
+    )
+    .await;
     for task in [membership, sampler].into_iter().flatten() {
         task.abort();
     }
@@ -216,7 +225,7 @@ fn node_context(
         admission: Admission::new(settings.slots, settings.max_queued),
         run_as: settings.run_as.clone(),
         abort_all,
-        access: settings.daemon.access(),
+        access: settings.daemon.access().at_node(&settings.name, "executor"),
         policy: CommandPolicy::new(&settings.allowed_programs),
         limits: settings.limits,
         memory: watchers.memory,

@@ -17,6 +17,7 @@ use super::valid_job::ValidJob;
 use super::{job, NodeContext};
 use crate::auth::Caller;
 use crate::daemon::{ResponseStream, StreamPlace};
+use crate::refusal_log::{self, Who};
 
 /// The service object tonic calls.
 #[derive(Debug, Clone)]
@@ -52,10 +53,24 @@ impl Executor for ExecutorService {
         request: Request<Streaming<RunRequest>>,
     ) -> Result<Response<Self::RunStream>, Status> {
         let caller = Caller::of(&request);
-        let place = self.enter(request.remote_addr())?;
-        let stream = start_job(self.ctx.clone(), caller, place, request.into_inner())
+        let peer = request.remote_addr();
+        let mut claimed = String::new();
+        let started = match self.enter(peer) {
+            Ok(place) => start_job(
+                self.ctx.clone(),
+                caller.clone(),
+                place,
+                request,
+                &mut claimed,
+            )
             .await
-            .map_err(|err| err.into_status(&self.ctx.name))?;
+            .map_err(|err| err.into_status(&self.ctx.name)),
+            Err(refused) => Err(refused),
+        };
+        let stream = started.inspect_err(|refused| {
+            let who = Who::of(caller.as_ref(), &claimed);
+            refusal_log::status(&self.ctx.name, peer, who, refused)
+        })?;
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -67,7 +82,10 @@ impl Executor for ExecutorService {
         &self,
         request: Request<WatchLoadRequest>,
     ) -> Result<Response<Self::WatchLoadStream>, Status> {
-        let place = self.enter(request.remote_addr())?;
+        let peer = request.remote_addr();
+        let place = self.enter(peer).inspect_err(|refused| {
+            refusal_log::status(&self.ctx.name, peer, Who::Unknown, refused)
+        })?;
         let interval = match request.into_inner().interval_ms {
             0 => Duration::from_secs(1),
             ms => Duration::from_millis(u64::from(ms).max(50)),
@@ -79,13 +97,17 @@ impl Executor for ExecutorService {
 }
 
 /// Reads the job from the stream, validates and admits it, and starts the
-/// task that runs it. Refusals come back before any output.
+/// task that runs it. Refusals come back before any output; `claimed`
+/// gets the user the job names, for the refusal log.
 async fn start_job(
     ctx: Arc<NodeContext>,
     caller: Option<Caller>,
     place: StreamPlace,
-    mut inbound: Streaming<RunRequest>,
+    request: Request<Streaming<RunRequest>>,
+    claimed: &mut String,
 ) -> Result<ReceiverStream<Result<RunResponse, Status>>, JobError> {
+    let peer = request.remote_addr();
+    let mut inbound = request.into_inner();
     // A stream that never sends its job must not hold a place for ever.
     let first = tokio::time::timeout(ctx.start_timeout, inbound.message())
         .await
@@ -95,6 +117,7 @@ async fn start_job(
     let Some(run_request::Msg::Start(mut spec)) = first.msg else {
         return Err(JobError::NoStart);
     };
+    claimed.clone_from(&spec.user);
     // The certificate, not the client's claim, says whose job this is.
     spec.user = ctx.access.job_user(caller.as_ref(), &spec.user)?;
     // A member node runs only what its gatekeeper leased, for that user.
@@ -102,7 +125,8 @@ async fn start_job(
     ctx.lease
         .check(&ctx.name, &spec.user, spec.lease.as_ref(), now)
         .map_err(JobError::Lease)?;
-    let valid = ValidJob::new(spec, ctx.policy.as_ref())?;
+    let mut valid = ValidJob::new(spec, ctx.policy.as_ref())?;
+    valid.peer = peer;
     let ticket = ctx.admission.admit()?;
     let (tx, rx) = mpsc::channel(job::OUTPUT_QUEUE);
     tokio::spawn(async move {

@@ -29,6 +29,8 @@ pub struct ValidJob {
     pub program: Option<Program>,
     /// `argv[0]` as text, for messages and the log.
     pub argv0: String,
+    /// Where the request came from, for the refusal log.
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 impl ValidJob {
@@ -51,6 +53,7 @@ impl ValidJob {
             argv,
             program,
             spec,
+            peer: None,
         })
     }
 

@@ -72,14 +72,16 @@ pub async fn start_failed(
         }
         // Not the command's fault: the client should go elsewhere.
         Err(refusal) => {
-            tracing::warn!(
+            tracing::info!(
                 target: LOG_TARGET,
                 job_id = %Escaped(&job.spec.job_id),
                 node = %ctx.name,
-                refusal = %Escaped(&refusal.to_string()),
-                "job refused"
+                "job refused as it started"
             );
-            let _ = out.send(Err(refusal.into_status(&ctx.name))).await;
+            let status = refusal.into_status(&ctx.name);
+            let who = crate::refusal_log::Who::Claimed(&job.spec.user);
+            crate::refusal_log::status(&ctx.name, job.peer, who, &status);
+            let _ = out.send(Err(status)).await;
         }
     }
 }
