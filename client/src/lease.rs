@@ -53,6 +53,7 @@ pub async fn acquire(
             program: job.program(),
             avoid: avoid.to_vec(),
             want_nodes: cache.is_stale(),
+            cwd: job.executor_cwd().into(),
         })),
     });
     let mut responses = GatekeeperClient::new(channel)

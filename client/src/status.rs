@@ -89,6 +89,9 @@ pub struct NodeStatus {
     pub foreign_load: Option<f64>,
     pub mem_available_mib: Option<u64>,
     pub draining: Option<bool>,
+    /// The directory missing on the node (the shared tree is not mounted
+    /// there): clients pass over it for jobs under it. Empty when none.
+    pub unmounted: Option<String>,
     pub os: Option<String>,
     pub arch: Option<String>,
     pub error: Option<String>,
@@ -123,6 +126,7 @@ fn row(addr: &NodeAddr, answer: Result<LoadReport, String>) -> NodeStatus {
             foreign_load: Some(r.foreign_load),
             mem_available_mib: Some(r.mem_available_bytes / (1024 * 1024)),
             draining: Some(r.draining),
+            unmounted: Some(r.unmounted),
             os: Some(r.os),
             arch: Some(r.arch),
             error: None,
@@ -144,6 +148,7 @@ fn row(addr: &NodeAddr, answer: Result<LoadReport, String>) -> NodeStatus {
             foreign_load: None,
             mem_available_mib: None,
             draining: None,
+            unmounted: None,
             os: None,
             arch: None,
             error: Some(error),
@@ -170,12 +175,14 @@ pub fn table(rows: &[NodeStatus]) -> String {
     for r in rows {
         let state = match r.reachable {
             false => format!("unreachable: {}", r.error.as_deref().unwrap_or("")),
-            true => state(
-                r.draining == Some(true),
-                r.desktop == Some(true),
-                r.offer_reason.as_deref().unwrap_or(""),
-                r.reclaiming == Some(true),
-            ),
+            true => {
+                state(
+                    r.draining == Some(true),
+                    r.desktop == Some(true),
+                    r.offer_reason.as_deref().unwrap_or(""),
+                    r.reclaiming == Some(true),
+                ) + &unmounted_note(r.unmounted.as_deref().unwrap_or(""))
+            }
         };
         let num = |v: Option<u32>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
         let float = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
@@ -216,6 +223,14 @@ fn state(draining: bool, desktop: bool, reason: &str, reclaiming: bool) -> Strin
     text
 }
 
+/// What the state column adds for a node without the shared tree.
+fn unmounted_note(unmounted: &str) -> String {
+    match unmounted {
+        "" => String::new(),
+        dir => format!(", not mounted: {dir} (skipped for jobs under it)"),
+    }
+}
+
 /// The gatekeeper's view: nodes, users and running jobs, as tables.
 pub fn cluster_table(reply: &mexec_proto::v1::ClusterStatusReply) -> String {
     let mut text = format!(
@@ -239,7 +254,7 @@ pub fn cluster_table(reply: &mexec_proto::v1::ClusterStatusReply) -> String {
             load.desktop,
             &load.offer_reason,
             load.reclaiming,
-        );
+        ) + &unmounted_note(&load.unmounted);
         text.push_str(&format!(
             "{:<22} {:<14} {:>5} {:>5} {:>7} {:>6} {:>6} {:>6.2} {:>8.2} {:<8} {}\n",
             n.address,
@@ -313,7 +328,7 @@ pub fn cluster_json(reply: &mexec_proto::v1::ClusterStatusReply) -> serde_json::
                 "last_report_ms": n.last_report_ms,
                 "offered_slots": load_query::offered_slots(&load), "desktop": load.desktop,
                 "offer_reason": load.offer_reason, "owner_load": load.owner_load,
-                "reclaiming": load.reclaiming,
+                "reclaiming": load.reclaiming, "unmounted": load.unmounted,
             })
         })
         .collect();

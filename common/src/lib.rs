@@ -21,6 +21,7 @@
 //! - `lease_ticket`: the gatekeeper's signed, short-lived permission for
 //!   one job of one user on one node, and the keys that sign it.
 //! - `telemetry`: one `init_tracing()` for every binary.
+//! - `unmounted`: a node's mark that the shared tree is not mounted there.
 //! - `version`: which versions work together, and the version every
 //!   request carries.
 
@@ -37,6 +38,7 @@ pub mod refusal;
 pub mod telemetry;
 pub mod tls;
 pub mod token;
+pub mod unmounted;
 pub mod version;
 
 /// The version every binary and load report carries.

@@ -28,6 +28,14 @@ pub enum Caller {
 }
 
 impl Caller {
+    /// The certificate's identity, when one was verified.
+    pub fn peer(&self) -> Option<&Peer> {
+        match self {
+            Caller::Verified(peer) => Some(peer),
+            Caller::Unverified => None,
+        }
+    }
+
     /// The caller `Access::check` recorded on `request`.
     pub fn of<T>(request: &Request<T>) -> Option<Caller> {
         request.extensions().get::<Caller>().cloned()
@@ -78,8 +86,7 @@ impl Access {
         let peer = request.remote_addr();
         let proven = request
             .peer_certs()
-            .and_then(|chain| chain.first().and_then(|leaf| peer_from_der(leaf)))
-            .map(Caller::Verified);
+            .and_then(|chain| chain.first().and_then(|leaf| peer_from_der(leaf)));
         self.admit(request).inspect_err(|refused| {
             refusal_log::status(&self.node, peer, Who::of(proven.as_ref(), ""), refused)
         })

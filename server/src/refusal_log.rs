@@ -14,9 +14,8 @@ use std::time::{Duration, Instant};
 
 use mexec_common::refusal::Refusal;
 use mexec_common::telemetry::Escaped;
+use mexec_common::tls::Peer;
 use tonic::Status;
-
-use crate::auth::Caller;
 
 /// The log target, which collectors filter on.
 pub const TARGET: &str = "mexec_server::refusal";
@@ -37,13 +36,12 @@ pub enum Who<'a> {
 }
 
 impl<'a> Who<'a> {
-    /// From the caller the access check recorded and what the request
-    /// claimed (empty when it named no one).
-    pub fn of(caller: Option<&'a Caller>, claimed: &'a str) -> Who<'a> {
-        use mexec_common::tls::Peer;
-        match caller {
-            Some(Caller::Verified(Peer::User(name))) => Who::Proven(name),
-            Some(Caller::Verified(Peer::Node(name))) if claimed.is_empty() => Who::Proven(name),
+    /// From the certificate the access check verified, if any, and what
+    /// the request claimed (empty when it named no one).
+    pub fn of(proven: Option<&'a Peer>, claimed: &'a str) -> Who<'a> {
+        match proven {
+            Some(Peer::User(name)) => Who::Proven(name),
+            Some(Peer::Node(name)) if claimed.is_empty() => Who::Proven(name),
             _ if claimed.is_empty() => Who::Unknown,
             _ => Who::Claimed(claimed),
         }
@@ -213,16 +211,12 @@ mod tests {
 
     #[test]
     fn who_prefers_the_certificate_to_the_claim() {
-        use mexec_common::tls::Peer;
-        let alice = Caller::Verified(Peer::User("alice".into()));
+        let alice = Peer::User("alice".into());
         assert!(matches!(
             Who::of(Some(&alice), "root"),
             Who::Proven("alice")
         ));
-        assert!(matches!(
-            Who::of(Some(&Caller::Unverified), "bob"),
-            Who::Claimed("bob")
-        ));
+        assert!(matches!(Who::of(None, "bob"), Who::Claimed("bob")));
         assert!(matches!(Who::of(None, ""), Who::Unknown));
     }
 }

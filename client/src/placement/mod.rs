@@ -4,9 +4,11 @@
 //! Layout:
 //! - `score`: the ranking itself, a pure function.
 //! - `shared_state`: the locked state file client processes share.
+//! - `unmounted`: nodes on which the shared tree is not mounted.
 
 pub mod score;
 pub mod shared_state;
+mod unmounted;
 
 use std::collections::HashSet;
 
@@ -90,8 +92,15 @@ impl Placement {
     /// Picks the best node not in `exclude` and reserves it. Without a
     /// usable state file, placement still works, from a random order.
     pub fn choose(&self, exclude: &HashSet<usize>) -> Option<Choice> {
+        self.choose_for(exclude, &[])
+    }
+
+    /// Like `choose`, for a job in `cwd`: nodes marked as not having it
+    /// mounted come last, tried only when every other node was.
+    pub fn choose_for(&self, exclude: &HashSet<usize>, cwd: &[u8]) -> Option<Choice> {
         let pid = self.pid;
         let result = self.state.update(|data, now| {
+            let exclude = &unmounted::exclude(&self.nodes, data, exclude, cwd);
             let views: Vec<NodeView> = self
                 .nodes
                 .iter()
@@ -159,6 +168,16 @@ impl Placement {
         });
     }
 
+    /// Marks the node at `authority` as not having the shared tree under
+    /// `top` mounted, until its next load report says otherwise.
+    pub fn mark_unmounted(state: &SharedState, authority: &str, top: &str) {
+        let _ = state.update(|data, now| {
+            let node = data.nodes.entry(authority.to_owned()).or_default();
+            node.unmounted = top.to_owned();
+            node.touched_ms = now;
+        });
+    }
+
     /// Marks node `index` unreachable for a while, so other clients skip it.
     pub fn mark_down(&self, index: usize) {
         let key = self.nodes[index].authority();
@@ -176,6 +195,7 @@ impl Placement {
             let node = data.nodes.entry(key).or_default();
             node.down_until_ms = 0;
             node.touched_ms = now;
+            node.unmounted.clone_from(&report.unmounted);
             node.report = Some(Snapshot {
                 slots: report.slots,
                 running: report.running,

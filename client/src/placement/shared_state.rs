@@ -55,6 +55,10 @@ pub struct NodeState {
     /// Last time anything touched this entry.
     #[serde(default)]
     pub touched_ms: u64,
+    /// The node's mark that the shared tree is not mounted there
+    /// (`LoadReport.unmounted`); empty when it is.
+    #[serde(default)]
+    pub unmounted: String,
 }
 
 /// The parts of a load report that placement uses.

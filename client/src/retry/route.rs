@@ -204,7 +204,8 @@ impl Direct {
                 "no nodes are configured (set MEXEC_NODES, --nodes or MEXEC_GATEKEEPER)".into(),
             );
         }
-        let Some(choice) = self.placement.choose(&self.tried) else {
+        let cwd = cx.job.executor_cwd();
+        let Some(choice) = self.placement.choose_for(&self.tried, &cwd) else {
             return self.round_over();
         };
         self.tried.insert(choice.index);

@@ -32,6 +32,7 @@ pub fn report(node: &str, counts: Counts, desktop: Option<&Offer>) -> LoadReport
         offer_reason: desktop.map(|d| d.reason.clone()).unwrap_or_default(),
         owner_load: desktop.map_or(0.0, |d| d.owner_load),
         reclaiming: desktop.is_some_and(|d| d.reclaiming),
+        unmounted: String::new(),
     }
 }
 

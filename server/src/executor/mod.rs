@@ -27,6 +27,7 @@
 //!   the reclaim of repeatable jobs.
 //! - `owner_load`: what a desktop offers, decided from samples (no I/O).
 //! - `priority`: the CPU and I/O priority jobs run at.
+//! - `unmounted`: the node's mark that the shared tree is not mounted.
 //! - `error`: refusals and their gRPC statuses.
 
 mod account;
@@ -50,6 +51,7 @@ mod priority;
 mod process;
 mod procfs;
 mod service;
+mod unmounted;
 mod valid_job;
 
 use std::future::Future;
@@ -115,13 +117,17 @@ pub struct NodeContext {
     pub desktop: Option<Arc<desktop::Desktop>>,
     /// The CPU and I/O priority jobs run at.
     pub priority: JobPriority,
+    /// Marked when jobs are refused because the shared tree is not here.
+    pub unmounted: unmounted::Unmounted,
 }
 
 impl NodeContext {
     /// The node's load now.
     pub fn load_report(&self) -> LoadReport {
         let offer = self.desktop.as_ref().map(|d| d.offer());
-        load::report(&self.name, self.admission.counts(), offer.as_ref())
+        let mut report = load::report(&self.name, self.admission.counts(), offer.as_ref());
+        report.unmounted = self.unmounted.current();
+        report
     }
 
     /// Resolves when the job of `spec` is to be given back to a desktop's
@@ -240,6 +246,7 @@ fn node_context(
         } else {
             JobPriority::Normal
         },
+        unmounted: unmounted::Unmounted::default(),
     }
 }
 

@@ -68,7 +68,7 @@ impl Executor for ExecutorService {
             Err(refused) => Err(refused),
         };
         let stream = started.inspect_err(|refused| {
-            let who = Who::of(caller.as_ref(), &claimed);
+            let who = Who::of(caller.as_ref().and_then(Caller::peer), &claimed);
             refusal_log::status(&self.ctx.name, peer, who, refused)
         })?;
         Ok(Response::new(Box::pin(stream)))
@@ -125,7 +125,8 @@ async fn start_job(
     ctx.lease
         .check(&ctx.name, &spec.user, spec.lease.as_ref(), now)
         .map_err(JobError::Lease)?;
-    let mut valid = ValidJob::new(spec, ctx.policy.as_ref())?;
+    let mut valid = ValidJob::new(spec, ctx.policy.as_ref())
+        .inspect_err(|err| ctx.unmounted.note(err.missing_cwd()))?;
     valid.peer = peer;
     let ticket = ctx.admission.admit()?;
     let (tx, rx) = mpsc::channel(job::OUTPUT_QUEUE);

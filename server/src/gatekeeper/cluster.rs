@@ -128,6 +128,9 @@ pub struct Wanted {
     pub program: String,
     pub avoid: HashSet<String>,
     pub relayed: bool,
+    /// The job's working directory: nodes that marked it not mounted
+    /// (`LoadReport.unmounted`) are avoided.
+    pub cwd: Vec<u8>,
 }
 
 /// A live member's name, asked for from another host.
@@ -388,7 +391,7 @@ impl Cluster {
             let Some(index) = self.next_fair(&skipped) else {
                 return;
             };
-            let Some(node) = self.best_node(&self.waiting[index].wanted.avoid) else {
+            let Some(node) = self.best_node(&self.waiting[index].wanted) else {
                 // Every free slot is on a node this request avoids.
                 skipped.insert(self.waiting[index].id);
                 continue;
@@ -466,13 +469,17 @@ impl Cluster {
             .map(|(i, _)| i)
     }
 
-    fn best_node(&self, avoid: &HashSet<String>) -> Option<String> {
+    fn best_node(&self, wanted: &Wanted) -> Option<String> {
         // Avoiding is a preference: when every member is avoided (a
         // one-node cluster lost a job once), any member will do.
-        let all_avoided = self.nodes.keys().all(|n| avoid.contains(n));
+        let avoided = |n: &Node| {
+            wanted.avoid.contains(&n.name)
+                || mexec_common::unmounted::under(&wanted.cwd, &n.report.unmounted)
+        };
+        let all_avoided = self.nodes.values().all(avoided);
         self.nodes
             .values()
-            .filter(|n| n.has_free_slot() && (all_avoided || !avoid.contains(&n.name)))
+            .filter(|n| n.has_free_slot() && (all_avoided || !avoided(n)))
             .min_by(|a, b| a.score().total_cmp(&b.score()))
             .map(|n| n.name.clone())
     }

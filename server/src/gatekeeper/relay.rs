@@ -52,6 +52,7 @@ pub async fn start(
         program: String::from_utf8_lossy(&spec.argv[0]).into_owned(),
         avoid: HashSet::new(),
         relayed: true,
+        cwd: spec.cwd.to_vec(),
     };
     let (id, grant) = shared
         .with(|c| c.enqueue(wanted.clone()))

@@ -65,7 +65,8 @@ impl GatekeeperService {
     /// Puts a refusal of a stream from `peer` on record.
     fn on_record(&self, peer: Option<SocketAddr>, caller: Option<&Caller>, refused: &Status) {
         let node = self.shared.access.node();
-        refusal_log::status(node, peer, Who::of(caller, ""), refused);
+        let proven = caller.and_then(Caller::peer);
+        refusal_log::status(node, peer, Who::of(proven, ""), refused);
     }
 
     async fn joined(
@@ -161,6 +162,7 @@ fn wanted(request: &LeaseRequest, relayed: bool) -> Wanted {
         program: request.program.clone(),
         avoid: request.avoid.iter().cloned().collect(),
         relayed,
+        cwd: request.cwd.to_vec(),
     }
 }
 

@@ -72,6 +72,7 @@ pub async fn start_failed(
         }
         // Not the command's fault: the client should go elsewhere.
         Err(refusal) => {
+            ctx.unmounted.note(refusal.missing_cwd());
             tracing::info!(
                 target: LOG_TARGET,
                 job_id = %Escaped(&job.spec.job_id),
