@@ -464,8 +464,21 @@ impl Gatekeeper {
 
     /// Starts a gatekeeper on host `host` of `lan`, listening on `port`.
     pub fn start_in(lan: &netns::Lan, host: usize, port: u16, extra: &[&str]) -> Gatekeeper {
-        let launcher = ["ip", "netns", "exec", &lan.hosts[host].namespace]
+        Self::start_in_with(lan, host, port, extra, &[])
+    }
+
+    /// Like `start_in`, with `env` (`NAME=value`) set for the gatekeeper
+    /// and each restart of it.
+    pub fn start_in_with(
+        lan: &netns::Lan,
+        host: usize,
+        port: u16,
+        extra: &[&str],
+        env: &[&str],
+    ) -> Gatekeeper {
+        let launcher = ["ip", "netns", "exec", &lan.hosts[host].namespace, "env"]
             .iter()
+            .chain(env)
             .map(Into::into)
             .collect();
         let listen = lan.address(host, port).parse().expect("host address");
