@@ -44,11 +44,14 @@ pub enum Refusal {
     /// The peer's version is outside the compatibility rule
     /// (`common::version`); the message names both versions.
     Version,
+    /// The client reached the other daemon (a gatekeeper's address given
+    /// as a node, or the reverse); the message says which.
+    WrongService,
 }
 
 impl Refusal {
     /// Every kind, for tests and exhaustive tables.
-    pub const ALL: [Refusal; 12] = [
+    pub const ALL: [Refusal; 13] = [
         Refusal::Busy,
         Refusal::Draining,
         Refusal::CwdMissing,
@@ -61,6 +64,7 @@ impl Refusal {
         Refusal::NoNode,
         Refusal::Lease,
         Refusal::Version,
+        Refusal::WrongService,
     ];
 
     /// The kind's name on the wire and in logs.
@@ -78,6 +82,7 @@ impl Refusal {
             Refusal::NoNode => "no-node",
             Refusal::Lease => "lease",
             Refusal::Version => "version",
+            Refusal::WrongService => "wrong-service",
         }
     }
 
@@ -101,6 +106,7 @@ impl Refusal {
             Refusal::NoNode => Code::Unavailable,
             Refusal::Lease => Code::PermissionDenied,
             Refusal::Version => Code::FailedPrecondition,
+            Refusal::WrongService => Code::Unimplemented,
         }
     }
 

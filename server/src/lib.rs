@@ -11,6 +11,7 @@
 //! - `request_limits`: the sizes of a job request, checked by both roles.
 //! - `auth`: who may call (token, certificate, allow list) and for whom a
 //!   job runs.
+//! - `wrong_service`: each daemon's answer for the other's service.
 //! - `refusal_log`: every refusal on record, rate-limited.
 //! - `certs`: issuing the cluster CA, node and user certificates.
 
@@ -21,3 +22,4 @@ pub mod executor;
 pub mod gatekeeper;
 pub mod refusal_log;
 pub mod request_limits;
+pub mod wrong_service;

@@ -11,6 +11,7 @@
 //! - `account`: the account jobs run as.
 //! - `admission`: slots, the bounded queue and draining.
 //! - `limits`: the resources a job may use.
+//! - `limits_text`: the limits in words, for the start line.
 //! - `memory`: the node's watcher of each job's resident memory.
 //! - `cgroup`: each job in a cgroup of its own, ended with the job; the
 //!   process limit.
@@ -41,6 +42,7 @@ pub mod group_keeper;
 mod job;
 pub mod lease_check;
 mod limits;
+mod limits_text;
 mod load;
 mod membership;
 mod memory;
@@ -74,6 +76,7 @@ pub use error::JobError;
 pub use group_keeper::GroupKeeper;
 pub use lease_check::{DirectJobs, LeaseCheck};
 pub use limits::JobLimits;
+pub use limits_text::describe as describe_limits;
 pub use memory::MemoryWatch;
 pub use owner_load::DesktopPolicy;
 pub use policy::{CommandPolicy, Program};
@@ -206,11 +209,16 @@ pub async fn run(
         settings.name.clone(),
     );
     let access = ctx.access.clone();
+    let other = mexec_proto::v1::gatekeeper_server::GatekeeperServer::new(
+        crate::wrong_service::NotAGatekeeper {
+            node: settings.name.clone(),
+        },
+    );
     let result = daemon::serve(
         listener,
         &settings.daemon,
         access,
-        executor,
+        (executor, other),
         shutdown,
         drain,
     )

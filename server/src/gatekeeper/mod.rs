@@ -65,11 +65,21 @@ pub async fn run(
     });
     let reaper = tokio::spawn(expire_silent_nodes(shared.clone()));
     let access = shared.access.clone();
+    let other =
+        mexec_proto::v1::executor_server::ExecutorServer::new(crate::wrong_service::NotAnExecutor);
     let gatekeeper = GatekeeperServer::new(service::GatekeeperService::new(shared))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     // Nothing to drain: lease and membership streams end with their peers,
     // who find the next gatekeeper on their own.
-    let result = daemon::serve(listener, daemon, access, gatekeeper, shutdown, async {}).await;
+    let result = daemon::serve(
+        listener,
+        daemon,
+        access,
+        (gatekeeper, other),
+        shutdown,
+        async {},
+    )
+    .await;
     reaper.abort();
     result
 }

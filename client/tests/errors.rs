@@ -1,0 +1,97 @@
+//! Errors and logs that say what to do, against real `mexec`, `mexecd`
+//! and `mexec-gatekeeper` processes: each test asserts that the text names
+//! the cause.
+
+use std::process::Command;
+use std::time::Duration;
+
+use mexec_testkit::{bin, job_dir, wait_until, Executor, Gatekeeper};
+
+#[test]
+fn an_empty_mexec_gatekeeper_means_unset() {
+    let node = Executor::start("n1", 1, &[]);
+    let dir = job_dir();
+    let output = node
+        .mexec(dir.path(), &["echo", "placed"])
+        .env("MEXEC_GATEKEEPER", "")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.stdout, b"placed\n", "{stderr}");
+    assert!(!stderr.contains("MEXEC_GATEKEEPER"), "{stderr}");
+}
+
+#[test]
+fn daemon_logs_have_no_colour_codes_and_limits_in_words() {
+    let node = Executor::start("n1", 1, &[]);
+    let logged = || node.log_text().contains("executor started");
+    assert!(
+        wait_until(Duration::from_secs(5), logged),
+        "{}",
+        node.log_text()
+    );
+    let log = node.log_text();
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log file: {log:?}"
+    );
+    let started = log
+        .lines()
+        .find(|l| l.contains("executor started"))
+        .unwrap();
+    assert!(
+        started.contains("wall 24h") && started.contains("output 1 GiB"),
+        "{started}"
+    );
+    assert!(!started.contains("JobLimits {"), "{started}");
+}
+
+#[test]
+fn a_client_at_the_wrong_service_is_told_which_service_it_reached() {
+    let node = Executor::start("n1", 1, &[]);
+    let gatekeeper = Gatekeeper::start(&[]);
+    let dir = job_dir();
+    // The gatekeeper's address given as a node.
+    let output = Command::new(bin("mexec"))
+        .current_dir(dir.path())
+        .env("MEXEC_NODES", gatekeeper.address())
+        .env("MEXEC_STATE_DIR", dir.path())
+        .env_remove("MEXEC_GATEKEEPER")
+        .args(["--no-local", "true"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(255));
+    assert!(
+        stderr.contains("is a gatekeeper, not an executor")
+            && stderr.contains(&format!("MEXEC_GATEKEEPER={}", gatekeeper.address())),
+        "{stderr}"
+    );
+    let status = Command::new(bin("mexec"))
+        .env("MEXEC_NODES", gatekeeper.address())
+        .env("MEXEC_STATE_DIR", dir.path())
+        .env_remove("MEXEC_GATEKEEPER")
+        .arg("--status")
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        table.contains("is a gatekeeper, not an executor"),
+        "{table}"
+    );
+    // An executor's address given as the gatekeeper.
+    let output = Command::new(bin("mexec"))
+        .current_dir(dir.path())
+        .env("MEXEC_GATEKEEPER", node.node())
+        .env("MEXEC_STATE_DIR", dir.path())
+        .env_remove("MEXEC_NODES")
+        .args(["--no-local", "true"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("node n1 is an executor, not a gatekeeper")
+            && stderr.contains(&format!("MEXEC_NODES={}", node.node())),
+        "{stderr}"
+    );
+}
