@@ -95,3 +95,31 @@ fn a_client_at_the_wrong_service_is_told_which_service_it_reached() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_job_denied_by_the_tree_says_which_account_it_ran_as() {
+    if !mexec_testkit::is_root() {
+        mexec_testkit::skip("jobs run as another account only under a root daemon");
+        return;
+    }
+    let node = Executor::start("n1", 1, &[]);
+    // A tree only root may write, as a user's checkout is to the job account.
+    let tree = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        tree.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let output = node
+        .mexec(tree.path(), &["sh", "-c", "echo x > out.o"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(output.status.code(), Some(0), "{stderr}");
+    let account = mexec_testkit::job_user_args().last().cloned().unwrap();
+    assert!(
+        stderr.contains(&format!("the job ran as `{account}`"))
+            && stderr.contains(&format!("cannot write {}", tree.path().display())),
+        "{stderr}"
+    );
+}

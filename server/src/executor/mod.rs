@@ -9,6 +9,7 @@
 //! - `environment`: the variables a job starts with.
 //! - `process`: spawning, signalling and reaping a job's process group.
 //! - `account`: the account jobs run as.
+//! - `account_note`: why a job failed in a tree its account cannot write.
 //! - `admission`: slots, the bounded queue and draining.
 //! - `limits`: the resources a job may use.
 //! - `limits_text`: the limits in words, for the start line.
@@ -32,6 +33,7 @@
 //! - `error`: refusals and their gRPC statuses.
 
 mod account;
+mod account_note;
 mod admission;
 mod cgroup;
 pub mod config;

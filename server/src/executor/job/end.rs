@@ -10,6 +10,7 @@ use mexec_proto::v1::{exit, run_response, Exit};
 
 use super::{response, Outbound};
 use crate::executor::account::Account;
+use crate::executor::account_note;
 use crate::executor::environment;
 use crate::executor::error::{self, JobError};
 use crate::executor::limits::{self, Exceeded, JobLimits};
@@ -44,9 +45,12 @@ pub async fn report(
     job: &ValidJob,
     started_at: Instant,
     killed: Option<Kill>,
-    exit: Exit,
+    mut exit: Exit,
     out: &Outbound,
 ) {
+    if let Some(note) = account_note::note(ctx.run_as.as_ref(), &job.cwd, &exit) {
+        exit.error = note;
+    }
     log_job(ctx, job, started_at, &exit);
     let message = match killed {
         Some(Kill::Shutdown) => Err(error::shut_down(&ctx.name)),
