@@ -34,7 +34,9 @@ pub fn show(farm: &Farm, connector: &Connector, json: bool) -> i32 {
 async fn show_cluster(connector: &Connector, gatekeeper: &NodeAddr, json: bool) -> i32 {
     match load_query::cluster_status(connector, gatekeeper).await {
         Ok(reply) if json => {
-            println!("{:#}", cluster_json(&reply));
+            let mut status = cluster_json(&reply);
+            status["gatekeeper"] = gatekeeper.authority().into();
+            println!("{status:#}");
             0
         }
         Ok(reply) => {
@@ -51,10 +53,7 @@ async fn show_cluster(connector: &Connector, gatekeeper: &NodeAddr, json: bool) 
 async fn show_nodes(connector: &Connector, nodes: &[NodeAddr], json: bool) -> i32 {
     let rows = collect(connector, nodes).await;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).expect("rows serialize")
-        );
+        println!("{:#}", nodes_json(&rows));
     } else {
         print!("{}", table(&rows));
     }
@@ -313,7 +312,27 @@ pub fn cluster_table(reply: &mexec_proto::v1::ClusterStatusReply) -> String {
     text
 }
 
-/// The gatekeeper's view as JSON for scripts.
+/// The nodes' own answers as JSON for scripts, in the schema of the
+/// gatekeeper's view (`cluster_json`): the same keys, what only a
+/// gatekeeper knows null or empty.
+pub fn nodes_json(rows: &[NodeStatus]) -> serde_json::Value {
+    let nodes: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|row| {
+            let mut node = serde_json::to_value(row).expect("rows serialize");
+            node["leased"] = serde_json::Value::Null;
+            node["last_report_ms"] = serde_json::Value::Null;
+            node
+        })
+        .collect();
+    serde_json::json!({
+        "gatekeeper": null, "version": null, "queued": null, "max_queued": null,
+        "nodes": nodes, "users": [], "jobs": [],
+    })
+}
+
+/// The gatekeeper's view as JSON for scripts (`--status --json`, whose
+/// schema `nodes_json` keeps without a gatekeeper).
 pub fn cluster_json(reply: &mexec_proto::v1::ClusterStatusReply) -> serde_json::Value {
     let nodes: Vec<_> = reply
         .nodes
@@ -329,6 +348,8 @@ pub fn cluster_json(reply: &mexec_proto::v1::ClusterStatusReply) -> serde_json::
                 "offered_slots": load_query::offered_slots(&load), "desktop": load.desktop,
                 "offer_reason": load.offer_reason, "owner_load": load.owner_load,
                 "reclaiming": load.reclaiming, "unmounted": load.unmounted,
+                "reachable": true, "error": null, "os": load.os, "arch": load.arch,
+                "mem_available_mib": load.mem_available_bytes / (1024 * 1024),
             })
         })
         .collect();

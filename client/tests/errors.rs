@@ -123,3 +123,40 @@ fn a_job_denied_by_the_tree_says_which_account_it_ran_as() {
         "{stderr}"
     );
 }
+
+#[test]
+fn status_json_has_one_schema_with_or_without_a_gatekeeper() {
+    let gatekeeper = Gatekeeper::start(&[]);
+    let node = Executor::start("n1", 2, &["--gatekeeper", &gatekeeper.address()]);
+    let dir = job_dir();
+    let status = |var: &str, value: &str| {
+        let output = Command::new(bin("mexec"))
+            .env_remove("MEXEC_NODES")
+            .env_remove("MEXEC_GATEKEEPER")
+            .env(var, value)
+            .env("MEXEC_STATE_DIR", dir.path())
+            .args(["--status", "--json"])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+    };
+    let keys = |value: &serde_json::Value| {
+        let mut keys: Vec<String> = value.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    let gated = || status("MEXEC_GATEKEEPER", &gatekeeper.address());
+    assert!(wait_until(Duration::from_secs(10), || gated()["nodes"]
+        .as_array()
+        .is_some_and(|n| n.len() == 1)));
+    let (gated, direct) = (gated(), status("MEXEC_NODES", &node.node()));
+    assert_eq!(keys(&gated), keys(&direct), "{gated:#}\n{direct:#}");
+    assert_eq!(
+        keys(&gated["nodes"][0]),
+        keys(&direct["nodes"][0]),
+        "{gated:#}\n{direct:#}"
+    );
+    assert_eq!(gated["nodes"][0]["slots"], direct["nodes"][0]["slots"]);
+    assert_eq!(direct["gatekeeper"], serde_json::Value::Null);
+    assert_eq!(gated["gatekeeper"], gatekeeper.address().as_str());
+}

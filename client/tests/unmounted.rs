@@ -88,7 +88,7 @@ fn a_node_without_the_tree_is_skipped_after_its_first_refusal() {
     );
     let json = farm.mexec(&work, &["--status", "--json"]).output().unwrap();
     let rows: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
-    let row = rows
+    let row = rows["nodes"]
         .as_array()
         .unwrap()
         .iter()
