@@ -160,3 +160,32 @@ fn status_json_has_one_schema_with_or_without_a_gatekeeper() {
     assert_eq!(direct["gatekeeper"], serde_json::Value::Null);
     assert_eq!(gated["gatekeeper"], gatekeeper.address().as_str());
 }
+
+#[test]
+fn a_missing_token_file_is_named_once_with_its_path() {
+    let dir = job_dir();
+    let missing = dir.path().join("no-such-token");
+    let mexec = Command::new(bin("mexec"))
+        .env("MEXEC_NODES", "127.0.0.1:1")
+        .env("MEXEC_TOKEN_FILE", &missing)
+        .env("MEXEC_STATE_DIR", dir.path())
+        .env_remove("MEXEC_GATEKEEPER")
+        .args(["--no-local", "true"])
+        .output()
+        .unwrap();
+    let mexecd = Command::new(bin("mexecd"))
+        .arg("--token-file")
+        .arg(&missing)
+        .args(mexec_testkit::job_user_args())
+        .output()
+        .unwrap();
+    for output in [mexec, mexecd] {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains(&format!("cannot read token file {}", missing.display())),
+            "{stderr}"
+        );
+        assert_eq!(stderr.matches("No such file").count(), 1, "{stderr}");
+    }
+}
