@@ -189,3 +189,35 @@ fn a_missing_token_file_is_named_once_with_its_path() {
         assert_eq!(stderr.matches("No such file").count(), 1, "{stderr}");
     }
 }
+
+#[test]
+fn the_job_log_records_queue_wait_run_time_and_the_target() {
+    let node = Executor::start("n1", 1, &[]);
+    let dir = job_dir();
+    std::fs::write(dir.path().join("a.c"), "int a(void) { return 1; }\n").unwrap();
+    let joblog = dir.path().join("jobs.jsonl");
+    // The one slot is taken for a second: the compile waits for it.
+    let mut holder = node.mexec(dir.path(), &["sleep", "1"]).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let output = node
+        .mexec(dir.path(), &["gcc", "-c", "a.c", "-o", "a.o"])
+        .env("MEXEC_JOBLOG", &joblog)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    holder.wait().unwrap();
+    let text = std::fs::read_to_string(&joblog).unwrap();
+    let entry: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(entry["target"], "a.o", "{entry}");
+    let (wall, wait, run) = (
+        entry["wall_ms"].as_u64().unwrap(),
+        entry["wait_ms"].as_u64().unwrap(),
+        entry["run_ms"].as_u64().unwrap(),
+    );
+    assert_eq!(wall, wait + run, "{entry}");
+    assert!(wait >= 400, "the compile waited for the slot: {entry}");
+}
