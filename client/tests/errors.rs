@@ -221,3 +221,45 @@ fn the_job_log_records_queue_wait_run_time_and_the_target() {
     assert_eq!(wall, wait + run, "{entry}");
     assert!(wait >= 400, "the compile waited for the slot: {entry}");
 }
+
+#[test]
+fn explain_says_why_the_job_went_where_it_went() {
+    let node = Executor::start("n1", 1, &[]);
+    let dir = job_dir();
+    let output = node
+        .mexec(dir.path(), &["--explain", "true"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "running true on {}: the least busy per slot",
+            node.node()
+        )),
+        "{stderr}"
+    );
+    let gatekeeper = Gatekeeper::start(&[]);
+    let member = Executor::start("m1", 1, &["--gatekeeper", &gatekeeper.address()]);
+    let leased = || {
+        let output = Command::new(bin("mexec"))
+            .current_dir(dir.path())
+            .env("MEXEC_GATEKEEPER", gatekeeper.address())
+            .env("MEXEC_STATE_DIR", dir.path())
+            .env_remove("MEXEC_NODES")
+            .args(["--no-local", "--explain", "true"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || leased()
+            .contains("running true on m1 (")),
+        "{}",
+        member.log_text()
+    );
+    assert!(
+        leased().contains("leased by the gatekeeper"),
+        "{}",
+        leased()
+    );
+}
