@@ -122,6 +122,11 @@ impl Job {
             .unwrap_or_default()
     }
 
+    /// The working directory as the executors get it.
+    pub fn executor_cwd(&self) -> Vec<u8> {
+        os_bytes(&self.for_executors.cwd).to_vec()
+    }
+
     /// The protocol message.
     pub fn spec(&self) -> JobSpec {
         let view = &self.for_executors;

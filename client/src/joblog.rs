@@ -19,13 +19,35 @@ pub struct Entry<'a> {
     /// "remote", "local" or "failed".
     pub placed: &'a str,
     pub exit_code: i32,
+    /// From the client's start to the job's end: `wait_ms` + `run_ms`.
     pub wall_ms: u64,
+    /// Time before the job ran: placement, waiting for a lease or a slot
+    /// (on the node's queue included), failed attempts and transfer.
+    pub wait_ms: u64,
+    /// The job's own run time on its node (all of `wall_ms` when local).
+    pub run_ms: u64,
+    /// What a compile writes (its `-o` file), when it names one.
+    pub target: Option<String>,
     /// CPU time (user + system) the job used on its node; 0 when local.
     pub cpu_ms: u64,
     /// When the job ended, in milliseconds since the Unix epoch.
     pub finished_unix_ms: u64,
     /// Attempts that failed before the one that counted.
     pub retries: u32,
+}
+
+/// The output file a compiler's `argv` names (`-o FILE` or `-oFILE`).
+pub fn target(argv: &[std::ffi::OsString]) -> Option<String> {
+    let mut args = argv.iter().skip(1).map(|a| a.to_string_lossy());
+    while let Some(arg) = args.next() {
+        if arg == "-o" {
+            return args.next().map(|a| a.into_owned());
+        }
+        if let Some(file) = arg.strip_prefix("-o").filter(|f| !f.is_empty()) {
+            return Some(file.to_owned());
+        }
+    }
+    None
 }
 
 /// Appends `entry` to `path`; a log that cannot be written is reported
@@ -42,5 +64,24 @@ pub fn append(path: &Path, entry: &Entry<'_>) {
         .and_then(|mut file| file.write_all(&line));
     if let Err(err) = result {
         crate::say!("cannot append to job log {}: {err}", path.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_target_is_the_o_file() {
+        let argv = |args: &[&str]| args.iter().map(Into::into).collect::<Vec<_>>();
+        assert_eq!(
+            target(&argv(&["gcc", "-c", "a.c", "-o", "obj/a.o"])).as_deref(),
+            Some("obj/a.o")
+        );
+        assert_eq!(
+            target(&argv(&["gcc", "-oa.o", "a.c"])).as_deref(),
+            Some("a.o")
+        );
+        assert_eq!(target(&argv(&["sh", "-c", "true"])), None);
     }
 }

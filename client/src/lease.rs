@@ -60,6 +60,7 @@ pub async fn acquire(
             munge_credential,
             toolchain: job.toolchain.clone(),
             require: job.require.clone(),
+            cwd: job.executor_cwd().into(),
         })),
     });
     let mut responses = GatekeeperClient::new(channel)

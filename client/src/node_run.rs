@@ -100,7 +100,10 @@ pub async fn run_on(
     let _ = requests.try_send(start);
     let mut responses = match open(target, channel, request_stream).await {
         Ok(responses) => responses,
-        Err(status) => return failed_call::unconfirmed(&status, node, tls),
+        Err(status) => {
+            note_unmounted(&status, node);
+            return failed_call::unconfirmed(&status, node, tls);
+        }
     };
     let mut run = RunStream {
         node,
@@ -228,7 +231,10 @@ impl RunStream<'_> {
     /// it the node was lost.
     fn broken(&self, status: &Status) -> Outcome {
         match &self.started_on {
-            None => failed_call::unconfirmed(status, self.node, self.tls),
+            None => {
+                note_unmounted(status, self.node);
+                failed_call::unconfirmed(status, self.node, self.tls)
+            }
             Some(_) => self.ended_early(failed_call::cause(status)),
         }
     }
@@ -302,5 +308,15 @@ async fn forward_stdin(requests: mpsc::Sender<RunRequest>, read_any: Arc<AtomicB
         {
             return;
         }
+    }
+}
+
+/// A node that refused the job because the shared tree is not mounted
+/// there is marked so in the shared state: this user's next clients pass
+/// over it for jobs under the mark until its load report clears it.
+fn note_unmounted(status: &Status, node: &NodeAddr) {
+    if let Some(top) = mexec_common::unmounted::of(status) {
+        let state = crate::placement::SharedState::for_this_user();
+        crate::placement::Placement::mark_unmounted(&state, &node.authority(), &top);
     }
 }

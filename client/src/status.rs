@@ -68,7 +68,9 @@ fn capture_status(farm: &Farm, connector: &Connector) -> String {
 async fn show_cluster(connector: &Connector, gatekeeper: &NodeAddr, json: bool) -> i32 {
     match load_query::cluster_status(connector, gatekeeper).await {
         Ok(reply) if json => {
-            println!("{:#}", cluster_json(&reply));
+            let mut status = cluster_json(&reply);
+            status["gatekeeper"] = gatekeeper.authority().into();
+            println!("{status:#}");
             0
         }
         Ok(reply) => {
@@ -96,10 +98,7 @@ async fn show_nodes(connector: &Connector, nodes: &[NodeAddr], json: bool) -> i3
         .collect();
     let rows: Vec<NodeStatus> = nodes.iter().zip(answers).map(|(a, r)| row(a, r)).collect();
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).expect("rows serialize")
-        );
+        println!("{:#}", nodes_json(&rows));
     } else {
         print!("{}", table(&rows));
         print!(
@@ -138,6 +137,9 @@ pub struct NodeStatus {
     pub foreign_load: Option<f64>,
     pub mem_available_mib: Option<u64>,
     pub draining: Option<bool>,
+    /// The directory missing on the node (the shared tree is not mounted
+    /// there): clients pass over it for jobs under it. Empty when none.
+    pub unmounted: Option<String>,
     pub os: Option<String>,
     pub arch: Option<String>,
     /// Compilers by program: digest, version, target, driver, and whether
@@ -181,6 +183,7 @@ fn row(addr: &NodeAddr, answer: Result<LoadReport, String>) -> NodeStatus {
                 foreign_load: Some(r.foreign_load),
                 mem_available_mib: Some(r.mem_available_bytes / (1024 * 1024)),
                 draining: Some(r.draining),
+                unmounted: Some(r.unmounted),
                 os: Some(r.os),
                 arch: Some(r.arch),
                 error: None,
@@ -203,6 +206,7 @@ fn row(addr: &NodeAddr, answer: Result<LoadReport, String>) -> NodeStatus {
             foreign_load: None,
             mem_available_mib: None,
             draining: None,
+            unmounted: None,
             os: None,
             arch: None,
             toolchains: None,
@@ -231,12 +235,14 @@ pub fn table(rows: &[NodeStatus]) -> String {
     for r in rows {
         let state = match r.reachable {
             false => format!("unreachable: {}", r.error.as_deref().unwrap_or("")),
-            true => state(
-                r.draining == Some(true),
-                r.desktop == Some(true),
-                r.offer_reason.as_deref().unwrap_or(""),
-                r.reclaiming == Some(true),
-            ),
+            true => {
+                state(
+                    r.draining == Some(true),
+                    r.desktop == Some(true),
+                    r.offer_reason.as_deref().unwrap_or(""),
+                    r.reclaiming == Some(true),
+                ) + &unmounted_note(r.unmounted.as_deref().unwrap_or(""))
+            }
         };
         let num = |v: Option<u32>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
         let float = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
@@ -277,6 +283,14 @@ fn state(draining: bool, desktop: bool, reason: &str, reclaiming: bool) -> Strin
     text
 }
 
+/// What the state column adds for a node without the shared tree.
+fn unmounted_note(unmounted: &str) -> String {
+    match unmounted {
+        "" => String::new(),
+        dir => format!(", not mounted: {dir} (skipped for jobs under it)"),
+    }
+}
+
 /// The gatekeeper's view: nodes, users and running jobs, as tables.
 pub fn cluster_table(reply: &mexec_proto::v1::ClusterStatusReply) -> String {
     let mut text = format!(
@@ -300,7 +314,7 @@ pub fn cluster_table(reply: &mexec_proto::v1::ClusterStatusReply) -> String {
             load.desktop,
             &load.offer_reason,
             load.reclaiming,
-        );
+        ) + &unmounted_note(&load.unmounted);
         text.push_str(&format!(
             "{:<22} {:<14} {:>5} {:>5} {:>7} {:>6} {:>6} {:>6.2} {:>8.2} {:<8} {}\n",
             n.address,
@@ -359,7 +373,27 @@ pub fn cluster_table(reply: &mexec_proto::v1::ClusterStatusReply) -> String {
     text
 }
 
-/// The gatekeeper's view as JSON for scripts.
+/// The nodes' own answers as JSON for scripts, in the schema of the
+/// gatekeeper's view (`cluster_json`): the same keys, what only a
+/// gatekeeper knows null or empty.
+pub fn nodes_json(rows: &[NodeStatus]) -> serde_json::Value {
+    let nodes: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|row| {
+            let mut node = serde_json::to_value(row).expect("rows serialize");
+            node["leased"] = serde_json::Value::Null;
+            node["last_report_ms"] = serde_json::Value::Null;
+            node
+        })
+        .collect();
+    serde_json::json!({
+        "gatekeeper": null, "version": null, "queued": null, "max_queued": null,
+        "nodes": nodes, "users": [], "jobs": [],
+    })
+}
+
+/// The gatekeeper's view as JSON for scripts (`--status --json`, whose
+/// schema `nodes_json` keeps without a gatekeeper).
 pub fn cluster_json(reply: &mexec_proto::v1::ClusterStatusReply) -> serde_json::Value {
     let mut ours = Ours::default();
     let nodes: Vec<_> = reply
@@ -377,7 +411,9 @@ pub fn cluster_json(reply: &mexec_proto::v1::ClusterStatusReply) -> serde_json::
                 "last_report_ms": n.last_report_ms,
                 "offered_slots": load_query::offered_slots(&load), "desktop": load.desktop,
                 "offer_reason": load.offer_reason, "owner_load": load.owner_load,
-                "reclaiming": load.reclaiming,
+                "reclaiming": load.reclaiming, "unmounted": load.unmounted,
+                "reachable": true, "error": null, "os": load.os, "arch": load.arch,
+                "mem_available_mib": load.mem_available_bytes / (1024 * 1024),
             })
         })
         .collect();

@@ -74,13 +74,22 @@ impl Farm {
 
     /// Starts (or restarts) the executor of host `host`, named `n<host>`.
     fn start_executor(&mut self, host: usize) {
+        self.start_executor_as(host, None);
+    }
+
+    /// Like `start_executor`, running as mexec `version` when given (the
+    /// "new" binary of a rolling upgrade: this build under another version).
+    fn start_executor_as(&mut self, host: usize, version: Option<&str>) {
         let listen = self.lan.address(host, EXECUTOR_PORT);
         let gatekeeper = self.gatekeeper_address();
         let mut flags = vec!["--listen", &listen, "--insecure"];
         if self.gatekeeper.is_some() {
             flags.extend(["--gatekeeper", &gatekeeper]);
         }
-        let command = self.lan.command(host, bin("mexecd"));
+        let mut command = self.lan.command(host, bin("mexecd"));
+        if let Some(version) = version {
+            command.env(mexec_common::version::TEST_OVERRIDE_VAR, version);
+        }
         let executor = Executor::start_with(command, &format!("n{host}"), self.slots, &flags);
         self.executors.insert(host, executor);
     }
@@ -474,6 +483,73 @@ fn the_gatekeeper_killed_and_restarted_mid_build_does_not_fail_it() {
         farm.members()
     );
     project.check(build.wait_with_output().unwrap());
+}
+
+/// The version a rolling upgrade moves to: the next minor version.
+fn next_version() -> String {
+    let ours = mexec_common::version::current();
+    format!("{}.{}.0", ours.major, ours.minor + 1)
+}
+
+/// The upgrade procedure of docs/operations.md under a running build:
+/// each executor drained, stopped and started as the next version, one
+/// at a time, then the gatekeeper. The build succeeds, no job fails or
+/// runs twice, and the farm ends on the new version.
+#[test]
+fn a_rolling_upgrade_under_a_running_build_loses_no_job() {
+    let Some(mut farm) = Farm::start("a_rolling_upgrade", 3, 2, true) else {
+        return;
+    };
+    let new = next_version();
+    let project = Project::generate(240);
+    let mut build = project.start_build(&farm, 6);
+    for host in 1..=3 {
+        farm.wait_for_work_on(host, &project);
+        let old = farm.executors.get_mut(&host).unwrap();
+        old.signal(libc::SIGTERM);
+        let drained = old.wait_exit(Duration::from_secs(40));
+        assert!(drained.is_some_and(|s| s.success()), "n{host}: {drained:?}");
+        farm.start_executor_as(host, Some(&new));
+        assert!(
+            wait_until(Duration::from_secs(20), || farm.status()["nodes"]
+                .as_array()
+                .is_some_and(|nodes| nodes
+                    .iter()
+                    .any(|n| n["node"] == format!("n{host}").as_str()
+                        && n["version"] == new.as_str()))),
+            "n{host} did not rejoin as {new}: {:#}",
+            farm.status()
+        );
+    }
+    assert!(
+        build.try_wait().unwrap().is_none(),
+        "the build ended before the gatekeeper's turn: make it longer"
+    );
+    let listen = farm.gatekeeper_address();
+    let version = format!("{}={new}", mexec_common::version::TEST_OVERRIDE_VAR);
+    let gatekeeper = farm.gatekeeper.as_mut().unwrap();
+    gatekeeper.kill();
+    *gatekeeper = Gatekeeper::start_in_with(
+        &farm.lan,
+        0,
+        GATEKEEPER_PORT,
+        &["--insecure"],
+        &[version.as_str()],
+    );
+    assert_eq!(farm.gatekeeper_address(), listen);
+    assert!(
+        wait_until(Duration::from_secs(20), || farm.members().len() == 3),
+        "the executors did not join the new gatekeeper: {:#}",
+        farm.status()
+    );
+    let jobs = project.check(build.wait_with_output().unwrap());
+    let status = farm.status();
+    assert_eq!(status["version"], new.as_str(), "{status:#}");
+    eprintln!(
+        "rolling upgrade to {new}: {} jobs, {} of them run again elsewhere",
+        jobs.len(),
+        retried(&jobs).len()
+    );
 }
 
 #[test]

@@ -237,7 +237,7 @@ fn status_field(farm: &Farm, field: &str) -> Option<u64> {
         .output()
         .ok()?;
     let rows: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
-    rows[0][field].as_u64()
+    rows["nodes"][0][field].as_u64()
 }
 
 #[test]

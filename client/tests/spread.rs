@@ -107,8 +107,8 @@ fn status_lists_reachable_and_unreachable_nodes() {
         .env("MEXEC_NODES", &nodes)
         .output()
         .unwrap();
-    let rows: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let rows = rows.as_array().unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let rows = status["nodes"].as_array().unwrap();
     assert_eq!(rows.len(), 3);
     assert_eq!(rows[0]["slots"], 3);
     assert_eq!(rows[0]["reachable"], true);

@@ -135,7 +135,8 @@ impl Connector {
     }
 }
 
-/// Adds the token, when there is one, to every outgoing request.
+/// Adds the token, when there is one, and our version to every outgoing
+/// request.
 #[derive(Debug, Clone)]
 pub struct AttachToken(Option<Token>);
 
@@ -147,6 +148,7 @@ impl Interceptor for AttachToken {
         if let Some(token) = &self.0 {
             token.attach(request.metadata_mut());
         }
+        crate::version::attach(request.metadata_mut());
         Ok(request)
     }
 }
@@ -198,6 +200,6 @@ mod tests {
             .attach_token()
             .call(tonic::Request::new(()))
             .unwrap();
-        assert!(request.metadata().is_empty());
+        assert!(!token.admits(request.metadata()));
     }
 }

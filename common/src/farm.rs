@@ -141,6 +141,7 @@ impl Farm {
         let token = flags
             .token_file
             .clone()
+            .filter(|path| !path.as_os_str().is_empty())
             .or(file.token_file.take())
             .map(|path| Token::from_file(&path))
             .transpose()?;
@@ -155,7 +156,8 @@ impl Farm {
             key: file.tls_key.take(),
         })
         .load()?;
-        let gatekeeper = match &flags.gatekeeper {
+        // An empty setting (`MEXEC_GATEKEEPER=`) means unset, as in a shell.
+        let gatekeeper = match flags.gatekeeper.as_deref().filter(|a| !a.trim().is_empty()) {
             Some(addr) => Some(addr.parse().map_err(FarmError::Gatekeeper)?),
             None => file.gatekeeper.take(),
         };
@@ -225,6 +227,18 @@ mod tests {
         assert_eq!(farm.nodes[0].authority(), "c:5");
         assert_eq!(farm.gatekeeper.unwrap().authority(), "h:6");
 
+        // `MEXEC_GATEKEEPER=` (empty) is no gatekeeper, not a bad one.
+        let empty = FarmFlags {
+            gatekeeper: Some(" ".into()),
+            nodes: Some("c:5".into()),
+            config: flagged.config.clone(),
+            ..FarmFlags::default()
+        };
+        assert!(Farm::resolve(&empty)
+            .unwrap()
+            .0
+            .gatekeeper
+            .is_some_and(|g| g.authority() == "g:3"));
         let bad = FarmFlags {
             gatekeeper: Some("no port".into()),
             ..flagged

@@ -27,6 +27,9 @@
 //!   compiler would produce what the client's would.
 //! - `properties`: a node's properties (os, arch, libc, CPU, memory,
 //!   labels) and the requirements jobs make of them.
+//! - `unmounted`: a node's mark that the shared tree is not mounted there.
+//! - `version`: which versions work together, and the version every
+//!   request carries.
 
 pub mod clock;
 pub mod config_file;
@@ -44,6 +47,8 @@ pub mod telemetry;
 pub mod tls;
 pub mod token;
 pub mod toolchain;
+pub mod unmounted;
+pub mod version;
 
 /// The version every binary and load report carries.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -46,11 +46,17 @@ pub enum Refusal {
     Toolchain,
     /// The node lacks a property the job requires.
     UnmetRequirement,
+    /// The peer's version is outside the compatibility rule
+    /// (`common::version`); the message names both versions.
+    Version,
+    /// The client reached the other daemon (a gatekeeper's address given
+    /// as a node, or the reverse); the message says which.
+    WrongService,
 }
 
 impl Refusal {
     /// Every kind, for tests and exhaustive tables.
-    pub const ALL: [Refusal; 13] = [
+    pub const ALL: [Refusal; 15] = [
         Refusal::Busy,
         Refusal::Draining,
         Refusal::CwdMissing,
@@ -64,6 +70,8 @@ impl Refusal {
         Refusal::Lease,
         Refusal::Toolchain,
         Refusal::UnmetRequirement,
+        Refusal::Version,
+        Refusal::WrongService,
     ];
 
     /// The kind's name on the wire and in logs.
@@ -82,6 +90,8 @@ impl Refusal {
             Refusal::Lease => "lease",
             Refusal::Toolchain => "toolchain",
             Refusal::UnmetRequirement => "unmet-requirement",
+            Refusal::Version => "version",
+            Refusal::WrongService => "wrong-service",
         }
     }
 
@@ -105,6 +115,8 @@ impl Refusal {
             Refusal::NoNode => Code::Unavailable,
             Refusal::Lease => Code::PermissionDenied,
             Refusal::Toolchain | Refusal::UnmetRequirement => Code::FailedPrecondition,
+            Refusal::Version => Code::FailedPrecondition,
+            Refusal::WrongService => Code::Unimplemented,
         }
     }
 

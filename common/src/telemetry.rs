@@ -39,8 +39,11 @@ pub fn init_tracing(format: LogFormat, default_level: &str) {
                 "warn,mexec={default_level},mexecd={default_level},mexec_server={default_level},mexec_client={default_level},mexec_gatekeeper={default_level}"
             ))
         });
+    // Colour only for a person at a terminal: a log file or journald
+    // gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     // A second call (tests start several servers in one process) is harmless.
     let _ = match format {

@@ -32,10 +32,12 @@ impl std::fmt::Debug for Token {
 /// Why a token file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    #[error("cannot read token file {path}: {source}")]
+    // The cause is in the message, not a `source`: an error chain printed
+    // whole (`{:#}`) would say it twice.
+    #[error("cannot read token file {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("token file {0} is empty or holds characters other than printable ASCII")]
     Invalid(PathBuf),
@@ -80,9 +82,9 @@ impl Token {
     /// the token is the whole of the authentication.
     pub fn from_file(path: &Path) -> Result<Self, TokenError> {
         use std::io::Read;
-        let read = |source| TokenError::Read {
+        let read = |cause| TokenError::Read {
             path: path.to_owned(),
-            source,
+            cause,
         };
         // The checks are of the file opened, not of the name.
         let mut file = std::fs::File::open(path).map_err(read)?;

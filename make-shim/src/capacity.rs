@@ -44,7 +44,7 @@ async fn ask(farm: &Farm, connector: &Connector) -> Result<Capacity, String> {
     if let Some(gatekeeper) = &farm.gatekeeper {
         let reply = load_query::cluster_status(connector, gatekeeper)
             .await
-            .map_err(|e| format!("gatekeeper {}: {e}", gatekeeper.authority()))?;
+            .map_err(|e| format!("gatekeeper {} unreachable: {e}", gatekeeper.authority()))?;
         let nodes: Vec<NodeLoad> = reply
             .nodes
             .iter()
@@ -61,7 +61,39 @@ async fn ask(farm: &Farm, connector: &Connector) -> Result<Capacity, String> {
     if farm.nodes.is_empty() {
         return Err("no nodes are configured (MEXEC_NODES, --nodes or MEXEC_GATEKEEPER)".into());
     }
-    let answers = load_query::node_loads(connector, &farm.nodes).await;
+    Ok(ask_nodes(connector, &farm.nodes).await)
+}
+
+/// With the gatekeeper unreachable, the members it last listed (the
+/// client's member cache), asked one by one; `why` is the gatekeeper's
+/// failure. Says on stderr that it does so.
+pub fn cached_members(
+    gatekeeper: &mexec_common::nodes::NodeAddr,
+    connector: &Connector,
+    why: &str,
+) -> Result<Capacity, String> {
+    let cache = mexec_client::member_cache::MemberCache::for_gatekeeper(gatekeeper);
+    let nodes = cache
+        .nodes()
+        .map_err(|refused| format!("{why}; {refused}"))?;
+    if nodes.is_empty() {
+        return Err(format!("{why}; no members of it are cached"));
+    }
+    eprintln!(
+        "mpmake: {why}; sizing for the {} members it last listed (cached)",
+        nodes.len()
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let capacity = runtime.block_on(ask_nodes(connector, &nodes));
+    runtime.shutdown_background();
+    Ok(capacity)
+}
+
+async fn ask_nodes(connector: &Connector, nodes: &[mexec_common::nodes::NodeAddr]) -> Capacity {
+    let answers = load_query::node_loads(connector, nodes).await;
     let nodes = answers
         .into_iter()
         .filter_map(Result::ok)
@@ -72,7 +104,7 @@ async fn ask(farm: &Farm, connector: &Connector) -> Result<Capacity, String> {
             running: report.running,
         })
         .collect();
-    Ok(total(nodes))
+    total(nodes)
 }
 
 fn total(nodes: Vec<NodeLoad>) -> Capacity {

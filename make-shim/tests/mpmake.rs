@@ -312,6 +312,53 @@ fn print_jobs_reports_the_live_capacity() {
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "6");
 }
 
+#[test]
+fn print_jobs_always_prints_a_number_and_says_where_it_came_from() {
+    let mut farm = GatedFarm::start(&[3, 5], &[]);
+    let dir = job_dir();
+    // A job through the gatekeeper leaves its member list in the cache.
+    let job = farm
+        .mexec(dir.path(), &["--no-local", "true"])
+        .output()
+        .unwrap();
+    assert!(
+        job.status.success(),
+        "{}",
+        String::from_utf8_lossy(&job.stderr)
+    );
+    let print_jobs = |farm: &GatedFarm| {
+        let mut command = mpmake(dir.path(), &["--print-jobs"]);
+        command
+            .env("MEXEC_GATEKEEPER", farm.gatekeeper.address())
+            .env("MEXEC_STATE_DIR", farm.state_dir.path());
+        let output = command.output().unwrap();
+        assert!(output.status.success());
+        (
+            String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    farm.gatekeeper.kill();
+    let (jobs, said) = print_jobs(&farm);
+    assert_eq!(jobs, "8", "{said}");
+    assert!(
+        said.contains("unreachable") && said.contains("sizing for the 2 members it last listed"),
+        "{said}"
+    );
+    // Every node down too: this machine's CPUs, and it says so.
+    farm.executors.clear();
+    let (jobs, said) = print_jobs(&farm);
+    assert_eq!(
+        jobs,
+        std::thread::available_parallelism()
+            .unwrap()
+            .get()
+            .to_string(),
+        "{said}"
+    );
+    assert!(said.contains("sizing make for this machine's"), "{said}");
+}
+
 fn cmake_build(
     farm: &Farm,
     source: &Path,

@@ -18,6 +18,8 @@ use mexec_common::token::Token;
 use nix::unistd::{Uid, User};
 use tonic::{Request, Status};
 
+use crate::refusal_log::{self, Who};
+
 /// Who is calling, as the handlers see it (a request extension).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
@@ -28,6 +30,14 @@ pub enum Caller {
 }
 
 impl Caller {
+    /// The certificate's identity, when one was verified.
+    pub fn peer(&self) -> Option<&Peer> {
+        match self {
+            Caller::Verified(peer) => Some(peer),
+            Caller::Unverified => None,
+        }
+    }
+
     /// The caller `Access::check` recorded on `request`.
     pub fn of<T>(request: &Request<T>) -> Option<Caller> {
         request.extensions().get::<Caller>().cloned()
@@ -50,6 +60,10 @@ pub struct Access {
     relay_from: Option<Arc<HashSet<String>>>,
     /// Whether a user's claim alone is refused (see `requiring_proof`).
     require_proof: bool,
+    /// The node (or gatekeeper) named in the refusal log.
+    node: Arc<str>,
+    /// What we are, in a version refusal.
+    role: &'static str,
 }
 
 impl Access {
@@ -60,6 +74,8 @@ impl Access {
             token,
             tls,
             allowed_users: allowed_users.map(|users| Arc::new(users.into_iter().collect())),
+            node: Arc::from(""),
+            role: "daemon",
             ..Access::default()
         }
     }
@@ -83,9 +99,31 @@ impl Access {
         self
     }
 
+    /// Names `node` (and our `role`, "executor" or "gatekeeper") in the
+    /// refusals and their log lines.
+    pub fn at_node(mut self, node: &str, role: &'static str) -> Self {
+        self.node = Arc::from(node);
+        self.role = role;
+        self
+    }
+
+    /// Admits or refuses one request, putting a refusal on record.
+    #[allow(clippy::result_large_err)] // tonic's interceptor signature
+    pub fn check(&self, request: Request<()>) -> Result<Request<()>, Status> {
+        let peer = request.remote_addr();
+        let proven = request
+            .peer_certs()
+            .and_then(|chain| chain.first().and_then(|leaf| peer_from_der(leaf)));
+        self.admit(request).inspect_err(|refused| {
+            refusal_log::status(&self.node, peer, Who::of(proven.as_ref(), ""), refused)
+        })
+    }
+
     /// Admits or refuses one request, and records its `Caller`.
     #[allow(clippy::result_large_err)] // tonic's interceptor signature
-    pub fn check(&self, mut request: Request<()>) -> Result<Request<()>, Status> {
+    fn admit(&self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        mexec_common::version::check(request.metadata(), self.role)
+            .map_err(|mismatch| Refusal::Version.status(mismatch.to_string()))?;
         if let Some(token) = &self.token {
             if !token.admits(request.metadata()) {
                 return Err(Refusal::Unauthenticated.status(
@@ -195,6 +233,11 @@ impl Access {
         self.relay_from
             .as_ref()
             .is_none_or(|trusted| trusted.contains(name))
+    }
+
+    /// The node named in refusals.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     /// Whether TLS identities are in force (so a node must prove it is one).

@@ -11,6 +11,8 @@
 //! - `request_limits`: the sizes of a job request, checked by both roles.
 //! - `auth`: who may call (token, certificate, allow list) and for whom a
 //!   job runs.
+//! - `wrong_service`: each daemon's answer for the other's service.
+//! - `refusal_log`: every refusal on record, rate-limited.
 //! - `certs`: issuing the cluster CA, node and user certificates.
 //! - `metrics`: the Prometheus metrics of both daemons.
 //! - `web`: the daemons' HTTP listeners (metrics, the dashboard) and
@@ -22,5 +24,7 @@ pub mod daemon;
 pub mod executor;
 pub mod gatekeeper;
 pub mod metrics;
+pub mod refusal_log;
 pub mod request_limits;
 pub mod web;
+pub mod wrong_service;

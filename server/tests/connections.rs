@@ -34,7 +34,7 @@ fn running(node: &Executor, cwd: &Path) -> u64 {
         .output()
         .unwrap();
     let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
-    status[0]["running"].as_u64().unwrap_or(0)
+    status["nodes"][0]["running"].as_u64().unwrap_or(0)
 }
 
 fn check(output: &Output, stdout: &[u8]) {

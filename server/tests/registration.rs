@@ -135,6 +135,18 @@ async fn a_live_members_name_cannot_be_taken_from_another_address() {
     let text = refused.message();
     assert!(text.contains("registered from 127.0.0.1"), "{text}");
     assert!(text.contains("a registration from 127.0.0.2"), "{text}");
+    // On the gatekeeper's record too, with both addresses.
+    assert!(
+        wait_until(Duration::from_secs(5), || gatekeeper
+            .log_text()
+            .lines()
+            .any(|l| l.contains("refused")
+                && l.contains("kind=\"denied\"")
+                && l.contains("peer=127.0.0.2:")
+                && l.contains("registered from 127.0.0.1"))),
+        "{}",
+        gatekeeper.log_text()
+    );
     // The member is still the owner, where it was.
     let connector = Connector::new(None, Some(token.clone()), CLIENT_TIMEOUTS);
     let channel = connector.connect(&gk).await.unwrap();

@@ -486,6 +486,9 @@ pub struct Gatekeeper {
     /// What runs the binary: empty, or `ip netns exec NS` for one in a
     /// network namespace.
     launcher: Vec<std::ffi::OsString>,
+    /// Its stderr, every start appended.
+    log: PathBuf,
+    _log_dir: std::sync::Arc<tempfile::TempDir>,
 }
 
 impl Gatekeeper {
@@ -510,8 +513,21 @@ impl Gatekeeper {
 
     /// Starts a gatekeeper on host `host` of `lan`, listening on `port`.
     pub fn start_in(lan: &netns::Lan, host: usize, port: u16, extra: &[&str]) -> Gatekeeper {
-        let launcher = ["ip", "netns", "exec", &lan.hosts[host].namespace]
+        Self::start_in_with(lan, host, port, extra, &[])
+    }
+
+    /// Like `start_in`, with `env` (`NAME=value`) set for the gatekeeper
+    /// and each restart of it.
+    pub fn start_in_with(
+        lan: &netns::Lan,
+        host: usize,
+        port: u16,
+        extra: &[&str],
+        env: &[&str],
+    ) -> Gatekeeper {
+        let launcher = ["ip", "netns", "exec", &lan.hosts[host].namespace, "env"]
             .iter()
+            .chain(env)
             .map(Into::into)
             .collect();
         let listen = lan.address(host, port).parse().expect("host address");
@@ -527,6 +543,22 @@ impl Gatekeeper {
         listen: SocketAddr,
         extra: Vec<String>,
     ) -> Gatekeeper {
+        let log_dir = std::sync::Arc::new(tempfile::tempdir().expect("log dir"));
+        Self::start_logged(launcher, listen, extra, log_dir)
+    }
+
+    fn start_logged(
+        launcher: Vec<std::ffi::OsString>,
+        listen: SocketAddr,
+        extra: Vec<String>,
+        log_dir: std::sync::Arc<tempfile::TempDir>,
+    ) -> Gatekeeper {
+        let log = log_dir.path().join("gatekeeper.log");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
         let mut command = match launcher.split_first() {
             Some((program, args)) => {
                 let mut command = Command::new(program);
@@ -541,7 +573,7 @@ impl Gatekeeper {
             .args(&extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .stderr(log_file);
         let mut child = command.spawn().expect("start mexec-gatekeeper");
         let addr = listening_address(&mut child)
             .unwrap_or_else(|line| panic!("mexec-gatekeeper did not start: {line:?}"));
@@ -550,7 +582,14 @@ impl Gatekeeper {
             addr,
             extra,
             launcher,
+            log,
+            _log_dir: log_dir,
         }
+    }
+
+    /// The gatekeeper's log so far (of every start).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Kills the gatekeeper (SIGKILL) and starts a new one on the same port.
@@ -568,7 +607,12 @@ impl Gatekeeper {
             }
         }
         // Assigning drops the old handle, whose process is already reaped.
-        *self = Self::start_on(self.launcher.clone(), self.addr, self.extra.clone());
+        *self = Self::start_logged(
+            self.launcher.clone(),
+            self.addr,
+            self.extra.clone(),
+            self._log_dir.clone(),
+        );
     }
 
     /// The gatekeeper's process id.

@@ -4,9 +4,11 @@
 //! Layout:
 //! - `score`: the ranking itself, a pure function.
 //! - `shared_state`: the locked state file client processes share.
+//! - `unmounted`: nodes on which the shared tree is not mounted.
 
 pub mod score;
 pub mod shared_state;
+mod unmounted;
 
 use std::collections::HashSet;
 
@@ -92,19 +94,22 @@ impl Placement {
     /// Picks the best node not in `exclude` and reserves it. Without a
     /// usable state file, placement still works, from a random order.
     pub fn choose(&self, exclude: &HashSet<usize>) -> Option<Choice> {
-        self.choose_for(exclude, None)
+        self.choose_for(exclude, None, &[])
     }
 
-    /// Like `choose`, for a job whose compiler fingerprints as `ours`:
-    /// nodes whose last report (still fresh) has another fingerprint of
-    /// that program are not chosen.
+    /// Like `choose`, for a job whose compiler fingerprints as `ours`, in
+    /// `cwd`: nodes whose last report (still fresh) has another fingerprint
+    /// of that program are not chosen, and nodes marked as not having `cwd`
+    /// mounted come last, tried only when every other node was.
     pub fn choose_for(
         &self,
         exclude: &HashSet<usize>,
         ours: Option<&ToolchainFingerprint>,
+        cwd: &[u8],
     ) -> Option<Choice> {
         let pid = self.pid;
         let result = self.state.update(|data, now| {
+            let exclude = &unmounted::exclude(&self.nodes, data, exclude, cwd);
             let views: Vec<NodeView> = self
                 .nodes
                 .iter()
@@ -183,6 +188,16 @@ impl Placement {
         });
     }
 
+    /// Marks the node at `authority` as not having the shared tree under
+    /// `top` mounted, until its next load report says otherwise.
+    pub fn mark_unmounted(state: &SharedState, authority: &str, top: &str) {
+        let _ = state.update(|data, now| {
+            let node = data.nodes.entry(authority.to_owned()).or_default();
+            node.unmounted = top.to_owned();
+            node.touched_ms = now;
+        });
+    }
+
     /// Marks node `index` unreachable for a while, so other clients skip it.
     pub fn mark_down(&self, index: usize) {
         let key = self.nodes[index].authority();
@@ -200,6 +215,7 @@ impl Placement {
             let node = data.nodes.entry(key).or_default();
             node.down_until_ms = 0;
             node.touched_ms = now;
+            node.unmounted.clone_from(&report.unmounted);
             node.report = Some(Snapshot {
                 slots: report.slots,
                 running: report.running,
@@ -416,15 +432,17 @@ mod toolchain_tests {
         placement.record(1, &report("good", "aaaa"));
         let ours = gcc("aaaa");
         for _ in 0..10 {
-            let choice = placement.choose_for(&HashSet::new(), Some(&ours)).unwrap();
+            let choice = placement
+                .choose_for(&HashSet::new(), Some(&ours), &[])
+                .unwrap();
             assert_eq!(choice.index, 1);
             placement.release(choice.index);
         }
         // With the good node excluded, none is left, and the reason is known.
         let only_good = HashSet::from([1]);
-        assert!(placement.choose_for(&only_good, Some(&ours)).is_none());
+        assert!(placement.choose_for(&only_good, Some(&ours), &[]).is_none());
         assert!(
-            placement.choose_for(&only_good, None).is_some(),
+            placement.choose_for(&only_good, None, &[]).is_some(),
             "no check: any node"
         );
         let why = placement.known_mismatches(&ours);
@@ -435,6 +453,6 @@ mod toolchain_tests {
         );
         // The odd node upgraded to ours: chosen again.
         placement.record(0, &report("odd", "aaaa"));
-        assert!(placement.choose_for(&only_good, Some(&ours)).is_some());
+        assert!(placement.choose_for(&only_good, Some(&ours), &[]).is_some());
     }
 }

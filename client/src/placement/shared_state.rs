@@ -63,6 +63,10 @@ pub struct NodeState {
     /// The node's name, as its last load report gave it.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
+    /// The node's mark that the shared tree is not mounted there
+    /// (`LoadReport.unmounted`); empty when it is.
+    #[serde(default)]
+    pub unmounted: String,
 }
 
 /// A node's fingerprint of one compiler, as its load report gave it.

@@ -200,16 +200,21 @@ impl<'a> JobRun<'a> {
                 EXIT_MEXEC_FAILURE
             }
         };
-        self.report_with_cpu(node, "remote", code, (exit.user_us + exit.system_us) / 1000);
+        let cpu_ms = (exit.user_us + exit.system_us) / 1000;
+        self.report_with_cpu(node, "remote", code, (cpu_ms, Some(exit.wall_us / 1000)));
         code
     }
 
     fn report(&self, node: &str, placed: &str, code: i32) {
-        self.report_with_cpu(node, placed, code, 0);
+        self.report_with_cpu(node, placed, code, (0, None));
     }
 
-    fn report_with_cpu(&self, node: &str, placed: &str, code: i32, cpu_ms: u64) {
+    /// `used`: CPU time, and run time on the node (`None`: all of it).
+    fn report_with_cpu(&self, node: &str, placed: &str, code: i32, used: (u64, Option<u64>)) {
+        let (cpu_ms, run_ms) = used;
         if let Some(path) = &self.settings.joblog {
+            let wall_ms = self.started.elapsed().as_millis() as u64;
+            let run_ms = run_ms.unwrap_or(wall_ms).min(wall_ms);
             let entry = joblog::Entry {
                 job_id: &self.job.job_id,
                 program: &self.job.program(),
@@ -217,7 +222,10 @@ impl<'a> JobRun<'a> {
                 node,
                 placed,
                 exit_code: code,
-                wall_ms: self.started.elapsed().as_millis() as u64,
+                wall_ms,
+                wait_ms: wall_ms - run_ms,
+                run_ms,
+                target: joblog::target(&self.job.argv),
                 cpu_ms,
                 finished_unix_ms: mexec_common::clock::now_ms(),
                 retries: self.lost_retries,

@@ -17,7 +17,7 @@ use crate::member_cache::MemberCache;
 use crate::node_run::Target;
 use crate::os::SignalStream;
 use crate::outcome::{NotStarted, Outcome};
-use crate::placement::{Placement, SharedState};
+use crate::placement::{Placement, Policy, SharedState};
 use crate::say;
 use crate::settings::Settings;
 
@@ -204,9 +204,10 @@ impl Direct {
                 "no nodes are configured (set MEXEC_NODES, --nodes or MEXEC_GATEKEEPER)".into(),
             );
         }
+        let cwd = cx.job.executor_cwd();
         let Some(choice) = self
             .placement
-            .choose_for(&self.tried, cx.job.toolchain.as_ref())
+            .choose_for(&self.tried, cx.job.toolchain.as_ref(), &cwd)
         else {
             return self.round_over(cx);
         };
@@ -215,14 +216,31 @@ impl Direct {
         spawn_refresh(&self.placement, &choice.refresh, cx.connector);
         let addr = self.placement.nodes()[choice.index].clone();
         cx.explain(&format!(
-            "running {} on {}",
+            "running {} on {}: {}",
             cx.job.program(),
-            addr.authority()
+            addr.authority(),
+            self.why_chosen(cx.settings.placement)
         ));
         Step::Run(Attempt {
             addr,
             how: Via::Direct,
         })
+    }
+
+    /// Why the node of this attempt was the one, for `--explain`.
+    fn why_chosen(&self, policy: Policy) -> String {
+        let rule = match policy {
+            Policy::LeastLoaded => {
+                "the least busy per slot (running, queued and other load, counting this                  user's other clients) of the nodes up"
+            }
+            Policy::Random => "chosen at random (--placement random)",
+            Policy::RoundRobin => "the next in turn (--placement round-robin)",
+        };
+        let others = self.tried.len().saturating_sub(1);
+        match others {
+            0 => format!("{rule} (nodes marked without this tree come last)"),
+            n => format!("{rule}, other than the {n} tried already"),
+        }
     }
 
     /// Every node was tried: a busy farm is waited for (never a reason to
@@ -306,10 +324,15 @@ impl Leased {
         match lease {
             Ok(lease) => {
                 cx.explain(&format!(
-                    "running {} on {} ({})",
+                    "running {} on {} ({}): leased by the gatekeeper, the least busy member \
+                     with a free slot for the next in the fair queue{}",
                     cx.job.program(),
                     lease.node,
-                    lease.addr.authority()
+                    lease.addr.authority(),
+                    match self.avoid.len() {
+                        0 => String::new(),
+                        n => format!(", avoiding {n} that did not run it"),
+                    }
                 ));
                 let attempt = Attempt {
                     addr: lease.addr.clone(),

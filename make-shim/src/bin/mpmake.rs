@@ -43,7 +43,10 @@ fn real_main() -> i32 {
     };
     let connector = farm.connector();
     let started = Instant::now();
-    let measured = capacity::measure(&farm, &connector);
+    let mut measured = capacity::measure(&farm, &connector);
+    if let (Err(why), Some(gatekeeper)) = (&measured, &farm.gatekeeper) {
+        measured = capacity::cached_members(gatekeeper, &connector, why);
+    }
     if cli.print_jobs {
         return print_jobs(measured);
     }
@@ -58,17 +61,12 @@ fn real_main() -> i32 {
 }
 
 /// `--print-jobs`: the capacity alone, for another build tool's `-j`.
+/// It always prints a number: with no node up, this machine's CPUs (and
+/// says so on stderr), since `ninja -j$(mpmake --print-jobs)` must not
+/// become `ninja -j`.
 fn print_jobs(measured: Result<Capacity, String>) -> i32 {
-    match measured {
-        Ok(capacity) => {
-            println!("{}", capacity.slots.max(1));
-            0
-        }
-        Err(err) => {
-            say(err);
-            EXIT_FAILURE
-        }
-    }
+    println!("{}", capacity_or_this_machine(measured).slots.max(1));
+    0
 }
 
 /// The cluster's capacity, or this machine's CPUs when no node is up (the

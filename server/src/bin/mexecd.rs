@@ -48,7 +48,7 @@ async fn real_main() -> anyhow::Result<()> {
         auth = settings.daemon.auth_mode(),
         allowed_users = users.map(|u| u.join(",")).unwrap_or_else(|| "(all)".into()),
         allowed_programs = if programs.is_empty() { "(all)".to_owned() } else { programs.join(",") },
-        limits = ?settings.limits,
+        limits = %executor::describe_limits(&settings.limits),
         "executor started"
     );
     // This executable is the group keeper too (see `main`).

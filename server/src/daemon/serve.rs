@@ -33,15 +33,17 @@ const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
 /// daemon up. Clients and executors find the next one on their own.
 const LINGER_AFTER_DRAIN: Duration = Duration::from_secs(2);
 
-/// Serves `service` beside `grpc.health.v1` on `listener`, behind TLS and
-/// the access checks of `daemon`, until `stop` resolves. Then health reports
+/// Serves `service` beside `grpc.health.v1` and `other` (the other
+/// daemon's service, saying this is not that daemon: `wrong_service`) on
+/// `listener`, behind TLS and the `access` checks, until `stop` resolves. Then health reports
 /// the service not serving, `drain` runs to its end (while the daemon still
 /// answers, so peers hear why it takes nothing new), new connections are
 /// refused, and open streams get `LINGER_AFTER_DRAIN` before it returns.
-pub async fn serve<S>(
+pub async fn serve<S, O>(
     listener: TcpListener,
     daemon: &DaemonSettings,
-    service: S,
+    access: crate::auth::Access,
+    (service, other): (S, O),
     stop: impl Future<Output = ()> + Send + 'static,
     drain: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error>
@@ -53,6 +55,13 @@ where
         + Sync
         + 'static,
     S::Future: Send + 'static,
+    O: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    O::Future: Send + 'static,
 {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<S>().await;
@@ -76,7 +85,9 @@ where
         // a running job. Clients open a new one when they need it.
         .max_connection_age(MAX_CONNECTION_AGE)
         .add_service(health_service)
-        .add_service(InterceptedService::new(service, daemon.access()))
+        .add_service(InterceptedService::new(service, access.clone()))
+        // The other daemon's service, answering that this is not it.
+        .add_service(InterceptedService::new(other, access))
         .serve_with_incoming_shutdown(
             connections::incoming(listener, KEEPALIVE_INTERVAL),
             stopping,

@@ -5,6 +5,7 @@ use mexec_common::refusal::Refusal;
 use tonic::Status;
 
 use super::admission::Refusal as AdmissionRefusal;
+use super::unmounted::top_missing;
 
 /// A job refused before its process exists.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -113,6 +114,14 @@ impl JobError {
         })
     }
 
+    /// The working directory, when that is what is missing here.
+    pub fn missing_cwd(&self) -> Option<&str> {
+        match self {
+            JobError::CwdMissing { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+
     /// The status a client sees, naming `node`.
     pub fn into_status(self, node: &str) -> Status {
         let message = match self {
@@ -124,10 +133,15 @@ impl JobError {
             JobError::Toolchain(_) => self.to_string(),
             _ => format!("node {node}: {self}"),
         };
-        match self.refusal() {
+        let unmounted = self.missing_cwd().map(|cwd| top_missing(cwd.as_ref()));
+        let mut status = match self.refusal() {
             Some(refusal) => refusal.status(message),
             None => Status::cancelled(message),
+        };
+        if let Some(top) = unmounted {
+            mexec_common::unmounted::attach(&mut status, &top.to_string_lossy());
         }
+        status
     }
 }
 

@@ -14,7 +14,7 @@ pub fn report(node: &str, counts: Counts, desktop: Option<&Offer>) -> LoadReport
     let load_avg_1m = procfs::load_average_1m().unwrap_or(0.0);
     LoadReport {
         node: node.to_owned(),
-        version: mexec_common::VERSION.to_owned(),
+        version: mexec_common::version::current_text(),
         slots: counts.slots,
         running: counts.running,
         queued: counts.queued,
@@ -35,6 +35,7 @@ pub fn report(node: &str, counts: Counts, desktop: Option<&Offer>) -> LoadReport
         // The node's context adds what it knows beyond the load.
         toolchains: Vec::new(),
         properties: Default::default(),
+        unmounted: String::new(),
     }
 }
 

@@ -11,8 +11,10 @@
 //! - `launch`: the fork and exec of a job's first process (into its
 //!   cgroup v2 by `clone3`).
 //! - `account`: the account jobs run as.
+//! - `account_note`: why a job failed in a tree its account cannot write.
 //! - `admission`: slots, the bounded queue and draining.
 //! - `limits`: the resources a job may use.
+//! - `limits_text`: the limits in words, for the start line.
 //! - `memory`: the node's watcher of each job's resident memory.
 //! - `cgroup`: each job in a cgroup of its own, ended with the job; the
 //!   process limit.
@@ -34,6 +36,7 @@
 //!   the reclaim of repeatable jobs.
 //! - `owner_load`: what a desktop offers, decided from samples (no I/O).
 //! - `priority`: the CPU and I/O priority jobs run at.
+//! - `unmounted`: the node's mark that the shared tree is not mounted.
 //! - `error`: refusals and their gRPC statuses.
 //! - `toolchains`: the fingerprints of the compilers this node runs, kept
 //!   current and reported with the load.
@@ -41,6 +44,7 @@
 //!   compiler.
 
 mod account;
+mod account_note;
 mod admission;
 mod cgroup;
 pub mod config;
@@ -55,6 +59,7 @@ mod job_cgroup;
 mod launch;
 pub mod lease_check;
 mod limits;
+mod limits_text;
 mod load;
 mod membership;
 mod memory;
@@ -69,6 +74,7 @@ mod service;
 mod shared_tree;
 mod spawner;
 mod toolchains;
+mod unmounted;
 mod valid_job;
 
 use std::future::Future;
@@ -91,6 +97,7 @@ pub use error::JobError;
 pub use group_keeper::GroupKeeper;
 pub use lease_check::{DirectJobs, LeaseCheck};
 pub use limits::JobLimits;
+pub use limits_text::describe as describe_limits;
 pub use memory::MemoryWatch;
 pub use owner_load::DesktopPolicy;
 pub use policy::{CommandPolicy, Program};
@@ -147,6 +154,8 @@ pub struct NodeContext {
     pub toolchains: Arc<toolchains::Toolchains>,
     /// What jobs may require of this node (os, arch, CPU, labels...).
     pub properties: mexec_common::properties::Properties,
+    /// Marked when jobs are refused because the shared tree is not here.
+    pub unmounted: unmounted::Unmounted,
 }
 
 impl NodeContext {
@@ -156,6 +165,7 @@ impl NodeContext {
         let mut report = load::report(&self.name, self.admission.counts(), offer.as_ref());
         report.toolchains = self.toolchains.report();
         report.properties = self.properties.clone();
+        report.unmounted = self.unmounted.current();
         report
     }
 
@@ -259,7 +269,21 @@ pub async fn run_with_metrics(
         abort_tx,
         settings.name.clone(),
     );
-    let result = daemon::serve(listener, &settings.daemon, executor, shutdown, drain).await;
+    let access = ctx.access.clone();
+    let other = mexec_proto::v1::gatekeeper_server::GatekeeperServer::new(
+        crate::wrong_service::NotAGatekeeper {
+            node: settings.name.clone(),
+        },
+    );
+    let result = daemon::serve(
+        listener,
+        &settings.daemon,
+        access,
+        (executor, other),
+        shutdown,
+        drain,
+    )
+    .await;
     for task in [membership, sampler, metrics].into_iter().flatten() {
         task.abort();
     }
@@ -281,7 +305,8 @@ fn node_context(
             // Running a job as a user needs that user proven, not claimed.
             JobAccounts::Submitter { .. } => settings.daemon.access().requiring_proof(),
             _ => settings.daemon.access(),
-        },
+        }
+        .at_node(&settings.name, "executor"),
         policy: CommandPolicy::new(&settings.allowed_programs),
         limits: settings.limits,
         memory: watchers.memory,
@@ -302,6 +327,7 @@ fn node_context(
         observe: observe::Observer::new(),
         toolchains: toolchains::Toolchains::new(),
         properties: mexec_common::properties::this_machine(&settings.labels),
+        unmounted: unmounted::Unmounted::default(),
     }
 }
 

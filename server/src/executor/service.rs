@@ -18,6 +18,7 @@ use super::valid_job::ValidJob;
 use super::{fit, job, JobAccounts, NodeContext};
 use crate::auth::Caller;
 use crate::daemon::{ResponseStream, StreamPlace};
+use crate::refusal_log::{self, Who};
 
 /// The service object tonic calls.
 #[derive(Debug, Clone)]
@@ -53,13 +54,27 @@ impl Executor for ExecutorService {
         request: Request<Streaming<RunRequest>>,
     ) -> Result<Response<Self::RunStream>, Status> {
         let caller = Caller::of(&request);
-        let place = self.enter(request.remote_addr())?;
-        let stream = start_job(self.ctx.clone(), caller, place, request.into_inner())
+        let peer = request.remote_addr();
+        let mut claimed = String::new();
+        let started = match self.enter(peer) {
+            Ok(place) => start_job(
+                self.ctx.clone(),
+                caller.clone(),
+                place,
+                request,
+                &mut claimed,
+            )
             .await
             .map_err(|err| {
                 self.ctx.observe.refused();
                 err.into_status(&self.ctx.name)
-            })?;
+            }),
+            Err(refused) => Err(refused),
+        };
+        let stream = started.inspect_err(|refused| {
+            let who = Who::of(caller.as_ref().and_then(Caller::peer), &claimed);
+            refusal_log::status(&self.ctx.name, peer, who, refused)
+        })?;
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -71,7 +86,10 @@ impl Executor for ExecutorService {
         &self,
         request: Request<WatchLoadRequest>,
     ) -> Result<Response<Self::WatchLoadStream>, Status> {
-        let place = self.enter(request.remote_addr())?;
+        let peer = request.remote_addr();
+        let place = self.enter(peer).inspect_err(|refused| {
+            refusal_log::status(&self.ctx.name, peer, Who::Unknown, refused)
+        })?;
         let interval = match request.into_inner().interval_ms {
             0 => Duration::from_secs(1),
             ms => Duration::from_millis(u64::from(ms).max(50)),
@@ -83,13 +101,17 @@ impl Executor for ExecutorService {
 }
 
 /// Reads the job from the stream, validates and admits it, and starts the
-/// task that runs it. Refusals come back before any output.
+/// task that runs it. Refusals come back before any output; `claimed`
+/// gets the user the job names, for the refusal log.
 async fn start_job(
     ctx: Arc<NodeContext>,
     caller: Option<Caller>,
     place: StreamPlace,
-    mut inbound: Streaming<RunRequest>,
+    request: Request<Streaming<RunRequest>>,
+    claimed: &mut String,
 ) -> Result<ReceiverStream<Result<RunResponse, Status>>, JobError> {
+    let peer = request.remote_addr();
+    let mut inbound = request.into_inner();
     // A stream that never sends its job must not hold a place for ever.
     let first = tokio::time::timeout(ctx.start_timeout, inbound.message())
         .await
@@ -99,6 +121,7 @@ async fn start_job(
     let Some(run_request::Msg::Start(mut spec)) = first.msg else {
         return Err(JobError::NoStart);
     };
+    claimed.clone_from(&spec.user);
     // The certificate, not the client's claim, says whose job this is.
     let identity = ctx
         .access
@@ -119,12 +142,15 @@ async fn start_job(
         .await
         .map_err(|_| JobError::NoRequest)??;
     let wait = cwd_wait::until_visible(&spec.cwd, ctx.cwd_wait).await;
-    let mut valid = ValidJob::new(spec, ctx.policy.as_ref()).map_err(|err| match (err, wait) {
-        (JobError::CwdMissing { path, .. }, CwdWait::Missing(waited)) => {
-            JobError::CwdMissing { path, waited }
-        }
-        (err, _) => err,
-    })?;
+    let mut valid = ValidJob::new(spec, ctx.policy.as_ref())
+        .map_err(|err| match (err, wait) {
+            (JobError::CwdMissing { path, .. }, CwdWait::Missing(waited)) => {
+                JobError::CwdMissing { path, waited }
+            }
+            (err, _) => err,
+        })
+        .inspect_err(|err| ctx.unmounted.note(err.missing_cwd()))?;
+    valid.peer = peer;
     valid.as_submitter = matches!(ctx.run_as, JobAccounts::Submitter { .. });
     valid.run_as = run_as;
     if let CwdWait::Appeared(after) = wait {

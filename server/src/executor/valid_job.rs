@@ -36,6 +36,8 @@ pub struct ValidJob {
     /// Whether `run_as` is the submitter's own account: then HOME, USER
     /// and LOGNAME are the account's, whatever the client sent.
     pub as_submitter: bool,
+    /// Where the request came from, for the refusal log.
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 impl ValidJob {
@@ -60,6 +62,7 @@ impl ValidJob {
             spec,
             run_as: None,
             as_submitter: false,
+            peer: None,
         })
     }
 

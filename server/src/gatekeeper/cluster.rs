@@ -130,6 +130,9 @@ pub struct Wanted {
     pub relayed: bool,
     /// What its node must have.
     pub needs: super::fit::Needs,
+    /// The job's working directory: nodes that marked it not mounted
+    /// (`LoadReport.unmounted`) are avoided.
+    pub cwd: Vec<u8>,
 }
 
 /// A live member's name, asked for from another host.
@@ -477,19 +480,18 @@ impl Cluster {
     }
 
     fn best_node(&self, wanted: &Wanted) -> Option<String> {
-        let avoid = &wanted.avoid;
-        let fits = |n: &&Node| wanted.needs.met_by(&n.name, &n.report);
         // Avoiding is a preference: when every member that fits is avoided
         // (a one-node cluster lost a job once), any of them will do.
-        let all_avoided = self
-            .nodes
-            .values()
-            .filter(fits)
-            .all(|n| avoid.contains(&n.name));
+        let fits = |n: &&Node| wanted.needs.met_by(&n.name, &n.report);
+        let avoided = |n: &Node| {
+            wanted.avoid.contains(&n.name)
+                || mexec_common::unmounted::under(&wanted.cwd, &n.report.unmounted)
+        };
+        let all_avoided = self.nodes.values().filter(fits).all(avoided);
         self.nodes
             .values()
             .filter(fits)
-            .filter(|n| n.has_free_slot() && (all_avoided || !avoid.contains(&n.name)))
+            .filter(|n| n.has_free_slot() && (all_avoided || !avoided(n)))
             .min_by(|a, b| a.score().total_cmp(&b.score()))
             .map(|n| n.name.clone())
     }

@@ -91,7 +91,9 @@ pub async fn run_observed(
     let shared = Arc::new(Shared {
         cluster: Mutex::new(Cluster::new(settings.limits.clone())),
         nodes: Connector::new(daemon.tls.clone(), daemon.token.clone(), RELAY_TIMEOUTS),
-        access: daemon.access(),
+        access: daemon
+            .access()
+            .at_node(&mexec_common::host::name(), "gatekeeper"),
         streams: PeerStreams::new(MAX_STREAMS_PER_PEER),
         start_timeout: daemon.start_timeout,
         lease_secret: Secret::generate(),
@@ -116,11 +118,22 @@ pub async fn run_observed(
             access,
         )));
     }
+    let access = shared.access.clone();
+    let other =
+        mexec_proto::v1::executor_server::ExecutorServer::new(crate::wrong_service::NotAnExecutor);
     let gatekeeper = GatekeeperServer::new(service::GatekeeperService::new(shared))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     // Nothing to drain: lease and membership streams end with their peers,
     // who find the next gatekeeper on their own.
-    let result = daemon::serve(listener, daemon, gatekeeper, shutdown, async {}).await;
+    let result = daemon::serve(
+        listener,
+        daemon,
+        access,
+        (gatekeeper, other),
+        shutdown,
+        async {},
+    )
+    .await;
     for task in tasks {
         task.abort();
     }

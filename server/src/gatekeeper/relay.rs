@@ -62,6 +62,7 @@ pub async fn start(
             toolchain: spec.toolchain.clone(),
             require: spec.require.clone(),
         },
+        cwd: spec.cwd.to_vec(),
     };
     if let Some(refusal) = shared.with(|c| c.unplaceable(&wanted)) {
         shared.observe.lease(LeaseResult::refused, None);

@@ -24,6 +24,7 @@ use super::shared::{queue_full, Shared};
 use crate::auth::Caller;
 use crate::daemon::{ResponseStream, StreamPlace};
 use crate::metrics::LeaseResult;
+use crate::refusal_log::{self, Who};
 
 /// The service object tonic calls.
 #[derive(Debug, Clone)]
@@ -62,34 +63,18 @@ impl GatekeeperService {
             )),
         }
     }
-}
 
-/// Turns a lease request into the queue's terms.
-fn wanted(request: &LeaseRequest, relayed: bool) -> Wanted {
-    Wanted {
-        user: request.user.clone(),
-        build_id: request.build_id.clone(),
-        job_id: request.job_id.clone(),
-        program: request.program.clone(),
-        avoid: request.avoid.iter().cloned().collect(),
-        relayed,
-        needs: Needs {
-            toolchain: request.toolchain.clone(),
-            require: request.require.clone(),
-        },
+    /// Puts a refusal of a stream from `peer` on record.
+    fn on_record(&self, peer: Option<SocketAddr>, caller: Option<&Caller>, refused: &Status) {
+        let node = self.shared.access.node();
+        let proven = caller.and_then(Caller::peer);
+        refusal_log::status(node, peer, Who::of(proven, ""), refused);
     }
-}
 
-#[tonic::async_trait]
-impl Gatekeeper for GatekeeperService {
-    type JoinStream = ResponseStream<JoinResponse>;
-    type AcquireStream = ResponseStream<AcquireResponse>;
-    type RunStream = ResponseStream<RunResponse>;
-
-    async fn join(
+    async fn joined(
         &self,
         request: Request<Streaming<JoinRequest>>,
-    ) -> Result<Response<Self::JoinStream>, Status> {
+    ) -> Result<Response<ResponseStream<JoinResponse>>, Status> {
         let peer = request.remote_addr();
         let caller = Caller::of(&request);
         let place = self.enter(peer)?;
@@ -108,7 +93,6 @@ impl Gatekeeper for GatekeeperService {
             .shared
             .with(|c| c.held_elsewhere(&register.node, &reach))
         {
-            tracing::warn!(node = %register.node, held = %taken.held, from = %taken.from, "registration refused: the name is a live member's");
             return Err(registration::name_taken(&register.node, taken));
         }
         let (tx, rx) = mpsc::channel(1);
@@ -133,10 +117,10 @@ impl Gatekeeper for GatekeeperService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn acquire(
+    async fn acquired(
         &self,
         request: Request<Streaming<AcquireRequest>>,
-    ) -> Result<Response<Self::AcquireStream>, Status> {
+    ) -> Result<Response<ResponseStream<AcquireResponse>>, Status> {
         let caller = Caller::of(&request);
         let place = self.enter(request.remote_addr())?;
         let mut inbound = request.into_inner();
@@ -172,14 +156,65 @@ impl Gatekeeper for GatekeeperService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn run(
+    async fn relayed(
         &self,
         request: Request<Streaming<RunRequest>>,
-    ) -> Result<Response<Self::RunStream>, Status> {
+    ) -> Result<Response<ResponseStream<RunResponse>>, Status> {
         let caller = Caller::of(&request);
         let place = self.enter(request.remote_addr())?;
         let stream = relay::start(self.shared.clone(), caller, place, request.into_inner()).await?;
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Turns a lease request into the queue's terms.
+fn wanted(request: &LeaseRequest, relayed: bool) -> Wanted {
+    Wanted {
+        user: request.user.clone(),
+        build_id: request.build_id.clone(),
+        job_id: request.job_id.clone(),
+        program: request.program.clone(),
+        avoid: request.avoid.iter().cloned().collect(),
+        relayed,
+        needs: Needs {
+            toolchain: request.toolchain.clone(),
+            require: request.require.clone(),
+        },
+        cwd: request.cwd.to_vec(),
+    }
+}
+
+#[tonic::async_trait]
+impl Gatekeeper for GatekeeperService {
+    type JoinStream = ResponseStream<JoinResponse>;
+    type AcquireStream = ResponseStream<AcquireResponse>;
+    type RunStream = ResponseStream<RunResponse>;
+
+    async fn join(
+        &self,
+        request: Request<Streaming<JoinRequest>>,
+    ) -> Result<Response<Self::JoinStream>, Status> {
+        let (peer, caller) = (request.remote_addr(), Caller::of(&request));
+        let joined = self.joined(request).await;
+        joined.inspect_err(|refused| self.on_record(peer, caller.as_ref(), refused))
+    }
+
+    async fn acquire(
+        &self,
+        request: Request<Streaming<AcquireRequest>>,
+    ) -> Result<Response<Self::AcquireStream>, Status> {
+        let (peer, caller) = (request.remote_addr(), Caller::of(&request));
+        let acquired = self.acquired(request).await;
+        acquired.inspect_err(|refused| self.on_record(peer, caller.as_ref(), refused))
+    }
+
+    async fn run(
+        &self,
+        request: Request<Streaming<RunRequest>>,
+    ) -> Result<Response<Self::RunStream>, Status> {
+        let (peer, caller) = (request.remote_addr(), Caller::of(&request));
+        let relayed = self.relayed(request).await;
+        relayed.inspect_err(|refused| self.on_record(peer, caller.as_ref(), refused))
     }
 
     async fn cluster_status(
@@ -194,7 +229,7 @@ impl Gatekeeper for GatekeeperService {
                 jobs,
                 queued: c.queued(),
                 max_queued: c.max_queued(),
-                version: mexec_common::VERSION.to_owned(),
+                version: mexec_common::version::current_text(),
             }
         });
         Ok(Response::new(reply))

@@ -10,6 +10,7 @@ use mexec_proto::v1::{exit, run_response, Exit};
 
 use super::{response, Outbound};
 use crate::executor::account::Account;
+use crate::executor::account_note;
 use crate::executor::environment;
 use crate::executor::error::{self, JobError};
 use crate::executor::limits::{self, Exceeded, JobLimits};
@@ -45,9 +46,12 @@ pub async fn report(
     job: &ValidJob,
     started_at: Instant,
     killed: Option<Kill>,
-    exit: Exit,
+    mut exit: Exit,
     out: &Outbound,
 ) {
+    if let Some(note) = account_note::note(job.run_as.as_ref(), &job.cwd, &exit) {
+        exit.error = note;
+    }
     log_job(ctx, job, started_at, &exit);
     let message = match killed {
         Some(Kill::Shutdown) => Err(error::shut_down(&ctx.name)),
@@ -91,14 +95,17 @@ pub async fn start_failed(
         }
         // Not the command's fault: the client should go elsewhere.
         Err(refusal) => {
-            tracing::warn!(
+            ctx.unmounted.note(refusal.missing_cwd());
+            tracing::info!(
                 target: LOG_TARGET,
                 job_id = %Escaped(&job.spec.job_id),
                 node = %ctx.name,
-                refusal = %Escaped(&refusal.to_string()),
-                "job refused"
+                "job refused as it started"
             );
-            let _ = out.send(Err(refusal.into_status(&ctx.name))).await;
+            let status = refusal.into_status(&ctx.name);
+            let who = crate::refusal_log::Who::Claimed(&job.spec.user);
+            crate::refusal_log::status(&ctx.name, job.peer, who, &status);
+            let _ = out.send(Err(status)).await;
             None
         }
     }

@@ -1,0 +1,302 @@
+//! Refusals on record, against real `mexecd`, `mexec-gatekeeper` and
+//! `mexec` processes: every kind of refusal is one warning in the daemon's
+//! log naming the kind, the peer, the user and the node; a flood of them is
+//! one line; and a peer outside the version rule is refused with both
+//! versions named, on both daemons.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use bytes::Bytes;
+use mexec_common::connector::{AuthChannel, Connector};
+use mexec_common::farm::CLIENT_TIMEOUTS;
+use mexec_common::refusal::Refusal;
+use mexec_common::token::Token;
+use mexec_proto::v1::executor_client::ExecutorClient;
+use mexec_proto::v1::gatekeeper_client::GatekeeperClient;
+use mexec_proto::v1::{run_request, ClusterStatusRequest, JobSpec, RunRequest};
+use mexec_testkit::{bin, job_dir, wait_until, Executor, Gatekeeper};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+
+fn token_file(dir: &Path, name: &str, secret: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{secret}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+/// The refusal lines of a JSON log.
+fn refusals(log: &str) -> Vec<Value> {
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["message"] == "refused")
+        .collect()
+}
+
+/// Waits for the refusal line of `kind` whose reason contains `reason`.
+fn refusal_line(log: impl Fn() -> String, kind: &str, reason: &str) -> Value {
+    let find = || {
+        refusals(&log())
+            .into_iter()
+            .find(|l| l["kind"] == kind && l["reason"].as_str().unwrap_or("").contains(reason))
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || find().is_some()),
+        "no `{kind}` refusal with `{reason}` on record:\n{}",
+        log()
+    );
+    find().unwrap()
+}
+
+fn mexec(node: &Executor, cwd: &Path, token: &Path, user: &str, args: &[&str]) -> Command {
+    let mut command = node.mexec(cwd, &["--"]);
+    command
+        .args(args)
+        .env("MEXEC_TOKEN_FILE", token)
+        .env("MEXEC_SUBMIT_USER", user);
+    command
+}
+
+fn job(argv: &[&str], cwd: &str) -> JobSpec {
+    JobSpec {
+        argv: argv.iter().map(|a| Bytes::from(a.to_string())).collect(),
+        cwd: Bytes::from(cwd.to_owned()),
+        umask: 0o022,
+        job_id: "refused".into(),
+        user: "alice".into(),
+        ..JobSpec::default()
+    }
+}
+
+/// Sends `spec` over `client` and returns the refusal.
+async fn refused(mut client: ExecutorClient<AuthChannel>, spec: JobSpec) -> tonic::Status {
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(RunRequest {
+        msg: Some(run_request::Msg::Start(spec)),
+    })
+    .await
+    .unwrap();
+    let result = client.run(ReceiverStream::new(rx)).await;
+    drop(tx);
+    match result {
+        Ok(mut stream) => stream.get_mut().message().await.expect_err("a refusal"),
+        Err(status) => status,
+    }
+}
+
+#[tokio::test]
+async fn every_refusal_of_an_executor_is_on_its_record_once_per_flood() {
+    let dir = job_dir();
+    let secrets = tempfile::tempdir().unwrap();
+    let token = token_file(secrets.path(), "token", "the-cluster-token");
+    let wrong = token_file(secrets.path(), "wrong", "not-the-token");
+    let node = Executor::start(
+        "n1",
+        2,
+        &[
+            "--log-format",
+            "json",
+            "--token-file",
+            token.to_str().unwrap(),
+            "--allowed-users",
+            "alice",
+            "--allowed-programs",
+            "true,echo",
+        ],
+    );
+    let log = || node.log_text();
+
+    // A wrong token, thirty times: one line on record.
+    for _ in 0..30 {
+        let output = mexec(&node, dir.path(), &wrong, "alice", &["true"])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(255));
+    }
+    let line = refusal_line(log, "unauthenticated", "missing or wrong token");
+    assert_eq!(line["node"], "n1");
+    assert!(
+        line["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{line}"
+    );
+    let floods = refusals(&log())
+        .into_iter()
+        .filter(|l| l["kind"] == "unauthenticated")
+        .count();
+    assert_eq!(floods, 1, "a flood is one line per window:\n{}", log());
+
+    // The allow list, naming the claimed user.
+    let output = mexec(&node, dir.path(), &token, "bob", &["true"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(255));
+    let line = refusal_line(log, "denied", "user `bob` is not allowed");
+    assert_eq!(
+        (&line["user"], &line["proof"]),
+        (&"bob".into(), &"claimed".into())
+    );
+
+    // The command policy (on another node: a second `denied` from this
+    // peer within the window would only be counted).
+    let policed = Executor::start(
+        "n2",
+        1,
+        &[
+            "--log-format",
+            "json",
+            "--token-file",
+            token.to_str().unwrap(),
+            "--allowed-programs",
+            "true,echo",
+        ],
+    );
+    let output = mexec(&policed, dir.path(), &token, "alice", &["sh", "-c", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(255));
+    let line = refusal_line(|| policed.log_text(), "denied", "command policy");
+    assert_eq!(
+        (&line["user"], &line["node"]),
+        (&"alice".into(), &"n2".into())
+    );
+
+    // A request over a limit, and a working directory not there.
+    let connector = Connector::new(
+        None,
+        Some(Token::from_file(&token).unwrap()),
+        CLIENT_TIMEOUTS,
+    );
+    let client = ExecutorClient::new(connector.connect(&node.node()).await.unwrap());
+    let cwd = dir.path().to_str().unwrap();
+    let mut huge = job(&["echo"], cwd);
+    huge.argv
+        .extend((0..16).map(|_| Bytes::from(vec![b'a'; 64 * 1024])));
+    let status = refused(client.clone(), huge).await;
+    assert_eq!(Refusal::of(&status), Some(Refusal::Malformed), "{status:?}");
+    refusal_line(log, "malformed", "too large");
+    let status = refused(client.clone(), job(&["true"], "/no/such/tree/here")).await;
+    assert_eq!(
+        Refusal::of(&status),
+        Some(Refusal::CwdMissing),
+        "{status:?}"
+    );
+    let line = refusal_line(log, "cwd-missing", "/no/such/tree/here");
+    assert_eq!(line["level"], "WARN");
+
+    // A peer outside the version rule, refused naming both versions.
+    let channel = Channel::from_shared(format!("http://{}", node.node()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(1);
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    Token::from_file(&token)
+        .unwrap()
+        .attach(request.metadata_mut());
+    request.metadata_mut().insert(
+        mexec_common::version::METADATA_KEY,
+        MetadataValue::from_static("7.0.0"),
+    );
+    drop(tx);
+    let status = ExecutorClient::new(channel)
+        .run(request)
+        .await
+        .expect_err("refused");
+    assert_eq!(Refusal::of(&status), Some(Refusal::Version), "{status:?}");
+    let ours = mexec_common::version::current().to_string();
+    assert!(
+        status.message().contains("the peer is mexec 7.0.0")
+            && status
+                .message()
+                .contains(&format!("this executor is mexec {ours}")),
+        "{status:?}"
+    );
+    refusal_line(log, "version", "the peer is mexec 7.0.0");
+}
+
+#[tokio::test]
+async fn the_gatekeeper_puts_its_refusals_on_record_and_refuses_a_far_version() {
+    let secrets = tempfile::tempdir().unwrap();
+    let token = token_file(secrets.path(), "token", "the-cluster-token");
+    let wrong = token_file(secrets.path(), "wrong", "not-the-token");
+    let gatekeeper = Gatekeeper::start(&[
+        "--log-format",
+        "json",
+        "--token-file",
+        token.to_str().unwrap(),
+    ]);
+    let log = || gatekeeper.log_text();
+    let dir = job_dir();
+    let output = Command::new(bin("mexec"))
+        .current_dir(dir.path())
+        .env("MEXEC_GATEKEEPER", gatekeeper.address())
+        .env("MEXEC_STATE_DIR", dir.path())
+        .env("MEXEC_TOKEN_FILE", &wrong)
+        .env_remove("MEXEC_NODES")
+        .args(["--no-local", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(255));
+    let line = refusal_line(log, "unauthenticated", "missing or wrong token");
+    assert!(
+        line["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{line}"
+    );
+
+    // An executor of a version two minors away cannot join.
+    let far = far_version();
+    let mut command = Command::new(bin("mexecd"));
+    command.env(mexec_common::version::TEST_OVERRIDE_VAR, &far);
+    let node = Executor::start_with(
+        command,
+        "n9",
+        1,
+        &[
+            "--gatekeeper",
+            &gatekeeper.address(),
+            "--token-file",
+            token.to_str().unwrap(),
+        ],
+    );
+    let line = refusal_line(log, "version", &format!("the peer is mexec {far}"));
+    assert!(
+        line["reason"]
+            .as_str()
+            .unwrap()
+            .contains("this gatekeeper is mexec"),
+        "{line}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || node
+            .log_text()
+            .contains(&format!("the peer is mexec {far}"))),
+        "the node does not say why it cannot join:\n{}",
+        node.log_text()
+    );
+    let connector = Connector::new(
+        None,
+        Some(Token::from_file(&token).unwrap()),
+        CLIENT_TIMEOUTS,
+    );
+    let mut client = GatekeeperClient::new(connector.connect(&gatekeeper.address()).await.unwrap());
+    let members = client
+        .cluster_status(ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .nodes;
+    assert!(members.is_empty(), "{members:?}");
+}
+
+/// A version outside the rule from ours: two minor versions on.
+fn far_version() -> String {
+    let ours = mexec_common::version::current();
+    format!("{}.{}.0", ours.major, ours.minor + 2)
+}
