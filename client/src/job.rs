@@ -40,6 +40,9 @@ pub struct Job {
     pub repeatable: bool,
     /// argv, cwd and environment as sent to the executors.
     pub for_executors: ExecutorView,
+    /// The protocol message as the job's `mexec` made it, which the agent
+    /// sends as it is (`None` in the `mexec` process itself).
+    pub prepared: Option<Box<JobSpec>>,
 }
 
 /// Why no job could be made.
@@ -102,6 +105,7 @@ impl Job {
             argv,
             env,
             for_executors,
+            prepared: None,
         })
     }
 
@@ -115,6 +119,9 @@ impl Job {
 
     /// The protocol message.
     pub fn spec(&self) -> JobSpec {
+        if let Some(prepared) = &self.prepared {
+            return (**prepared).clone();
+        }
         let view = &self.for_executors;
         JobSpec {
             argv: view.argv.iter().map(|a| os_bytes(a)).collect(),

@@ -71,7 +71,7 @@ impl Placement {
         Placement {
             nodes,
             state,
-            pid: std::process::id(),
+            pid: crate::agent::hooks::holder(),
             policy: Policy::default(),
         }
     }

@@ -75,10 +75,12 @@ pub struct Snapshot {
     pub ours_then: u32,
 }
 
-/// The state file.
+/// The state file (in the agent: the agent's memory, which its jobs share
+/// without a lock file).
 #[derive(Debug, Clone)]
 pub struct SharedState {
     path: PathBuf,
+    memory: Option<std::sync::Arc<std::sync::Mutex<StateData>>>,
 }
 
 impl SharedState {
@@ -91,6 +93,7 @@ impl SharedState {
             .unwrap_or_else(|| std::env::temp_dir().join(format!("mexec-{}", os::user_name())));
         SharedState {
             path: dir.join("placement.json"),
+            memory: crate::agent::hooks::memory_state(),
         }
     }
 
@@ -104,11 +107,33 @@ impl SharedState {
 
     /// A state file at `path`.
     pub fn at(path: PathBuf) -> Self {
-        SharedState { path }
+        SharedState { path, memory: None }
+    }
+
+    /// Drops every reservation `holder` still has (the agent, after a job
+    /// that ended in any way, a dropped one included).
+    pub fn forget_holder(&self, holder: u32) {
+        if let Some(memory) = &self.memory {
+            if let Ok(mut data) = memory.lock() {
+                for node in data.nodes.values_mut() {
+                    node.reservations.retain(|h| *h != holder);
+                }
+            }
+        }
     }
 
     /// Runs `change` on the state under an exclusive lock and saves it.
     pub fn update<R>(&self, change: impl FnOnce(&mut StateData, u64) -> R) -> std::io::Result<R> {
+        if let Some(memory) = &self.memory {
+            // One process: the holders are its jobs, which give their
+            // reservations back themselves (`forget_holder`).
+            let mut data = memory
+                .lock()
+                .map_err(|_| std::io::Error::other("poisoned"))?;
+            let now = now_ms();
+            forget_idle(&mut data, now);
+            return Ok(change(&mut data, now));
+        }
         let mut file = self.open()?;
         lock_with_deadline(&file)?;
         let mut text = Vec::new();
@@ -257,6 +282,10 @@ fn prune(data: &mut StateData, now: u64) {
     for node in data.nodes.values_mut() {
         node.reservations.retain(|pid| os::process_alive(*pid));
     }
+    forget_idle(data, now);
+}
+
+fn forget_idle(data: &mut StateData, now: u64) {
     data.nodes.retain(|_, node| {
         !node.reservations.is_empty() || now.saturating_sub(node.touched_ms) < FORGET_AFTER_MS
     });

@@ -429,6 +429,7 @@ mod tests {
                 forward_stdin: false,
                 repeatable: true,
                 for_executors: ExecutorView::default(),
+                prepared: None,
             };
             Run {
                 settings: Settings::default(),
