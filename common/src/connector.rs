@@ -6,6 +6,8 @@
 //! relaying), so no channel can skip TLS or the token by accident and no
 //! global state is needed.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tonic::service::interceptor::InterceptedService;
@@ -36,6 +38,8 @@ pub struct Connector {
     tls: Option<Tls>,
     token: Option<Token>,
     timeouts: Timeouts,
+    /// Channels kept open, by peer (`keep_connections`).
+    kept: Option<Arc<Mutex<HashMap<(String, Option<String>), AuthChannel>>>>,
 }
 
 /// Why no channel could be opened.
@@ -59,7 +63,18 @@ impl Connector {
             tls,
             token,
             timeouts,
+            kept: None,
         }
+    }
+
+    /// The same connector, keeping each channel it opens for the next call
+    /// to the same peer (a long-lived process: the build host's agent).
+    /// Many calls share one HTTP/2 connection; a connection that broke is
+    /// made again on the next call, whose failure to connect (a
+    /// `tonic::ConnectError` in its status) means it never reached the peer.
+    pub fn keep_connections(mut self) -> Connector {
+        self.kept = Some(Arc::default());
+        self
     }
 
     pub fn tls(&self) -> Option<&Tls> {
@@ -89,6 +104,21 @@ impl Connector {
         authority: &str,
         node: Option<&str>,
     ) -> Result<AuthChannel, ConnectError> {
+        let Some(kept) = &self.kept else {
+            return self.open(authority, node).await;
+        };
+        let key = (authority.to_owned(), node.map(str::to_owned));
+        if let Some(channel) = kept.lock().ok().and_then(|k| k.get(&key).cloned()) {
+            return Ok(channel);
+        }
+        let channel = self.open(authority, node).await?;
+        if let Ok(mut kept) = kept.lock() {
+            kept.insert(key, channel.clone());
+        }
+        Ok(channel)
+    }
+
+    async fn open(&self, authority: &str, node: Option<&str>) -> Result<AuthChannel, ConnectError> {
         let endpoint = tls::endpoint_for(authority, self.tls.as_ref(), node)
             .map_err(|source| ConnectError::BadAddress {
                 authority: authority.to_owned(),

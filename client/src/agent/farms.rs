@@ -27,7 +27,7 @@ impl Farms {
             return Ok(known);
         }
         let (farm, _) = Farm::resolve(&farm_flags(flags)).map_err(|err| err.to_string())?;
-        let connector = farm.connector();
+        let connector = farm.connector().keep_connections();
         if let Ok(mut known) = self.known.lock() {
             known.insert(key, (farm.clone(), connector.clone()));
         }
