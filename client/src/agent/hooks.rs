@@ -150,6 +150,26 @@ pub fn memory_state() -> Option<Arc<Mutex<StateData>>> {
     MEMORY_STATE.get().cloned()
 }
 
+/// Woken whenever a slot may have freed in the agent's placement state.
+static SLOT_FREED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+/// Held while one job asks nodes of unknown size for their load.
+static ASKING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Wakes the jobs the agent holds for a slot.
+pub fn slot_freed() {
+    SLOT_FREED.notify_waiters();
+}
+
+/// The wake-up of the jobs held for a slot.
+pub fn slot_freed_signal() -> tokio::sync::futures::Notified<'static> {
+    SLOT_FREED.notified()
+}
+
+/// One job at a time asks the nodes nobody knows yet.
+pub async fn asking_nodes() -> tokio::sync::MutexGuard<'static, ()> {
+    ASKING.lock().await
+}
+
 /// How this process runs jobs, for the job log: "agent" inside the agent,
 /// else why the job runs directly.
 static DIRECT_REASON: OnceLock<String> = OnceLock::new();

@@ -107,8 +107,10 @@ async fn serve(listener: std::os::unix::net::UnixListener, place: &Place) {
     }
 }
 
-/// The exclusive lock that makes this process the agent.
+/// The exclusive lock that makes this process the agent; the file says
+/// the agent's pid.
 fn take_lock(place: &Place) -> Option<Flock<std::fs::File>> {
+    use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -117,7 +119,10 @@ fn take_lock(place: &Place) -> Option<Flock<std::fs::File>> {
         .mode(0o600)
         .open(&place.lock)
         .ok()?;
-    Flock::lock(file, FlockArg::LockExclusiveNonblock).ok()
+    let mut lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).ok()?;
+    let _ = lock.set_len(0);
+    let _ = writeln!(lock, "{}", std::process::id());
+    Some(lock)
 }
 
 fn socket_inode(place: &Place) -> Option<u64> {

@@ -110,6 +110,11 @@ impl SharedState {
         SharedState { path, memory: None }
     }
 
+    /// Whether the state is the agent's memory rather than a file.
+    pub fn in_memory(&self) -> bool {
+        self.memory.is_some()
+    }
+
     /// Drops every reservation `holder` still has (the agent, after a job
     /// that ended in any way, a dropped one included).
     pub fn forget_holder(&self, holder: u32) {
@@ -119,6 +124,7 @@ impl SharedState {
                     node.reservations.retain(|h| *h != holder);
                 }
             }
+            crate::agent::hooks::slot_freed();
         }
     }
 
