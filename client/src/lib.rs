@@ -33,8 +33,9 @@
 //! - `joblog`: one JSON line per job for scripts and summaries.
 //! - `os`: the operating-system specific parts (signals, umask, processes).
 //! - `agent`: the build host's agent, which runs the jobs of this user's
-//!   `mexec` processes (and the hooks through which a job run there writes
-//!   to its `mexec`'s descriptors).
+//!   `mexec` processes.
+//! - `job_hooks`: where a job's output, messages, signals and local run go
+//!   when the agent runs it (set by `agent`, read along the pipeline).
 //!
 //! Every channel is opened through one `Connector` (TLS, token, timeouts),
 //! made from the settings in `main` and passed down.
@@ -46,6 +47,7 @@ pub mod failed_call;
 pub mod flags;
 pub mod invocation;
 pub mod job;
+pub mod job_hooks;
 pub mod joblog;
 pub mod lease;
 pub mod local;
@@ -68,6 +70,6 @@ pub const EXIT_MEXEC_FAILURE: i32 = 255;
 #[macro_export]
 macro_rules! say {
     ($($arg:tt)*) => {
-        $crate::agent::hooks::say(format_args!($($arg)*))
+        $crate::job_hooks::say(format_args!($($arg)*))
     };
 }

@@ -10,7 +10,7 @@ use crate::os::{self, SignalStream};
 pub async fn run(job: &Job, signals: &mut SignalStream) -> i32 {
     // In the agent the job's `mexec` runs it, with its own stdio and
     // process group.
-    if let Some(code) = crate::agent::hooks::run_locally_elsewhere().await {
+    if let Some(code) = crate::job_hooks::run_locally_elsewhere().await {
         return code;
     }
     let mut command = Command::new(&job.argv[0]);

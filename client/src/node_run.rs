@@ -19,9 +19,9 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Status, Streaming};
 
-use crate::agent::hooks::StdinSource;
 use crate::failed_call;
 use crate::job::Job;
+use crate::job_hooks::StdinSource;
 use crate::os::SignalStream;
 use crate::outcome::{NotStarted, Outcome};
 use crate::output::{Output, Stream};

@@ -5,8 +5,8 @@
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
-use crate::agent::hooks::{self, Sink};
 use crate::console_text::ConsoleText;
+use crate::job_hooks::{self, Sink};
 use crate::os;
 
 /// Which of our streams a chunk belongs to.
@@ -46,7 +46,7 @@ impl Output {
     /// `hold` keeps output back until `finish`. Our stdout and stderr, or
     /// in the agent the job's `mexec`'s.
     pub fn new(hold: bool) -> Self {
-        let (stdout, stderr): (Sink, Sink) = hooks::output_sinks()
+        let (stdout, stderr): (Sink, Sink) = job_hooks::output_sinks()
             .unwrap_or_else(|| (Box::new(tokio::io::stdout()), Box::new(tokio::io::stderr())));
         Output {
             holding: hold,

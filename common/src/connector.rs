@@ -39,8 +39,11 @@ pub struct Connector {
     token: Option<Token>,
     timeouts: Timeouts,
     /// Channels kept open, by peer (`keep_connections`).
-    kept: Option<Arc<Mutex<HashMap<(String, Option<String>), AuthChannel>>>>,
+    kept: Option<Arc<Mutex<KeptChannels>>>,
 }
+
+/// Open channels by peer: its address, and the node name TLS checks.
+type KeptChannels = HashMap<(String, Option<String>), AuthChannel>;
 
 /// Why no channel could be opened.
 #[derive(Debug, thiserror::Error)]

@@ -10,9 +10,10 @@
 //! `mexec` always runs directly.
 //!
 //! Layout:
-//! - `hooks`: what a job run in the agent does differently (where output,
-//!   messages, signals and a local run go); compiled everywhere, set only
-//!   in the agent.
+//!
+//! What a job run in the agent does differently (where output, messages,
+//! signals and a local run go) is in the crate's `job_hooks`, which the
+//! pipeline's modules consult; `placement` keeps its state in memory here.
 //! - `place`: where the agent's socket and lock live, and which build they
 //!   belong to.
 //! - `wire`: the framing of the socket's messages and the passing of
@@ -22,8 +23,6 @@
 //! - `serve`: the agent process: one socket, one task per job, idle exit.
 //! - `session`: one job in the agent, from its message to its exit.
 //! - `farms`: the farms the agent's jobs go to, resolved once each.
-
-pub mod hooks;
 
 #[cfg(unix)]
 mod farms;

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{Flock, FlockArg};
 use tokio::net::UnixListener;
 
-use super::hooks;
 use super::place::Place;
 use super::session::{self, Shared};
 
@@ -44,7 +43,7 @@ pub fn main() -> i32 {
         Ok(listener) => listener,
         Err(_) => return 1,
     };
-    hooks::keep_state_in_memory();
+    crate::placement::SharedState::keep_in_memory();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

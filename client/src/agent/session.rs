@@ -22,10 +22,10 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::farms::Farms;
-use super::hooks::{self, Hooks, LocalRunner};
 use super::wire;
 use crate::executor_view::ExecutorView;
 use crate::job::Job;
+use crate::job_hooks::{self as hooks, Hooks, LocalRunner};
 use crate::placement::{Policy, SharedState};
 use crate::settings::Settings;
 use crate::{retry, EXIT_MEXEC_FAILURE};
@@ -259,9 +259,7 @@ impl LocalRunner for InClient {
 async fn receive(stream: &mut UnixStream) -> Result<(Vec<OwnedFd>, AgentJob), String> {
     let fds = loop {
         stream.readable().await.map_err(|err| err.to_string())?;
-        match stream.try_io(Interest::READABLE, || {
-            wire::try_receive_fds(&*stream).map_err(std::io::Error::from)
-        }) {
+        match stream.try_io(Interest::READABLE, || wire::try_receive_fds(&*stream)) {
             Ok(Some(fds)) => break fds,
             Ok(None) => return Err("closed before sending its job".into()),
             Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,

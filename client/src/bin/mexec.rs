@@ -65,7 +65,7 @@ fn run(
     let code = runtime.block_on(async {
         #[cfg(unix)]
         {
-            use mexec_client::agent::{handoff, hooks};
+            use mexec_client::{agent::handoff, job_hooks as hooks};
             match handoff::run(&invocation.flags.farm(), settings, &job).await {
                 handoff::Handoff::Done(code) => return code,
                 handoff::Handoff::Direct(reason) => {

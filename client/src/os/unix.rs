@@ -110,7 +110,7 @@ impl SignalStream {
     /// kill this process but arrive here.
     pub fn install() -> std::io::Result<Self> {
         use tokio::signal::unix::{signal, SignalKind};
-        if let Some(relayed) = crate::agent::hooks::relayed_signals() {
+        if let Some(relayed) = crate::job_hooks::relayed_signals() {
             return Ok(SignalStream {
                 streams: Vec::new(),
                 relayed: Some(relayed),

@@ -71,7 +71,7 @@ impl Placement {
         Placement {
             nodes,
             state,
-            pid: crate::agent::hooks::holder(),
+            pid: crate::job_hooks::holder(),
             policy: Policy::default(),
         }
     }
@@ -216,7 +216,7 @@ impl Placement {
                 }
             }
         });
-        crate::agent::hooks::slot_freed();
+        SharedState::slot_freed();
     }
 
     /// Marks node `index` unreachable for a while, so other clients skip it.
@@ -249,7 +249,7 @@ impl Placement {
                 ours_then: node.reservations.len() as u32,
             });
         });
-        crate::agent::hooks::slot_freed();
+        SharedState::slot_freed();
     }
 }
 

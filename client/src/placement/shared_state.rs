@@ -75,6 +75,14 @@ pub struct Snapshot {
     pub ours_then: u32,
 }
 
+/// The agent's placement state, shared by its jobs instead of a file.
+static MEMORY_STATE: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<StateData>>> =
+    std::sync::OnceLock::new();
+/// Woken whenever a slot may have freed in the agent's placement state.
+static SLOT_FREED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+/// Held while one job asks nodes of unknown size for their load.
+static ASKING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The state file (in the agent: the agent's memory, which its jobs share
 /// without a lock file).
 #[derive(Debug, Clone)]
@@ -93,7 +101,7 @@ impl SharedState {
             .unwrap_or_else(|| std::env::temp_dir().join(format!("mexec-{}", os::user_name())));
         SharedState {
             path: dir.join("placement.json"),
-            memory: crate::agent::hooks::memory_state(),
+            memory: MEMORY_STATE.get().cloned(),
         }
     }
 
@@ -110,6 +118,27 @@ impl SharedState {
         SharedState { path, memory: None }
     }
 
+    /// Keeps this process's placement state in memory from now on (the
+    /// agent, at start).
+    pub fn keep_in_memory() {
+        let _ = MEMORY_STATE.set(std::sync::Arc::default());
+    }
+
+    /// Wakes the jobs the agent holds for a slot.
+    pub fn slot_freed() {
+        SLOT_FREED.notify_waiters();
+    }
+
+    /// The wake-up of the jobs held for a slot.
+    pub fn slot_freed_signal() -> tokio::sync::futures::Notified<'static> {
+        SLOT_FREED.notified()
+    }
+
+    /// One job at a time asks the nodes nobody knows yet.
+    pub async fn asking_nodes() -> tokio::sync::MutexGuard<'static, ()> {
+        ASKING.lock().await
+    }
+
     /// Whether the state is the agent's memory rather than a file.
     pub fn in_memory(&self) -> bool {
         self.memory.is_some()
@@ -124,7 +153,7 @@ impl SharedState {
                     node.reservations.retain(|h| *h != holder);
                 }
             }
-            crate::agent::hooks::slot_freed();
+            SharedState::slot_freed();
         }
     }
 

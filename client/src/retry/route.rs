@@ -213,12 +213,12 @@ impl Direct {
     /// cluster). `Err` with the signal that ended the wait.
     async fn hold(&mut self, cx: Context<'_>, signals: &mut SignalStream) -> Result<(), i32> {
         if !self.placement.unknown_nodes().is_empty() {
-            let _asking = crate::agent::hooks::asking_nodes().await;
+            let _asking = SharedState::asking_nodes().await;
             let unknown = self.placement.unknown_nodes();
             ask_load(&self.placement, &unknown, cx.connector).await;
         }
         loop {
-            let freed = crate::agent::hooks::slot_freed_signal();
+            let freed = SharedState::slot_freed_signal();
             tokio::pin!(freed);
             freed.as_mut().enable();
             if !self.placement.every_node_full(&self.tried) {

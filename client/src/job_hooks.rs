@@ -1,8 +1,8 @@
 //! What differs when the agent, not a `mexec` process of its own, runs a
 //! job: the job's output goes to the descriptors its `mexec` passed, our
 //! messages to its stderr, signals come from its socket, a local run
-//! happens back in the `mexec` process, and placement state lives in the
-//! agent's memory. The job's code asks here and, outside the agent (no
+//! happens back in the `mexec` process, and placement reservations carry
+//! the job's own key. The job's code asks here and, outside the agent (no
 //! hooks set), behaves as a plain client.
 //!
 //! The hooks are a task-local value set around the job's future, so many
@@ -13,8 +13,6 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::io::AsyncWrite;
-
-use crate::placement::shared_state::StateData;
 
 /// A stream the job's output goes to.
 pub type Sink = Box<dyn AsyncWrite + Send + Unpin>;
@@ -135,39 +133,6 @@ pub fn holder() -> u32 {
 pub async fn run_locally_elsewhere() -> Option<i32> {
     let hooks = HOOKS.try_with(Arc::clone).ok()?;
     Some(hooks.local.run_locally().await)
-}
-
-/// The agent's placement state, shared by its jobs instead of a file.
-static MEMORY_STATE: OnceLock<Arc<Mutex<StateData>>> = OnceLock::new();
-
-/// Keeps placement state in memory from now on (the agent, at start).
-pub fn keep_state_in_memory() {
-    let _ = MEMORY_STATE.set(Arc::default());
-}
-
-/// The in-memory placement state, in the agent.
-pub fn memory_state() -> Option<Arc<Mutex<StateData>>> {
-    MEMORY_STATE.get().cloned()
-}
-
-/// Woken whenever a slot may have freed in the agent's placement state.
-static SLOT_FREED: tokio::sync::Notify = tokio::sync::Notify::const_new();
-/// Held while one job asks nodes of unknown size for their load.
-static ASKING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Wakes the jobs the agent holds for a slot.
-pub fn slot_freed() {
-    SLOT_FREED.notify_waiters();
-}
-
-/// The wake-up of the jobs held for a slot.
-pub fn slot_freed_signal() -> tokio::sync::futures::Notified<'static> {
-    SLOT_FREED.notified()
-}
-
-/// One job at a time asks the nodes nobody knows yet.
-pub async fn asking_nodes() -> tokio::sync::MutexGuard<'static, ()> {
-    ASKING.lock().await
 }
 
 /// How this process runs jobs, for the job log: "agent" inside the agent,
