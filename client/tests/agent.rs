@@ -234,3 +234,77 @@ fn two_hundred_at_once_on_sixty_four_nodes_spread_by_slots() {
     let per_node = run_at_once(&farm, 200, "0.5");
     assert!(per_node.len() >= 50, "only {} nodes used", per_node.len());
 }
+
+#[test]
+fn a_hung_agent_costs_a_job_its_wait_only_and_is_replaced() {
+    let farm = Farm::start(1, 2);
+    let dir = job_dir();
+    let log = dir.path().join("jobs.jsonl");
+    let job = |args: &[&str]| {
+        farm.mexec(dir.path(), args)
+            .env("MEXEC_JOBLOG", &log)
+            .output()
+            .unwrap()
+    };
+    assert!(job(&["true"]).status.success());
+    let hung = agent_pid(&farm).expect("an agent");
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(hung as i32, libc::SIGSTOP) };
+    let started = Instant::now();
+    let output = job(&["sh", "-c", "echo through"]);
+    let waited = started.elapsed();
+    assert!(output.status.success());
+    assert_eq!(output.stdout, b"through\n");
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
+    eprintln!("the job behind a hung agent took {waited:?}");
+    // The next job gets a fresh agent.
+    assert!(job(&["true"]).status.success());
+    let routes: Vec<_> = entries(&log).iter().map(|e| e["route"].clone()).collect();
+    assert_eq!(
+        routes,
+        ["agent", "the agent did not answer in 2s", "agent"],
+        "{routes:?}"
+    );
+    let fresh = agent_pid(&farm).expect("a fresh agent");
+    assert_ne!(fresh, hung);
+    // Woken, the old agent has no socket any more and leaves.
+    // SAFETY: as above.
+    unsafe { libc::kill(hung as i32, libc::SIGCONT) };
+    assert!(wait_until(Duration::from_secs(10), || !pid_alive(hung)));
+}
+
+#[test]
+fn ctrl_c_while_the_agent_holds_the_job_leaves_without_running_it() {
+    let farm = farm_without_queues(1, 1);
+    let dir = job_dir();
+    let mut blocker = farm
+        .mexec(dir.path(), &["-n", "sleep", "30"])
+        .spawn()
+        .unwrap();
+    let blocker_started = || {
+        let out = farm
+            .mexec(dir.path(), &["--status", "--json"])
+            .output()
+            .unwrap();
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        rows[0]["running"].as_u64() == Some(1)
+    };
+    assert!(wait_until(Duration::from_secs(10), blocker_started));
+    let mut waiting = farm
+        .mexec(dir.path(), &["-n", "sh", "-c", "touch ran"])
+        .spawn()
+        .unwrap();
+    // Held on the build host: the node has no queue, and the job waits.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        waiting.try_wait().unwrap().is_none(),
+        "the job did not wait"
+    );
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(waiting.id() as i32, libc::SIGINT) };
+    assert_eq!(waiting.wait().unwrap().code(), Some(130));
+    blocker.kill().unwrap();
+    let _ = blocker.wait();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!dir.path().join("ran").exists());
+}

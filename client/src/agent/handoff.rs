@@ -69,7 +69,15 @@ pub async fn run(farm: &FarmFlags, settings: &Settings, job: &Job) -> Handoff {
         }))) => return Handoff::Direct(format!("the agent refused: {}", refused.reason)),
         Ok(Ok(_)) => return Handoff::Direct("the agent closed before taking the job".into()),
         Ok(Err(err)) => return Handoff::Direct(format!("the agent failed: {err}")),
-        Err(_) => return Handoff::Direct(format!("the agent did not answer in {TAKEN_WITHIN:?}")),
+        Err(_) => {
+            retire_hung(&place);
+            return Handoff::Direct(format!("the agent did not answer in {TAKEN_WITHIN:?}"));
+        }
+    }
+    // The agent waits for them; a job it took but could not get them for
+    // it drops when we close.
+    if let Err(err) = send_fds(&stream).await {
+        return Handoff::Direct(format!("cannot pass descriptors to the agent: {err}"));
     }
     follow(stream, job).await
 }
@@ -156,6 +164,14 @@ fn agent_lost(job: &Job) -> Handoff {
     Handoff::Done(EXIT_MEXEC_FAILURE)
 }
 
+/// Moves a hung agent aside: without its socket and lock file the next
+/// `mexec` starts a fresh one, and the old one, should it wake, takes no
+/// more jobs and exits after those it has.
+fn retire_hung(place: &Place) {
+    let _ = std::fs::remove_file(&place.socket);
+    let _ = std::fs::remove_file(&place.lock);
+}
+
 /// Connects to the agent, starting one when none listens.
 fn connect_or_start(place: &Place) -> Result<StdUnixStream, String> {
     match connect(&place.socket) {
@@ -210,10 +226,21 @@ fn start(place: &Place) -> std::io::Result<()> {
         .map(drop)
 }
 
-/// Sends our stdout and stderr and the job.
+/// Sends the byte that carries our stdout and stderr.
+async fn send_fds(stream: &UnixStream) -> std::io::Result<()> {
+    loop {
+        stream.writable().await?;
+        match stream.try_io(tokio::io::Interest::WRITABLE, || {
+            wire::send_fds(stream, &wire::PASSED)
+        }) {
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+            done => return done,
+        }
+    }
+}
+
+/// Sends the job (our descriptors follow once the agent took it).
 async fn hand_over(stream: StdUnixStream, request: &AgentRequest) -> Result<UnixStream, String> {
-    wire::send_fds(&stream, &wire::PASSED)
-        .map_err(|err| format!("cannot pass descriptors to the agent: {err}"))?;
     let broken = |err: std::io::Error| format!("cannot send the job to the agent: {err}");
     stream.set_nonblocking(true).map_err(broken)?;
     let mut stream = UnixStream::from_std(stream).map_err(broken)?;

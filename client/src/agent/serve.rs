@@ -4,7 +4,8 @@
 //! `mexec` processes that start one at once a single agent stays; it takes
 //! only connections of its own user (SO_PEERCRED), runs each job in a task
 //! of its own, and exits once it has had no job for the idle period
-//! (`MEXEC_AGENT_IDLE_SECS`, default 60) or its socket is gone.
+//! (`MEXEC_AGENT_IDLE_SECS`, default 60), or its socket is gone and its
+//! jobs have ended.
 
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -59,7 +60,9 @@ pub fn main() -> i32 {
     0
 }
 
-/// Accepts jobs until idle.
+/// Accepts jobs until idle. An agent whose socket is gone (removed with
+/// its directory, or by a `mexec` that found it hung and started another)
+/// takes no more jobs and exits once its running ones have ended.
 async fn serve(listener: std::os::unix::net::UnixListener, place: &Place) {
     let Ok(()) = listener.set_nonblocking(true) else {
         return;
@@ -73,37 +76,50 @@ async fn serve(listener: std::os::unix::net::UnixListener, place: &Place) {
     let idle_limit = idle_period();
     let mut idle_since = Instant::now();
     let mut tick = tokio::time::interval(TICK);
-    let uid = nix::unistd::getuid().as_raw();
+    let mut listener = Some(listener);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                if !stream.peer_cred().is_ok_and(|peer| peer.uid() == uid) {
-                    continue;
+            accepted = accept(&listener) => {
+                if let Some(stream) = accepted {
+                    let (shared, running) = (shared.clone(), running.clone());
+                    running.fetch_add(1, Ordering::AcqRel);
+                    tokio::spawn(async move {
+                        let _ = session::serve(stream, &shared).await;
+                        running.fetch_sub(1, Ordering::AcqRel);
+                    });
                 }
-                let (shared, running) = (shared.clone(), running.clone());
-                running.fetch_add(1, Ordering::AcqRel);
-                tokio::spawn(async move {
-                    let _ = session::serve(stream, &shared).await;
-                    running.fetch_sub(1, Ordering::AcqRel);
-                });
             }
             _ = tick.tick() => {
-                if running.load(Ordering::Acquire) > 0 {
+                let busy = running.load(Ordering::Acquire) > 0;
+                if busy {
                     idle_since = Instant::now();
-                } else if idle_since.elapsed() >= idle_limit {
-                    break;
                 }
-                if socket_inode(place) != ours {
-                    // Removed (its directory with it) or taken over.
-                    return;
+                if listener.is_some() && socket_inode(place) != ours {
+                    listener = None;
+                }
+                let retired = listener.is_none();
+                if !busy && (retired || idle_since.elapsed() >= idle_limit) {
+                    break;
                 }
             }
         }
     }
-    if socket_inode(place) == ours {
+    if listener.is_some() && socket_inode(place) == ours {
         let _ = std::fs::remove_file(&place.socket);
     }
+}
+
+/// The next connection of our own user; never, once retired.
+async fn accept(listener: &Option<UnixListener>) -> Option<tokio::net::UnixStream> {
+    let Some(listener) = listener else {
+        return std::future::pending().await;
+    };
+    let (stream, _) = listener.accept().await.ok()?;
+    let uid = nix::unistd::getuid().as_raw();
+    stream
+        .peer_cred()
+        .is_ok_and(|peer| peer.uid() == uid)
+        .then_some(stream)
 }
 
 /// The exclusive lock that makes this process the agent; the file says

@@ -55,10 +55,10 @@ impl Shared {
 /// Serves one `mexec` connection, from its descriptors to its exit code.
 /// `Err` says why its `mexec` was refused (it runs the job itself).
 pub async fn serve(mut stream: UnixStream, shared: &Shared) -> Result<(), String> {
-    let (fds, job) = tokio::time::timeout(JOB_WITHIN, receive(&mut stream))
+    let late = |_| "no job within the time allowed".to_owned();
+    let job = tokio::time::timeout(JOB_WITHIN, read_job(&mut stream))
         .await
-        .map_err(|_| "no job within the time allowed".to_owned())??;
-    let (mut reader, mut writer) = stream.into_split();
+        .map_err(late)??;
     let prepared = match prepare(job, shared) {
         Ok(prepared) => prepared,
         Err(reason) => {
@@ -67,16 +67,23 @@ pub async fn serve(mut stream: UnixStream, shared: &Shared) -> Result<(), String
                     reason: reason.clone(),
                 })),
             };
-            let _ = wire::write(&mut writer, &refused).await;
+            let _ = wire::write(&mut stream, &refused).await;
             return Err(reason);
         }
     };
     let taken = AgentReply {
         msg: Some(agent_reply::Msg::Taken(AgentTaken {})),
     };
-    wire::write(&mut writer, &taken)
+    wire::write(&mut stream, &taken)
         .await
         .map_err(|err| err.to_string())?;
+    // The descriptors come only now: a `mexec` that gave up on a hung
+    // agent leaves none of them in its socket, where they would keep
+    // make's pipes open.
+    let fds = tokio::time::timeout(JOB_WITHIN, receive_fds(&stream))
+        .await
+        .map_err(late)??;
+    let (mut reader, writer) = stream.into_split();
     let writer = Arc::new(tokio::sync::Mutex::new(writer));
     let holder = shared
         .next_holder
@@ -255,23 +262,27 @@ impl LocalRunner for InClient {
     }
 }
 
-/// Reads the byte with the descriptors, then the job.
-async fn receive(stream: &mut UnixStream) -> Result<(Vec<OwnedFd>, AgentJob), String> {
-    let fds = loop {
-        stream.readable().await.map_err(|err| err.to_string())?;
-        match stream.try_io(Interest::READABLE, || wire::try_receive_fds(&*stream)) {
-            Ok(Some(fds)) => break fds,
-            Ok(None) => return Err("closed before sending its job".into()),
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(err) => return Err(format!("cannot receive descriptors: {err}")),
-        }
-    };
+/// Reads the job, the first message.
+async fn read_job(stream: &mut UnixStream) -> Result<AgentJob, String> {
     let request = wire::read::<AgentRequest>(stream)
         .await
         .map_err(|err| format!("cannot read the job: {err}"))?;
     match request.and_then(|r| r.msg) {
-        Some(agent_request::Msg::Job(job)) => Ok((fds, job)),
+        Some(agent_request::Msg::Job(job)) => Ok(job),
         _ => Err("the first message was not a job".into()),
+    }
+}
+
+/// Reads the byte with the descriptors.
+async fn receive_fds(stream: &UnixStream) -> Result<Vec<OwnedFd>, String> {
+    loop {
+        stream.readable().await.map_err(|err| err.to_string())?;
+        match stream.try_io(Interest::READABLE, || wire::try_receive_fds(stream)) {
+            Ok(Some(fds)) => return Ok(fds),
+            Ok(None) => return Err("closed before sending its descriptors".into()),
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(err) => return Err(format!("cannot receive descriptors: {err}")),
+        }
     }
 }
 

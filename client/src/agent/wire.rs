@@ -1,6 +1,6 @@
 //! The agent socket's messages: each a 4-byte little-endian length, then
-//! the protobuf message. The job's `mexec` first sends one byte that
-//! carries its stdout and stderr (SCM_RIGHTS); everything after is framed.
+//! the protobuf message; and, once the agent took the job, one unframed
+//! byte from its `mexec` that carries its stdout and stderr (SCM_RIGHTS).
 
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
