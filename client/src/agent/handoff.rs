@@ -198,18 +198,21 @@ fn connect_or_start(place: &Place) -> Result<StdUnixStream, String> {
     }
 }
 
-/// Connects, and refuses an agent of another user: it would get our
-/// descriptors and our job.
 fn connect(socket: &Path) -> std::io::Result<StdUnixStream> {
-    let stream = StdUnixStream::connect(socket)?;
-    let peer = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)?;
+    StdUnixStream::connect(socket)
+}
+
+/// Refuses an agent of another user: it would get our descriptors and our
+/// job (SO_PEERCRED, or what the system has instead).
+fn check_peer(stream: &UnixStream) -> std::io::Result<()> {
+    let peer = stream.peer_cred()?;
     if peer.uid() != nix::unistd::getuid().as_raw() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::PermissionDenied,
             format!("the agent's socket belongs to uid {}", peer.uid()),
         ));
     }
-    Ok(stream)
+    Ok(())
 }
 
 /// Starts the agent: this binary again, detached, with no descriptors of
@@ -244,6 +247,7 @@ async fn hand_over(stream: StdUnixStream, request: &AgentRequest) -> Result<Unix
     let broken = |err: std::io::Error| format!("cannot send the job to the agent: {err}");
     stream.set_nonblocking(true).map_err(broken)?;
     let mut stream = UnixStream::from_std(stream).map_err(broken)?;
+    check_peer(&stream).map_err(|err| format!("not our agent: {err}"))?;
     wire::write(&mut stream, request).await.map_err(broken)?;
     Ok(stream)
 }

@@ -38,7 +38,7 @@ pub fn try_receive_fds(socket: &impl AsRawFd) -> std::io::Result<Option<Vec<Owne
         socket.as_raw_fd(),
         &mut iov,
         Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+        receive_flags(),
     )?;
     if message.bytes == 0 {
         return Ok(None);
@@ -55,6 +55,22 @@ pub fn try_receive_fds(socket: &impl AsRawFd) -> std::io::Result<Option<Vec<Owne
         }
     }
     Ok(Some(fds))
+}
+
+/// Non-blocking, and close-on-exec where the system can set it on receipt
+/// (elsewhere it does not matter: the agent starts no programs).
+fn receive_flags() -> MsgFlags {
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "freebsd",
+        target_os = "netbsd",
+        target_os = "openbsd",
+        target_os = "dragonfly"
+    ))]
+    return MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT;
+    #[allow(unreachable_code)]
+    MsgFlags::MSG_DONTWAIT
 }
 
 /// Writes one message.
