@@ -1,8 +1,10 @@
 //! Where the agent lives: a socket and a lock file in this user's private
 //! state directory (`MEXEC_STATE_DIR`, else `$XDG_RUNTIME_DIR/mexec`, else
 //! a 0700 directory in /tmp, the same one the placement state uses), named
-//! after the `mexec` binary, so that two builds of `mexec` on one host
-//! (two checkouts, an upgrade) never talk to each other's agent.
+//! after the `mexec` binary and the host (its name and network namespace),
+//! so that two builds of `mexec` on one host (two checkouts, an upgrade)
+//! never talk to each other's agent, nor two hosts that share the
+//! directory.
 
 use std::hash::{Hash, Hasher};
 use std::os::unix::fs::MetadataExt;
@@ -26,6 +28,14 @@ impl Place {
         let build = build_identity()?;
         let mut hasher = std::hash::DefaultHasher::new();
         build.hash(&mut hasher);
+        // One agent per host: a state directory on a shared file system,
+        // or network namespaces on one kernel (hosts of their own to the
+        // network), must not lead a `mexec` to another host's agent,
+        // which reaches the farm from there.
+        std::fs::read_link("/proc/self/ns/net")
+            .unwrap_or_default()
+            .hash(&mut hasher);
+        mexec_common::host::name().hash(&mut hasher);
         let name = format!("agent-{:016x}", hasher.finish());
         let dir = SharedState::for_this_user().dir();
         Ok(Place {
