@@ -123,7 +123,7 @@ impl Route {
                 causes: Vec::new(),
                 lease: None,
             }),
-            None => Route::Direct(Direct::new(settings.farm.nodes.clone(), settings)),
+            None => Route::Direct(Direct::new(settings.farm.nodes.clone(), settings).holding()),
         }
     }
 
@@ -192,6 +192,11 @@ pub(super) struct Direct {
     causes: Vec<String>,
     /// The node of the last attempt, reserved until it ended.
     current: Option<usize>,
+    /// Whether the agent holds the job while every node is full: for a
+    /// farm without a gatekeeper. Placing directly while the gatekeeper is
+    /// away is a stopgap that must not wait (its members take direct jobs
+    /// only until they rejoin it).
+    hold: bool,
 }
 
 impl Direct {
@@ -204,7 +209,13 @@ impl Direct {
             busy: false,
             causes: Vec::new(),
             current: None,
+            hold: false,
         }
+    }
+
+    fn holding(mut self) -> Direct {
+        self.hold = true;
+        self
     }
 
     /// In the agent: learns the slots of nodes nobody knows yet, then holds
@@ -212,6 +223,9 @@ impl Direct {
     /// queue on the build host, as the gatekeeper keeps one for the
     /// cluster). `Err` with the signal that ended the wait.
     async fn hold(&mut self, cx: Context<'_>, signals: &mut SignalStream) -> Result<(), i32> {
+        if !self.hold {
+            return Ok(());
+        }
         if !self.placement.unknown_nodes().is_empty() {
             let _asking = SharedState::asking_nodes().await;
             let unknown = self.placement.unknown_nodes();
@@ -518,6 +532,7 @@ mod tests {
             busy: false,
             causes: Vec::new(),
             current: None,
+            hold: false,
         })
     }
 
