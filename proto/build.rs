@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/mexec/v1/executor.proto",
         "proto/mexec/v1/gatekeeper.proto",
+        "proto/mexec/v1/agent.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -12,6 +12,8 @@
 //! - `tail`: what the end of a scheduling run is made of, from the job log.
 //! - `report`: BENCHMARKS.md.
 
+mod agent;
+mod agent_report;
 mod build;
 mod desktop;
 mod fairness;
@@ -83,6 +85,9 @@ pub struct Results {
     pub throughput: Option<throughput::Throughput>,
     pub footprint: Option<footprint::Footprint>,
     pub desktop: Option<desktop::Desktop>,
+    /// The build-host agent against the direct client and the peers.
+    #[serde(default)]
+    pub agent: Option<agent::AgentBench>,
     pub notes: String,
 }
 
@@ -118,6 +123,7 @@ fn main() {
         throughput: None,
         footprint: None,
         desktop: None,
+        agent: None,
         notes,
     };
     if wanted("overhead") {
@@ -144,6 +150,10 @@ fn main() {
         section("footprint");
         results.footprint = Some(footprint::run(cli.smoke));
     }
+    if wanted("agent") {
+        section("agent");
+        results.agent = Some(agent::run(cli.smoke, runs));
+    }
     if wanted("desktop") {
         section("desktop");
         results.desktop = Some(desktop::run(cli.smoke));
@@ -164,6 +174,7 @@ fn main() {
             results.throughput = results.throughput.or(old.throughput);
             results.footprint = results.footprint.or(old.footprint);
             results.desktop = results.desktop.or(old.desktop);
+            results.agent = results.agent.or(old.agent);
         }
     }
     let json = serde_json::to_string_pretty(&results).expect("results serialize");

@@ -291,6 +291,9 @@ pub fn markdown(r: &Results) -> String {
     if let Some(d) = &r.desktop {
         desktop_section(&mut md, d);
     }
+    if let Some(a) = &r.agent {
+        crate::agent_report::section(&mut md, a);
+    }
     if !r.notes.is_empty() {
         let _ = writeln!(md, "## Notes\n\n{}", r.notes);
     }

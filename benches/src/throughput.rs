@@ -218,7 +218,7 @@ async fn placements(
 
 /// User + system CPU seconds of a process (`/proc/<pid>/stat`, all its
 /// threads), 0 when it cannot be read.
-fn cpu_seconds(pid: &str) -> f64 {
+pub fn cpu_seconds(pid: &str) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };

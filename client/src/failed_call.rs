@@ -57,6 +57,11 @@ pub fn unconfirmed(status: &Status, node: &NodeAddr, tls: bool) -> Outcome {
     }
     let cause = cause(status);
     let sign = tls_sign(status, tls);
+    // A kept channel connecting again (the agent's) and failing: nothing
+    // was sent, as when a fresh connection fails.
+    if never_connected(status) {
+        return Outcome::NotStarted(NotStarted::Unreachable(format!("{cause}{}", sign.hint())));
+    }
     // A TLS alert (our certificate refused after a TLS 1.3 handshake that
     // looked done to us) comes before any request reaches the node.
     if sign == TlsSign::Refused {
@@ -70,6 +75,18 @@ pub fn unconfirmed(status: &Status, node: &NodeAddr, tls: bool) -> Outcome {
         ),
         stdin_consumed: false,
     }
+}
+
+/// Whether the call failed while making its connection.
+fn never_connected(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(err) = source {
+        if err.is::<tonic::ConnectError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// The status for people: its message, and the innermost cause of a

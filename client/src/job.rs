@@ -46,6 +46,9 @@ pub struct Job {
     pub toolchain: Option<ToolchainFingerprint>,
     /// What the job requires of its node.
     pub require: Vec<String>,
+    /// The protocol message as the job's `mexec` made it, which the agent
+    /// sends as it is (`None` in the `mexec` process itself).
+    pub prepared: Option<Box<JobSpec>>,
 }
 
 /// Why no job could be made.
@@ -111,6 +114,7 @@ impl Job {
             for_executors,
             toolchain,
             require: settings.require.clone(),
+            prepared: None,
         })
     }
 
@@ -129,6 +133,9 @@ impl Job {
 
     /// The protocol message.
     pub fn spec(&self) -> JobSpec {
+        if let Some(prepared) = &self.prepared {
+            return (**prepared).clone();
+        }
         let view = &self.for_executors;
         JobSpec {
             argv: view.argv.iter().map(|a| os_bytes(a)).collect(),

@@ -34,6 +34,9 @@ pub struct Entry<'a> {
     pub finished_unix_ms: u64,
     /// Attempts that failed before the one that counted.
     pub retries: u32,
+    /// "agent" when the build host's agent ran the job, else why `mexec`
+    /// ran it directly ("MEXEC_AGENT=0", or what was wrong with the agent).
+    pub route: &'a str,
 }
 
 /// The output file a compiler's `argv` names (`-o FILE` or `-oFILE`).

@@ -36,16 +36,22 @@
 //! - `console_text`: output for a Windows console, which takes only UTF-8.
 //! - `joblog`: one JSON line per job for scripts and summaries.
 //! - `os`: the operating-system specific parts (signals, umask, processes).
+//! - `agent`: the build host's agent, which runs the jobs of this user's
+//!   `mexec` processes.
+//! - `job_hooks`: where a job's output, messages, signals and local run go
+//!   when the agent runs it (set by `agent`, read along the pipeline).
 //!
 //! Every channel is opened through one `Connector` (TLS, token, timeouts),
 //! made from the settings in `main` and passed down.
 
+pub mod agent;
 pub mod console_text;
 pub mod executor_view;
 pub mod failed_call;
 pub mod flags;
 pub mod invocation;
 pub mod job;
+pub mod job_hooks;
 pub mod joblog;
 pub mod lease;
 pub mod local;
@@ -67,10 +73,10 @@ pub mod usage;
 /// mexec's own failures exit with this code, as ssh does.
 pub const EXIT_MEXEC_FAILURE: i32 = 255;
 
-/// Prints a `mexec: ...` line on stderr.
+/// Prints a `mexec: ...` line on stderr (the job's `mexec`'s, in the agent).
 #[macro_export]
 macro_rules! say {
     ($($arg:tt)*) => {
-        eprintln!("mexec: {}", format_args!($($arg)*))
+        $crate::job_hooks::say(format_args!($($arg)*))
     };
 }

@@ -8,6 +8,11 @@ use crate::os::{self, SignalStream};
 
 /// Runs `job` here and returns its exit code.
 pub async fn run(job: &Job, signals: &mut SignalStream) -> i32 {
+    // In the agent the job's `mexec` runs it, with its own stdio and
+    // process group.
+    if let Some(code) = crate::job_hooks::run_locally_elsewhere().await {
+        return code;
+    }
     let mut command = Command::new(&job.argv[0]);
     command
         .args(&job.argv[1..])

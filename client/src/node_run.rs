@@ -14,7 +14,6 @@ use mexec_proto::v1::{
     run_request, run_response, Exit, JobSpec, LeaseTicket, RunRequest, RunResponse, Signal,
     StdinEof,
 };
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,6 +21,7 @@ use tonic::{Request, Status, Streaming};
 
 use crate::failed_call;
 use crate::job::Job;
+use crate::job_hooks::StdinSource;
 use crate::os::SignalStream;
 use crate::outcome::{NotStarted, Outcome};
 use crate::output::{Output, Stream};
@@ -29,7 +29,7 @@ use crate::output::{Output, Stream};
 /// The same terminating signal this many times gives up on the node: the
 /// connection is dropped, which kills the remote job.
 const SIGNALS_BEFORE_ABANDON: u32 = 3;
-const STDIN_CHUNK: usize = 64 * 1024;
+pub const STDIN_CHUNK: usize = 64 * 1024;
 
 /// Where a `Run` stream goes.
 #[derive(Debug, Clone, Copy)]
@@ -183,7 +183,8 @@ impl RunStream<'_> {
             Some(run_response::Msg::Accepted(accepted)) => {
                 if self.forward_stdin {
                     let (requests, read) = (self.requests.clone(), self.stdin_read.clone());
-                    self.stdin_task = Some(tokio::spawn(forward_stdin(requests, read)));
+                    let source = StdinSource::for_job();
+                    self.stdin_task = Some(tokio::spawn(forward_stdin(requests, read, source)));
                 }
                 self.started_on = Some(accepted.node);
                 None
@@ -288,8 +289,11 @@ impl RunStream<'_> {
     }
 }
 
-async fn forward_stdin(requests: mpsc::Sender<RunRequest>, read_any: Arc<AtomicBool>) {
-    let mut stdin = tokio::io::stdin();
+async fn forward_stdin(
+    requests: mpsc::Sender<RunRequest>,
+    read_any: Arc<AtomicBool>,
+    mut stdin: StdinSource,
+) {
     let mut buf = vec![0u8; STDIN_CHUNK];
     loop {
         let message = match stdin.read(&mut buf).await {

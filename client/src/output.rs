@@ -6,6 +6,7 @@ use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
 use crate::console_text::ConsoleText;
+use crate::job_hooks::{self, Sink};
 use crate::os;
 
 /// Which of our streams a chunk belongs to.
@@ -20,29 +21,40 @@ pub enum Stream {
 pub const HOLD_LIMIT: usize = 8 * 1024 * 1024;
 
 /// Our stdout and stderr, in streaming or holding mode.
-#[derive(Debug)]
 pub struct Output {
     holding: bool,
     held: Vec<(Stream, Bytes)>,
     held_bytes: usize,
     written_any: bool,
-    stdout: tokio::io::Stdout,
-    stderr: tokio::io::Stderr,
+    stdout: Sink,
+    stderr: Sink,
     /// Conversions for streams that are a Windows console (else None).
     stdout_console: Option<ConsoleText>,
     stderr_console: Option<ConsoleText>,
 }
 
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Output")
+            .field("holding", &self.holding)
+            .field("held_bytes", &self.held_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Output {
-    /// `hold` keeps output back until `finish`.
+    /// `hold` keeps output back until `finish`. Our stdout and stderr, or
+    /// in the agent the job's `mexec`'s.
     pub fn new(hold: bool) -> Self {
+        let (stdout, stderr): (Sink, Sink) = job_hooks::output_sinks()
+            .unwrap_or_else(|| (Box::new(tokio::io::stdout()), Box::new(tokio::io::stderr())));
         Output {
             holding: hold,
             held: Vec::new(),
             held_bytes: 0,
             written_any: false,
-            stdout: tokio::io::stdout(),
-            stderr: tokio::io::stderr(),
+            stdout,
+            stderr,
             stdout_console: os::stdout_is_text_console().then(ConsoleText::default),
             stderr_console: os::stderr_is_text_console().then(ConsoleText::default),
         }

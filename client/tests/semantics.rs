@@ -200,8 +200,11 @@ fn ctrl_c_while_waiting_for_a_slot_leaves_without_running_the_job() {
         &["--max-queued", "4"],
     ));
     let dir = job_dir();
+    // The wait in a node's queue: without the agent (which holds such a
+    // job on the build host instead; tests/agent.rs has that case).
     let blocker = farm
         .mexec(dir.path(), &["-n", "sleep", "30"])
+        .env("MEXEC_AGENT", "0")
         .spawn()
         .unwrap();
     let mut blocker = KillOnDrop(blocker);
@@ -210,6 +213,7 @@ fn ctrl_c_while_waiting_for_a_slot_leaves_without_running_the_job() {
     assert!(wait_until(Duration::from_secs(10), running));
     let mut waiting = farm
         .mexec(dir.path(), &["-n", "sh", "-c", "touch ran"])
+        .env("MEXEC_AGENT", "0")
         .spawn()
         .unwrap();
     let queued = || status_field(&farm, "queued") == Some(1);

@@ -6,6 +6,8 @@
 //! relaying), so no channel can skip TLS or the token by accident and no
 //! global state is needed.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tonic::service::interceptor::InterceptedService;
@@ -38,7 +40,12 @@ pub struct Connector {
     token: Option<Token>,
     timeouts: Timeouts,
     munge: Option<Munge>,
+    /// Channels kept open, by peer (`keep_connections`).
+    kept: Option<Arc<Mutex<KeptChannels>>>,
 }
+
+/// Open channels by peer: its address, and the node name TLS checks.
+type KeptChannels = HashMap<(String, Option<String>), AuthChannel>;
 
 /// Why no channel could be opened.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +69,7 @@ impl Connector {
             token,
             timeouts,
             munge: None,
+            kept: None,
         }
     }
 
@@ -79,6 +87,16 @@ impl Connector {
             Some(munge) => munge.encode_async(Vec::new()).await,
             None => Ok(String::new()),
         }
+    }
+
+    /// The same connector, keeping each channel it opens for the next call
+    /// to the same peer (a long-lived process: the build host's agent).
+    /// Many calls share one HTTP/2 connection; a connection that broke is
+    /// made again on the next call, whose failure to connect (a
+    /// `tonic::ConnectError` in its status) means it never reached the peer.
+    pub fn keep_connections(mut self) -> Connector {
+        self.kept = Some(Arc::default());
+        self
     }
 
     pub fn tls(&self) -> Option<&Tls> {
@@ -108,6 +126,21 @@ impl Connector {
         authority: &str,
         node: Option<&str>,
     ) -> Result<AuthChannel, ConnectError> {
+        let Some(kept) = &self.kept else {
+            return self.open(authority, node).await;
+        };
+        let key = (authority.to_owned(), node.map(str::to_owned));
+        if let Some(channel) = kept.lock().ok().and_then(|k| k.get(&key).cloned()) {
+            return Ok(channel);
+        }
+        let channel = self.open(authority, node).await?;
+        if let Ok(mut kept) = kept.lock() {
+            kept.insert(key, channel.clone());
+        }
+        Ok(channel)
+    }
+
+    async fn open(&self, authority: &str, node: Option<&str>) -> Result<AuthChannel, ConnectError> {
         let endpoint = tls::endpoint_for(authority, self.tls.as_ref(), node)
             .map_err(|source| ConnectError::BadAddress {
                 authority: authority.to_owned(),

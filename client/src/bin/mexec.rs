@@ -10,6 +10,10 @@ fn main() {
 }
 
 fn real_main() -> i32 {
+    #[cfg(unix)]
+    if std::env::var_os(mexec_client::agent::SERVE_VARIABLE).is_some() {
+        return mexec_client::agent::serve::main();
+    }
     let invocation = match invocation::parse(std::env::args_os().collect()) {
         Ok(invocation) => invocation,
         Err(err) => {
@@ -65,7 +69,22 @@ fn run(
             return EXIT_MEXEC_FAILURE;
         }
     };
-    let code = runtime.block_on(retry::run(settings, connector, &job));
+    let code = runtime.block_on(async {
+        #[cfg(unix)]
+        {
+            use mexec_client::{agent::handoff, job_hooks as hooks};
+            match handoff::run(&invocation.flags.farm(), settings, &job).await {
+                handoff::Handoff::Done(code) => return code,
+                handoff::Handoff::Direct(reason) => {
+                    if settings.verbose {
+                        say!("running directly: {reason}");
+                    }
+                    hooks::set_direct_reason(reason);
+                }
+            }
+        }
+        retry::run(settings, connector, &job).await
+    });
     // A stdin read may still be blocked on a terminal or an idle pipe; it
     // cannot be cancelled, so do not wait for it.
     runtime.shutdown_background();

@@ -95,6 +95,8 @@ pub fn exit_code(status: ExitStatus) -> i32 {
 /// A stream of the forwarded signals, as their numbers.
 pub struct SignalStream {
     streams: Vec<(i32, tokio::signal::unix::Signal)>,
+    /// In the agent: the signals the job's `mexec` received.
+    relayed: Option<tokio::sync::mpsc::UnboundedReceiver<i32>>,
 }
 
 impl std::fmt::Debug for SignalStream {
@@ -108,11 +110,20 @@ impl SignalStream {
     /// kill this process but arrive here.
     pub fn install() -> std::io::Result<Self> {
         use tokio::signal::unix::{signal, SignalKind};
+        if let Some(relayed) = crate::job_hooks::relayed_signals() {
+            return Ok(SignalStream {
+                streams: Vec::new(),
+                relayed: Some(relayed),
+            });
+        }
         let streams = FORWARDED_SIGNALS
             .iter()
             .map(|&n| Ok((n, signal(SignalKind::from_raw(n))?)))
             .collect::<std::io::Result<_>>()?;
-        Ok(SignalStream { streams })
+        Ok(SignalStream {
+            streams,
+            relayed: None,
+        })
     }
 
     /// The next signal received.
@@ -123,6 +134,13 @@ impl SignalStream {
             for (n, stream) in self.streams.iter_mut() {
                 if stream.poll_recv(cx).is_ready() {
                     return std::task::Poll::Ready(*n);
+                }
+            }
+            // A closed relay (the `mexec` gone) sends nothing more; the
+            // agent drops the job then.
+            if let Some(relayed) = self.relayed.as_mut() {
+                if let std::task::Poll::Ready(Some(n)) = relayed.poll_recv(cx) {
+                    return std::task::Poll::Ready(n);
                 }
             }
             std::task::Poll::Pending

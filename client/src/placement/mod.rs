@@ -75,7 +75,7 @@ impl Placement {
         Placement {
             nodes,
             state,
-            pid: std::process::id(),
+            pid: crate::job_hooks::holder(),
             policy: Policy::default(),
         }
     }
@@ -142,20 +142,7 @@ impl Placement {
                         .is_none()
                     })
             })?;
-            let mut refresh = Vec::new();
-            for (i, addr) in self.nodes.iter().enumerate() {
-                let node = data.nodes.entry(addr.authority()).or_default();
-                node.touched_ms = now;
-                let age = node
-                    .report
-                    .map(|r| now.saturating_sub(r.at_ms))
-                    .unwrap_or(u64::MAX);
-                let claimed = now.saturating_sub(node.refresh_claimed_ms) < REFRESH_AFTER_MS;
-                if age > REFRESH_AFTER_MS && !claimed && node.down_until_ms <= now {
-                    node.refresh_claimed_ms = now;
-                    refresh.push(i);
-                }
-            }
+            let refresh = self.claim_refresh(data, now);
             let chosen = data.nodes.entry(self.nodes[index].authority()).or_default();
             chosen.reservations.push(pid);
             Some(Choice { index, refresh })
@@ -175,6 +162,78 @@ impl Placement {
         }
     }
 
+    /// Claims the refresh of the nodes whose report is stale and that no
+    /// one is fetching; returns them.
+    pub fn claim_stale(&self) -> Vec<usize> {
+        self.state
+            .update(|data, now| self.claim_refresh(data, now))
+            .unwrap_or_default()
+    }
+
+    fn claim_refresh(&self, data: &mut shared_state::StateData, now: u64) -> Vec<usize> {
+        let mut refresh = Vec::new();
+        for (i, addr) in self.nodes.iter().enumerate() {
+            let node = data.nodes.entry(addr.authority()).or_default();
+            node.touched_ms = now;
+            let age = node
+                .report
+                .map(|r| now.saturating_sub(r.at_ms))
+                .unwrap_or(u64::MAX);
+            let claimed = now.saturating_sub(node.refresh_claimed_ms) < REFRESH_AFTER_MS;
+            if age > REFRESH_AFTER_MS && !claimed && node.down_until_ms <= now {
+                node.refresh_claimed_ms = now;
+                refresh.push(i);
+            }
+        }
+        refresh
+    }
+
+    /// Whether a job sent now to any node not in `exclude` would wait in
+    /// that node's queue, while some node could take it later: then the
+    /// agent holds the job until a slot frees, instead of committing it to
+    /// one node's queue. Only the agent, whose state counts every job it
+    /// runs, holds jobs; a plain client never does.
+    pub fn every_node_full(&self, exclude: &HashSet<usize>) -> bool {
+        if !self.state.in_memory() {
+            return false;
+        }
+        self.state
+            .update(|data, now| {
+                let views = self
+                    .nodes
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !exclude.contains(i))
+                    .map(|(_, addr)| view(addr, data.nodes.get(&addr.authority()), now));
+                let mut usable = views.filter(|v| !v.avoid).peekable();
+                usable.peek().is_some() && usable.all(|v| !v.has_free_slot())
+            })
+            .unwrap_or(false)
+    }
+
+    /// Nodes whose slots nobody knows yet (no report, none configured, not
+    /// down): the agent asks them before placing, rather than guess.
+    pub fn unknown_nodes(&self) -> Vec<usize> {
+        if !self.state.in_memory() {
+            return Vec::new();
+        }
+        self.state
+            .update(|data, now| {
+                self.nodes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, addr)| addr.slots.is_none())
+                    .filter(|(_, addr)| {
+                        data.nodes
+                            .get(&addr.authority())
+                            .is_none_or(|node| node.report.is_none() && node.down_until_ms <= now)
+                    })
+                    .map(|(i, _)| i)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Gives back the reservation on node `index`.
     pub fn release(&self, index: usize) {
         let pid = self.pid;
@@ -186,6 +245,7 @@ impl Placement {
                 }
             }
         });
+        SharedState::slot_freed();
     }
 
     /// Marks the node at `authority` as not having the shared tree under
@@ -231,6 +291,7 @@ impl Placement {
             node.name = report.node.clone();
             node.toolchains = report.toolchains.iter().map(KnownToolchain::from).collect();
         });
+        SharedState::slot_freed();
     }
 
     /// The nodes whose fresh report shows another compiler than `ours`,

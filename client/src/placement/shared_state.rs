@@ -121,10 +121,20 @@ pub struct Snapshot {
     pub ours_then: u32,
 }
 
-/// The state file.
+/// The agent's placement state, shared by its jobs instead of a file.
+static MEMORY_STATE: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<StateData>>> =
+    std::sync::OnceLock::new();
+/// Woken whenever a slot may have freed in the agent's placement state.
+static SLOT_FREED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+/// Held while one job asks nodes of unknown size for their load.
+static ASKING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The state file (in the agent: the agent's memory, which its jobs share
+/// without a lock file).
 #[derive(Debug, Clone)]
 pub struct SharedState {
     path: PathBuf,
+    memory: Option<std::sync::Arc<std::sync::Mutex<StateData>>>,
 }
 
 impl SharedState {
@@ -137,6 +147,7 @@ impl SharedState {
             .unwrap_or_else(|| std::env::temp_dir().join(format!("mexec-{}", os::user_name())));
         SharedState {
             path: dir.join("placement.json"),
+            memory: MEMORY_STATE.get().cloned(),
         }
     }
 
@@ -150,11 +161,60 @@ impl SharedState {
 
     /// A state file at `path`.
     pub fn at(path: PathBuf) -> Self {
-        SharedState { path }
+        SharedState { path, memory: None }
+    }
+
+    /// Keeps this process's placement state in memory from now on (the
+    /// agent, at start).
+    pub fn keep_in_memory() {
+        let _ = MEMORY_STATE.set(std::sync::Arc::default());
+    }
+
+    /// Wakes the jobs the agent holds for a slot.
+    pub fn slot_freed() {
+        SLOT_FREED.notify_waiters();
+    }
+
+    /// The wake-up of the jobs held for a slot.
+    pub fn slot_freed_signal() -> tokio::sync::futures::Notified<'static> {
+        SLOT_FREED.notified()
+    }
+
+    /// One job at a time asks the nodes nobody knows yet.
+    pub async fn asking_nodes() -> tokio::sync::MutexGuard<'static, ()> {
+        ASKING.lock().await
+    }
+
+    /// Whether the state is the agent's memory rather than a file.
+    pub fn in_memory(&self) -> bool {
+        self.memory.is_some()
+    }
+
+    /// Drops every reservation `holder` still has (the agent, after a job
+    /// that ended in any way, a dropped one included).
+    pub fn forget_holder(&self, holder: u32) {
+        if let Some(memory) = &self.memory {
+            if let Ok(mut data) = memory.lock() {
+                for node in data.nodes.values_mut() {
+                    node.reservations.retain(|h| *h != holder);
+                }
+            }
+            SharedState::slot_freed();
+        }
     }
 
     /// Runs `change` on the state under an exclusive lock and saves it.
     pub fn update<R>(&self, change: impl FnOnce(&mut StateData, u64) -> R) -> std::io::Result<R> {
+        if let Some(memory) = &self.memory {
+            // One process: the holders are its jobs, which give their
+            // reservations back themselves (`forget_holder`).
+            let mut data = memory
+                .lock()
+                .map_err(|_| std::io::Error::other("poisoned"))?;
+            let now = now_ms();
+            forget_idle(&mut data, now);
+            return Ok(change(&mut data, now));
+        }
         let mut file = self.open()?;
         lock_with_deadline(&file)?;
         let mut text = Vec::new();
@@ -303,6 +363,10 @@ fn prune(data: &mut StateData, now: u64) {
     for node in data.nodes.values_mut() {
         node.reservations.retain(|pid| os::process_alive(*pid));
     }
+    forget_idle(data, now);
+}
+
+fn forget_idle(data: &mut StateData, now: u64) {
     data.nodes.retain(|_, node| {
         !node.reservations.is_empty() || now.saturating_sub(node.touched_ms) < FORGET_AFTER_MS
     });

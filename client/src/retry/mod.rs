@@ -229,6 +229,7 @@ impl<'a> JobRun<'a> {
                 cpu_ms,
                 finished_unix_ms: mexec_common::clock::now_ms(),
                 retries: self.lost_retries,
+                route: &crate::job_hooks::route_note(),
             };
             joblog::append(path, &entry);
         }

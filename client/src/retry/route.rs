@@ -21,6 +21,10 @@ use crate::placement::{Placement, Policy, SharedState};
 use crate::say;
 use crate::settings::Settings;
 
+/// How often a job held for a slot looks at fresh load reports.
+const HOLD_RECHECK: std::time::Duration = std::time::Duration::from_millis(250);
+/// How long the agent waits for a node of unknown size to say its load.
+const ASK_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
 /// Nodes a leased job may be refused by before it runs locally.
 const MAX_LEASE_REFUSALS: usize = 3;
 
@@ -119,14 +123,19 @@ impl Route {
                 causes: Vec::new(),
                 lease: None,
             }),
-            None => Route::Direct(Direct::new(settings.farm.nodes.clone(), settings)),
+            None => Route::Direct(Direct::new(settings.farm.nodes.clone(), settings).holding()),
         }
     }
 
     /// Where the next attempt goes (or why none can go anywhere now).
     pub(super) async fn next(&mut self, cx: Context<'_>, signals: &mut SignalStream) -> Step {
         match self {
-            Route::Direct(direct) => direct.next(cx),
+            Route::Direct(direct) => {
+                if let Err(signal) = direct.hold(cx, signals).await {
+                    return Step::Abandon(signal);
+                }
+                direct.next(cx)
+            }
             Route::Leased(leased) => leased.next(cx, signals).await,
             Route::Relayed(gatekeeper) => Step::Run(Attempt {
                 addr: gatekeeper.clone(),
@@ -183,6 +192,11 @@ pub(super) struct Direct {
     causes: Vec<String>,
     /// The node of the last attempt, reserved until it ended.
     current: Option<usize>,
+    /// Whether the agent holds the job while every node is full: for a
+    /// farm without a gatekeeper. Placing directly while the gatekeeper is
+    /// away is a stopgap that must not wait (its members take direct jobs
+    /// only until they rejoin it).
+    hold: bool,
 }
 
 impl Direct {
@@ -195,6 +209,43 @@ impl Direct {
             busy: false,
             causes: Vec::new(),
             current: None,
+            hold: false,
+        }
+    }
+
+    fn holding(mut self) -> Direct {
+        self.hold = true;
+        self
+    }
+
+    /// In the agent: learns the slots of nodes nobody knows yet, then holds
+    /// the job while every node is full, until a slot frees anywhere (one
+    /// queue on the build host, as the gatekeeper keeps one for the
+    /// cluster). `Err` with the signal that ended the wait.
+    async fn hold(&mut self, cx: Context<'_>, signals: &mut SignalStream) -> Result<(), i32> {
+        if !self.hold {
+            return Ok(());
+        }
+        if !self.placement.unknown_nodes().is_empty() {
+            let _asking = SharedState::asking_nodes().await;
+            let unknown = self.placement.unknown_nodes();
+            ask_load(&self.placement, &unknown, cx.connector).await;
+        }
+        loop {
+            let freed = SharedState::slot_freed_signal();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if !self.placement.every_node_full(&self.tried) {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = freed => {}
+                // Others' jobs end too, seen only in fresh reports.
+                _ = tokio::time::sleep(HOLD_RECHECK) => {
+                    spawn_refresh(&self.placement, &self.placement.claim_stale(), cx.connector);
+                }
+                signal = signals.next() => return Err(signal),
+            }
         }
     }
 
@@ -421,6 +472,26 @@ fn relay_not_started(cx: Context<'_>, gatekeeper: &NodeAddr, why: NotStarted) ->
     }
 }
 
+/// Asks `nodes` for their load and waits for the answers (or
+/// `ASK_WITHIN`); a node that does not answer is marked down.
+async fn ask_load(placement: &Placement, nodes: &[usize], connector: &Connector) {
+    let mut asks = tokio::task::JoinSet::new();
+    for &index in nodes {
+        let (addr, connector) = (placement.nodes()[index].clone(), connector.clone());
+        asks.spawn(async move {
+            let asked = load_query::node_load(&connector, &addr);
+            (index, tokio::time::timeout(ASK_WITHIN, asked).await)
+        });
+    }
+    while let Some(answer) = asks.join_next().await {
+        match answer {
+            Ok((index, Ok(Ok(report)))) => placement.record(index, &report),
+            Ok((index, _)) => placement.mark_down(index),
+            Err(_) => {}
+        }
+    }
+}
+
 /// Fetches stale load reports in the background; a short job may end
 /// first, and then the next client does it.
 fn spawn_refresh(placement: &Placement, stale: &[usize], connector: &Connector) {
@@ -465,6 +536,7 @@ mod tests {
                 for_executors: ExecutorView::default(),
                 toolchain: None,
                 require: Vec::new(),
+                prepared: None,
             };
             Run {
                 settings: Settings::default(),
@@ -496,6 +568,7 @@ mod tests {
             busy: false,
             causes: Vec::new(),
             current: None,
+            hold: false,
         })
     }
 

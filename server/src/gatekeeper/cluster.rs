@@ -52,6 +52,35 @@ impl Usage {
     }
 }
 
+/// The leases one user (or build) holds now, summed as leases start and
+/// end, so that choosing the next grant does not add up every lease.
+#[derive(Debug, Default, Clone, Copy)]
+struct Held {
+    count: u32,
+    /// The leases' start times, in seconds since the cluster's epoch.
+    since_sum: f64,
+}
+
+impl Held {
+    fn add(&mut self, since: f64) {
+        self.count += 1;
+        self.since_sum += since;
+    }
+
+    /// Takes a lease off; `true` when none is left (then the entry goes,
+    /// and with it any rounding the sums gathered).
+    fn remove(&mut self, since: f64) -> bool {
+        self.count = self.count.saturating_sub(1);
+        self.since_sum -= since;
+        self.count == 0
+    }
+
+    /// Slot-seconds held until `now`, and `RUNNING_WEIGHT` per lease.
+    fn at(&self, now: f64) -> f64 {
+        f64::from(self.count) * (now + RUNNING_WEIGHT) - self.since_sum
+    }
+}
+
 /// Identifies one `Join` stream, so the end of an old stream does not remove
 /// a node that has registered again on a new one.
 pub type ConnId = u64;
@@ -164,6 +193,8 @@ struct Lease {
     node: String,
     since_unix_ms: u64,
     since: Instant,
+    /// `since` in seconds since the cluster's epoch (for `Held`).
+    since_s: f64,
 }
 
 /// Limits on the queue and on users.
@@ -211,6 +242,11 @@ pub struct Cluster {
     limits: Limits,
     user_usage: HashMap<String, Usage>,
     build_usage: HashMap<(String, String), Usage>,
+    /// What the leases running now add up to, per user and per build.
+    user_held: HashMap<String, Held>,
+    build_held: HashMap<(String, String), Held>,
+    /// Where lease times are counted from.
+    epoch: Instant,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -233,6 +269,9 @@ impl Cluster {
             limits,
             user_usage: HashMap::new(),
             build_usage: HashMap::new(),
+            user_held: HashMap::new(),
+            build_held: HashMap::new(),
+            epoch: Instant::now(),
         }
     }
 
@@ -371,6 +410,7 @@ impl Cluster {
             if let Some(node) = self.nodes.get_mut(&lease.node) {
                 node.leased = node.leased.saturating_sub(1);
             }
+            self.stop_holding(&lease);
             let now = Instant::now();
             let half_life = self.limits.half_life();
             let used = now.saturating_duration_since(lease.since).as_secs_f64();
@@ -416,67 +456,90 @@ impl Cluster {
             };
             if waiting.grant.send(grant).is_ok() {
                 node.leased += 1;
-                self.leases.insert(
-                    lease_id,
-                    Lease {
-                        wanted: waiting.wanted,
-                        node: node.name.clone(),
-                        since_unix_ms: mexec_common::clock::now_ms(),
-                        since: Instant::now(),
-                    },
-                );
+                let since = Instant::now();
+                let lease = Lease {
+                    wanted: waiting.wanted,
+                    node: node.name.clone(),
+                    since_unix_ms: mexec_common::clock::now_ms(),
+                    since,
+                    since_s: since.saturating_duration_since(self.epoch).as_secs_f64(),
+                };
+                self.start_holding(&lease);
+                self.leases.insert(lease_id, lease);
             }
+        }
+    }
+
+    fn start_holding(&mut self, lease: &Lease) {
+        let Wanted { user, build_id, .. } = &lease.wanted;
+        self.user_held
+            .entry(user.clone())
+            .or_default()
+            .add(lease.since_s);
+        self.build_held
+            .entry((user.clone(), build_id.clone()))
+            .or_default()
+            .add(lease.since_s);
+    }
+
+    fn stop_holding(&mut self, lease: &Lease) {
+        let Wanted { user, build_id, .. } = &lease.wanted;
+        if self
+            .user_held
+            .get_mut(user)
+            .is_some_and(|held| held.remove(lease.since_s))
+        {
+            self.user_held.remove(user);
+        }
+        let build = (user.clone(), build_id.clone());
+        if self
+            .build_held
+            .get_mut(&build)
+            .is_some_and(|held| held.remove(lease.since_s))
+        {
+            self.build_held.remove(&build);
         }
     }
 
     /// The waiting request that deserves the next slot.
     fn next_fair(&self, skipped: &HashSet<u64>) -> Option<usize> {
         let now = Instant::now();
-        let mut running: HashMap<&str, u32> = HashMap::new();
-        let mut user_use: HashMap<&str, f64> = HashMap::new();
-        let mut build_use: HashMap<(&str, &str), f64> = HashMap::new();
-        for lease in self.leases.values() {
-            let held = now.saturating_duration_since(lease.since).as_secs_f64() + RUNNING_WEIGHT;
-            *running.entry(&lease.wanted.user).or_default() += 1;
-            *user_use.entry(&lease.wanted.user).or_default() += held;
-            *build_use
-                .entry((&lease.wanted.user, &lease.wanted.build_id))
-                .or_default() += held;
-        }
+        let now_s = now.saturating_duration_since(self.epoch).as_secs_f64();
         let half_life = self.limits.half_life();
         let user_key = |user: &str| {
-            user_use.get(user).copied().unwrap_or(0.0)
+            self.user_held.get(user).map_or(0.0, |h| h.at(now_s))
                 + self
                     .user_usage
                     .get(user)
                     .map_or(0.0, |u| u.at(now, half_life))
         };
-        let build_key = |user: &str, build: &str| {
-            build_use.get(&(user, build)).copied().unwrap_or(0.0)
+        let build_key = |build: &(String, String)| {
+            self.build_held.get(build).map_or(0.0, |h| h.at(now_s))
                 + self
                     .build_usage
-                    .get(&(user.to_owned(), build.to_owned()))
+                    .get(build)
                     .map_or(0.0, |u| u.at(now, half_life))
         };
+        // Each request's keys once, not once per comparison.
         self.waiting
             .iter()
             .enumerate()
             .filter(|(_, w)| !skipped.contains(&w.id))
             .filter(|(_, w)| {
                 let limit = self.limits.for_user(&w.wanted.user);
-                limit == 0 || running.get(w.wanted.user.as_str()).copied().unwrap_or(0) < limit
+                let running = self.user_held.get(&w.wanted.user).map_or(0, |h| h.count);
+                limit == 0 || running < limit
             })
-            .min_by(|(_, a), (_, b)| {
-                let (ua, ub) = (&a.wanted.user, &b.wanted.user);
-                user_key(ua)
-                    .total_cmp(&user_key(ub))
-                    .then_with(|| {
-                        build_key(ua, &a.wanted.build_id)
-                            .total_cmp(&build_key(ub, &b.wanted.build_id))
-                    })
-                    .then(a.since.cmp(&b.since))
+            .map(|(i, w)| {
+                let build = (w.wanted.user.clone(), w.wanted.build_id.clone());
+                (i, user_key(&w.wanted.user), build_key(&build), w.since)
             })
-            .map(|(i, _)| i)
+            .min_by(|a, b| {
+                a.1.total_cmp(&b.1)
+                    .then_with(|| a.2.total_cmp(&b.2))
+                    .then(a.3.cmp(&b.3))
+            })
+            .map(|(i, ..)| i)
     }
 
     fn best_node(&self, wanted: &Wanted) -> Option<String> {
@@ -600,6 +663,63 @@ mod tests {
             build_id: build.into(),
             ..Wanted::default()
         }
+    }
+
+    #[test]
+    fn the_sums_kept_as_leases_start_and_end_match_the_leases() {
+        let mut c = cluster(&[("a", 3), ("b", 2)]);
+        let mut leases = Vec::new();
+        let mut receivers = Vec::new();
+        for round in 0..40u32 {
+            let user = ["u", "v", "w"][round as usize % 3];
+            let build = ["1", "2"][round as usize % 2];
+            let (_, rx) = c.enqueue(want(user, build)).unwrap();
+            receivers.push(rx);
+            receivers.retain_mut(|rx| match rx.try_recv() {
+                Ok(grant) => {
+                    leases.push(grant.lease_id);
+                    false
+                }
+                Err(_) => true,
+            });
+            if round % 3 == 2 {
+                c.release(leases.remove(0));
+            }
+            let now_s = Instant::now()
+                .saturating_duration_since(c.epoch)
+                .as_secs_f64();
+            for user in ["u", "v", "w"] {
+                let from_leases: Vec<&Lease> = c
+                    .leases
+                    .values()
+                    .filter(|l| l.wanted.user == user)
+                    .collect();
+                let held = c.user_held.get(user).copied().unwrap_or_default();
+                assert_eq!(held.count as usize, from_leases.len(), "{user}");
+                let summed: f64 = from_leases
+                    .iter()
+                    .map(|l| now_s - l.since_s + RUNNING_WEIGHT)
+                    .sum();
+                assert!((held.at(now_s) - summed).abs() < 1e-6, "{user}");
+            }
+        }
+        // Every lease given back: nothing is left held.
+        for lease in leases {
+            c.release(lease);
+        }
+        for rx in receivers.iter_mut() {
+            if let Ok(grant) = rx.try_recv() {
+                c.release(grant.lease_id);
+            }
+        }
+        assert!(c.leases.is_empty() || !c.user_held.is_empty());
+        assert_eq!(
+            c.user_held
+                .values()
+                .map(|h| h.count as usize)
+                .sum::<usize>(),
+            c.leases.len()
+        );
     }
 
     #[test]
