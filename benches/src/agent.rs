@@ -12,7 +12,7 @@ use mexec_testkit::{give_to_job_user, job_dir, run_pool, Farm};
 use serde::{Deserialize, Serialize};
 
 use crate::icecream::Icecream;
-use crate::peers::{write_small_c, Distccd};
+use crate::peers::{peer_compiles, write_small_c, Distccd, Make};
 use crate::stats::Timing;
 use crate::throughput::cpu_seconds;
 
@@ -41,8 +41,6 @@ pub struct AgentBench {
 
 const WARM_UP: usize = 5;
 const PARALLEL: usize = 8;
-
-type Make<'a> = Box<dyn Fn(usize) -> Command + 'a>;
 
 pub fn run(smoke: bool, runs: usize) -> AgentBench {
     let farm = Farm::start(1, 2);
@@ -90,29 +88,12 @@ pub fn run(smoke: bool, runs: usize) -> AgentBench {
         ("mexec via agent", mexec("1", COMPILE, "a")),
         ("mexec direct (MEXEC_AGENT=0)", mexec("0", COMPILE, "m")),
     ];
-    if let Some(distccd) = &distccd {
-        variants.push((
-            "distcc",
-            Box::new(move |i: usize| {
-                let mut c = Command::new("distcc");
-                c.args(COMPILE)
-                    .arg(format!("d{}.o", i % 4))
-                    .current_dir(dir_path);
-                distccd.aim(&mut c, 2);
-                c
-            }),
-        ));
-    }
-    if let Ok(icecream) = &icecream {
-        variants.push((
-            "icecream",
-            Box::new(move |i: usize| {
-                let mut c = icecream.compile(dir_path, &COMPILE[1..]);
-                c.arg(format!("i{}.o", i % 4));
-                c
-            }),
-        ));
-    }
+    variants.extend(peer_compiles(
+        distccd.as_ref(),
+        icecream.as_ref().ok(),
+        dir_path,
+        COMPILE,
+    ));
     let compile = measure(&farm, runs, variants);
     let jobs = if smoke { 40 } else { 1000 };
     let parallel = |name: &str, make: &dyn Fn() -> Command| {

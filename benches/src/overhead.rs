@@ -9,7 +9,7 @@ use mexec_testkit::{give_to_job_user, job_dir, Farm, GatedFarm};
 use serde::{Deserialize, Serialize};
 
 use crate::icecream::Icecream;
-use crate::peers::{write_small_c, Distccd};
+use crate::peers::{peer_compiles, write_small_c, Distccd, Make};
 use crate::stats::Timing;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -141,29 +141,12 @@ pub fn run(runs: usize, observed: bool) -> Overhead {
         ),
     ];
     let dir_path = dir.path();
-    if let Some(distccd) = &distccd {
-        variants.push((
-            "distcc",
-            Box::new(move |i: usize| {
-                let mut c = Command::new("distcc");
-                c.args(compile_args)
-                    .arg(format!("d{}.o", i % 4))
-                    .current_dir(dir_path);
-                distccd.aim(&mut c, 2);
-                c
-            }),
-        ));
-    }
-    if let Ok(icecream) = &icecream {
-        variants.push((
-            "icecream",
-            Box::new(move |i: usize| {
-                let mut c = icecream.compile(dir_path, &compile_args[1..]);
-                c.arg(format!("i{}.o", i % 4));
-                c
-            }),
-        ));
-    }
+    variants.extend(peer_compiles(
+        distccd.as_ref(),
+        icecream.as_ref().ok(),
+        dir_path,
+        &compile_args,
+    ));
     let compile = measure(runs, variants);
     let icecream = Some(match &icecream {
         Ok(farm) => format!(
@@ -204,8 +187,6 @@ fn fingerprint_warm_us(dir: &std::path::Path, runs: usize) -> Option<f64> {
 
 /// Untimed rounds before the measured ones.
 const WARM_UP_ROUNDS: usize = 5;
-
-type Make<'a> = Box<dyn Fn(usize) -> Command + 'a>;
 
 /// Runs each variant `runs` times, round-robin, after a warm-up round.
 fn measure(runs: usize, variants: Vec<(&str, Make<'_>)>) -> Vec<Variant> {

@@ -114,3 +114,40 @@ pub fn write_small_c(dir: &Path) {
     text.push_str("int main(int argc, char **argv) {\n    (void)argv;\n    printf(\"%d\\n\", f0(argc) + f7(argc));\n    return 0;\n}\n");
     std::fs::write(dir.join("small.c"), text).expect("write small.c");
 }
+
+/// A way to make the command of round `i`, for a side-by-side variant.
+pub type Make<'a> = Box<dyn Fn(usize) -> Command + 'a>;
+
+/// The compile `args` (a compiler's argv, `args[0]` the compiler, ending
+/// in `-o`) through distcc and through icecream, those of them that run,
+/// in `dir`, each round writing one of four objects of its own.
+pub fn peer_compiles<'a>(
+    distccd: Option<&'a Distccd>,
+    icecream: Option<&'a crate::icecream::Icecream>,
+    dir: &'a Path,
+    args: &'a [&'a str],
+) -> Vec<(&'static str, Make<'a>)> {
+    let mut variants: Vec<(&'static str, Make<'a>)> = Vec::new();
+    if let Some(distccd) = distccd {
+        variants.push((
+            "distcc",
+            Box::new(move |i: usize| {
+                let mut c = Command::new("distcc");
+                c.args(args).arg(format!("d{}.o", i % 4)).current_dir(dir);
+                distccd.aim(&mut c, 2);
+                c
+            }),
+        ));
+    }
+    if let Some(icecream) = icecream {
+        variants.push((
+            "icecream",
+            Box::new(move |i: usize| {
+                let mut c = icecream.compile(dir, &args[1..]);
+                c.arg(format!("i{}.o", i % 4));
+                c
+            }),
+        ));
+    }
+    variants
+}

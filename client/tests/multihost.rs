@@ -629,7 +629,8 @@ fn soak_jobs() -> usize {
 type MemorySample = (usize, u64, u64);
 
 /// Each job's exit code and standard output, by job number.
-type Ledger = HashMap<usize, (i32, Vec<u8>)>;
+/// Each job's exit code, stdout and stderr, by its number.
+type Ledger = HashMap<usize, (i32, Vec<u8>, String)>;
 
 #[test]
 fn soak_every_job_ends_once_while_hosts_die_and_return() {
@@ -716,7 +717,11 @@ fn soak_every_job_ends_once_while_hosts_die_and_return() {
                     .output()
                     .unwrap();
                 let code = output.status.code().unwrap_or(-1);
-                let earlier = ledger.lock().unwrap().insert(id, (code, output.stdout));
+                let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+                let earlier = ledger
+                    .lock()
+                    .unwrap()
+                    .insert(id, (code, output.stdout, stderr));
                 assert!(earlier.is_none(), "job {id} ran twice");
             })
         })
@@ -740,7 +745,7 @@ fn soak_every_job_ends_once_while_hosts_die_and_return() {
     assert_eq!(ledger.len(), total);
     let wrong: Vec<_> = ledger
         .iter()
-        .filter(|(id, (code, stdout))| *code != 0 || *stdout != format!("{id}\n").into_bytes())
+        .filter(|(id, (code, stdout, _))| *code != 0 || *stdout != format!("{id}\n").into_bytes())
         .take(10)
         .collect();
     assert!(

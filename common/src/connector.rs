@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
@@ -44,8 +44,16 @@ pub struct Connector {
     kept: Option<Arc<Mutex<KeptChannels>>>,
 }
 
-/// Open channels by peer: its address, and the node name TLS checks.
-type KeptChannels = HashMap<(String, Option<String>), AuthChannel>;
+/// Open channels by peer (its address, and the node name TLS checks), with
+/// when each was opened.
+type KeptChannels = HashMap<(String, Option<String>), (AuthChannel, Instant)>;
+
+/// How long a kept channel is used for new calls. The daemons close a
+/// connection at 60 s of age (`max_connection_age`), and a call that
+/// starts as that GOAWAY arrives fails without reaching them (seen as
+/// "operation was canceled" in the soak test, which then placed the job
+/// as if the gatekeeper were down); a channel well younger never meets it.
+const KEEP_FOR: Duration = Duration::from_secs(45);
 
 /// Why no channel could be opened.
 #[derive(Debug, thiserror::Error)]
@@ -130,12 +138,17 @@ impl Connector {
             return self.open(authority, node).await;
         };
         let key = (authority.to_owned(), node.map(str::to_owned));
-        if let Some(channel) = kept.lock().ok().and_then(|k| k.get(&key).cloned()) {
+        let fresh = kept.lock().ok().and_then(|k| {
+            k.get(&key)
+                .filter(|(_, opened)| opened.elapsed() < KEEP_FOR)
+                .map(|(channel, _)| channel.clone())
+        });
+        if let Some(channel) = fresh {
             return Ok(channel);
         }
         let channel = self.open(authority, node).await?;
         if let Ok(mut kept) = kept.lock() {
-            kept.insert(key, channel.clone());
+            kept.insert(key, (channel.clone(), Instant::now()));
         }
         Ok(channel)
     }
