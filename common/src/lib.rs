@@ -2,6 +2,7 @@
 //! (`mexec`) share, kept here so neither depends on the other.
 //!
 //! Layout:
+//! - `network_fs`: whether a directory is on a network file system.
 //! - `nodes`: the `host:port[/slots],...` node list of `MEXEC_NODES`.
 //! - `token`: the shared-secret token: reading it, sending it, checking it.
 //! - `tls`: mutual TLS: loading certificates, server and client configs,
@@ -40,6 +41,8 @@ pub mod host;
 pub mod lease_ticket;
 pub mod load_query;
 pub mod munge;
+#[cfg(unix)]
+pub mod network_fs;
 pub mod nodes;
 pub mod properties;
 pub mod refusal;

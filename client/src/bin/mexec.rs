@@ -91,9 +91,24 @@ fn run(
     // make stats the job's outputs as soon as we exit: on a network file
     // system, reading the directory renews this host's cached entries and
     // times of the files the node just wrote (a stale time would make
-    // make skip what depends on them).
-    if let Ok(entries) = std::fs::read_dir(&job.cwd) {
-        entries.for_each(drop);
+    // make skip what depends on them). On a local disk there is nothing
+    // to renew.
+    if shared_tree(&job.cwd) {
+        if let Ok(entries) = std::fs::read_dir(&job.cwd) {
+            entries.for_each(drop);
+        }
     }
     code
+}
+
+/// Whether `cwd` may be on a network file system (always, where that
+/// cannot be told).
+fn shared_tree(cwd: &std::path::Path) -> bool {
+    #[cfg(unix)]
+    return mexec_common::network_fs::may_be_network(cwd);
+    #[cfg(not(unix))]
+    {
+        let _ = cwd;
+        true
+    }
 }

@@ -68,21 +68,39 @@ impl SeenNames {
     }
 }
 
-/// Reads `cwd`'s entries so this node's client revalidates them, and
-/// waits (up to `STALE_WAIT`) for each name seen here before but gone
-/// from the server to stop being stale. Returns how many were stale.
-pub async fn refresh(cwd: &Path, seen: &Arc<SeenNames>) -> usize {
+/// What `refresh` found.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Refreshed {
+    /// Whether `cwd` may be on a network file system; if not, nothing was
+    /// read and there is nothing to `remember`.
+    pub shared: bool,
+    /// Names that were stale here.
+    pub stale: usize,
+}
+
+/// On a network file system: reads `cwd`'s entries so this node's client
+/// revalidates them, and waits (up to `STALE_WAIT`) for each name seen
+/// here before but gone from the server to stop being stale.
+pub async fn refresh(cwd: &Path, seen: &Arc<SeenNames>) -> Refreshed {
     let cwd = cwd.to_owned();
     let seen = seen.clone();
     tokio::task::spawn_blocking(move || {
+        if !mexec_common::network_fs::may_be_network(&cwd) {
+            return Refreshed::default();
+        }
         let now = names_in(&cwd);
         let gone: Vec<OsString> = seen.take(&cwd).difference(&now).cloned().collect();
-        gone.iter()
+        let stale = gone
+            .iter()
             .filter(|name| wait_while_stale(&cwd.join(name)))
-            .count()
+            .count();
+        Refreshed {
+            shared: true,
+            stale,
+        }
     })
     .await
-    .unwrap_or(0)
+    .unwrap_or_default()
 }
 
 /// Remembers the names in `cwd` after a job.
@@ -193,11 +211,12 @@ mod tests {
         let seen = Arc::new(SeenNames::default());
         remember(dir.path(), &seen).await;
         std::fs::remove_file(dir.path().join("old")).unwrap();
-        assert_eq!(
-            refresh(dir.path(), &seen).await,
-            0,
-            "a name gone is not stale locally"
-        );
-        assert_eq!(refresh(Path::new("/no/such/dir"), &seen).await, 0);
+        let local = refresh(dir.path(), &seen).await;
+        assert!(!local.shared, "a temporary directory is on a local disk");
+        assert_eq!(local.stale, 0, "a name gone is not stale locally");
+        // A directory that cannot be looked at counts as shared.
+        let missing = refresh(Path::new("/no/such/dir"), &seen).await;
+        assert!(missing.shared);
+        assert_eq!(missing.stale, 0);
     }
 }

@@ -66,11 +66,11 @@ pub async fn run(
         ctx.observe.refused();
         return;
     };
-    let stale = shared_tree::refresh(&job.cwd, &ctx.seen_names).await;
-    if stale > 0 {
+    let refreshed = shared_tree::refresh(&job.cwd, &ctx.seen_names).await;
+    if refreshed.stale > 0 {
         tracing::info!(
             job = %job.spec.job_id,
-            names = stale,
+            names = refreshed.stale,
             "waited for stale entries in the working directory"
         );
     }
@@ -105,7 +105,9 @@ pub async fn run(
             "outputs written back"
         );
     }
-    shared_tree::remember(&job.cwd, &ctx.seen_names).await;
+    if refreshed.shared {
+        shared_tree::remember(&job.cwd, &ctx.seen_names).await;
+    }
     let outcome = end::outcome(killed, &exit);
     ctx.observe
         .ended(&job, outcome, Some(&exit), written.load(Ordering::Relaxed));
