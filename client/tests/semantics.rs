@@ -156,6 +156,42 @@ fn a_killed_client_takes_its_remote_job_with_it() {
 }
 
 #[test]
+fn a_script_without_an_interpreter_line_runs_with_sh_as_execvp_runs_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let farm = Farm::start(1, 2);
+    let dir = job_dir();
+    let script = dir.path().join("plain-script");
+    std::fs::write(&script, "echo \"sh ran $0 with $1\"\nexit 3\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Through the PATH search and by a path, as the two ways a job names
+    // its program.
+    for (program, path) in [("plain-script", Some(dir.path())), ("./plain-script", None)] {
+        let mut remote = farm.mexec(dir.path(), &[program, "arg1"]);
+        if let Some(path) = path {
+            remote.env("PATH", format!("{}:/usr/bin:/bin", path.display()));
+        }
+        let remote = remote.output().unwrap();
+        // env(1) execs by execvp, as make's commands are run.
+        let mut here = Command::new("/usr/bin/env");
+        if let Some(path) = path {
+            here.env("PATH", format!("{}:/usr/bin:/bin", path.display()));
+        }
+        let here = here
+            .args([program, "arg1"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(here.status.code(), Some(3), "{here:?}");
+        assert_eq!(remote.status.code(), here.status.code(), "{remote:?}");
+        assert_eq!(remote.stdout, here.stdout);
+        assert!(
+            String::from_utf8_lossy(&remote.stdout).contains("with arg1"),
+            "{remote:?}"
+        );
+    }
+}
+
+#[test]
 fn unknown_commands_exit_127_with_the_node_named() {
     let farm = Farm::start(1, 2);
     let dir = job_dir();

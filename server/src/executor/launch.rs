@@ -5,18 +5,34 @@
 //! `cgroup.procs`) makes the kernel wait for an RCU grace period, up to
 //! 20 ms on a busy node, on the path of every job.
 //!
+//! Where the child is born in its cgroup anyway (cgroup v1, where the
+//! spawning thread sits in it, or no cgroup at all), it is started as
+//! `posix_spawn` starts one: sharing the daemon's memory (`CLONE_VM`) with
+//! the spawning thread paused until the exec (`CLONE_VFORK`). A fork
+//! copies the page tables of the whole daemon and leaves every page of it
+//! copy-on-write, which the daemon's threads then fault on; on a busy node
+//! that was about half of the daemon's CPU per job.
+//!
 //! Everything the child needs is prepared before the fork (`Launch`),
 //! because the child of a threaded daemon may not allocate or take locks:
 //! between the fork and the exec it makes only system calls, and reports a
-//! failure as an errno on a close-on-exec pipe, as `Command` does.
+//! failure as an errno on a close-on-exec pipe, as `Command` does. A child
+//! that shares the daemon's memory must also change its account by raw
+//! system calls: glibc's `setuid` and friends signal every thread of what
+//! they take to be their process, which would be the daemon's.
 
+use std::cell::{RefCell, UnsafeCell};
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
+use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::ptr::NonNull;
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::sched::CloneFlags;
+use nix::sys::mman::{self, MapFlags, ProtFlags};
 use nix::sys::signal::Signal;
 use nix::sys::stat::Mode;
 
@@ -83,7 +99,7 @@ enum Program {
     /// /bin/sh, as `execvp` does; its slot 1 is the path, set in the child.
     Search {
         paths: Vec<*const libc::c_char>,
-        sh_argv: Vec<*const libc::c_char>,
+        sh_argv: UnsafeCell<Vec<*const libc::c_char>>,
     },
 }
 
@@ -150,7 +166,10 @@ impl Launch {
                 let paths = pointers(searched.iter());
                 strings.push(sh);
                 strings.extend(searched);
-                Program::Search { paths, sh_argv }
+                Program::Search {
+                    paths,
+                    sh_argv: UnsafeCell::new(sh_argv),
+                }
             }
         };
         Ok(Launch {
@@ -219,22 +238,44 @@ impl Launch {
     /// to a fork that joins by `cgroup.procs` where the kernel has no such
     /// clone) and runs the child's part, which never returns.
     fn fork(&self, entry: Entry, ends: &ChildEnds) -> io::Result<u32> {
-        let (pid, join) = match entry {
-            Entry::Inherited => (fork_plain()?, None),
+        match entry {
+            Entry::Inherited => self.spawn_sharing(ends, None),
             Entry::Into { dir, procs } => match clone_into(dir) {
-                Ok(pid) => (pid, None),
+                // SAFETY: in the child, which runs only system calls on
+                // data prepared before the fork, and exits or execs.
+                Ok(0) => unsafe { self.child(ends, None) },
+                Ok(pid) => Ok(pid as u32),
                 Err(err) if clone_into_unsupported(&err) => {
-                    (fork_plain()?, Some(procs.as_raw_fd()))
+                    self.spawn_sharing(ends, Some(procs.as_raw_fd()))
                 }
-                Err(err) => return Err(err),
+                Err(err) => Err(err),
             },
-        };
-        if pid == 0 {
-            // SAFETY: in the child, which runs only system calls on data
-            // prepared before the fork, and exits or execs.
-            unsafe { self.child(ends, join) }
         }
-        Ok(pid as u32)
+    }
+
+    /// Starts the child in the daemon's memory, on a stack of its own,
+    /// with this thread paused until it has exec'd or exited.
+    fn spawn_sharing(&self, ends: &ChildEnds, join: Option<RawFd>) -> io::Result<u32> {
+        CHILD_STACK.with(|stack| {
+            let mut stack = stack.borrow_mut();
+            if stack.is_none() {
+                *stack = Some(ChildStack::new()?);
+            }
+            let stack = stack.as_mut().expect("made above");
+            // SAFETY: the child only runs `Launch::child`: system calls on
+            // data that lives until this call returns, which is after the
+            // exec (CLONE_VFORK). Its stack is this thread's, unused until
+            // then, with a guard page below.
+            let pid = unsafe {
+                nix::sched::clone(
+                    Box::new(|| self.child(ends, join)),
+                    stack.as_mut(),
+                    CloneFlags::CLONE_VM | CloneFlags::CLONE_VFORK,
+                    Some(libc::SIGCHLD),
+                )
+            }?;
+            Ok(pid.as_raw() as u32)
+        })
     }
 
     /// The child's part: set up, exec, or report why not and exit.
@@ -288,11 +329,13 @@ impl Launch {
         if let Some((uid, gid, groups)) = &self.ids {
             // The account's groups replace root's; groups first, uid last,
             // since each needs the privilege the next gives up.
+            // Raw system calls: they change this process only (see the
+            // top of the file).
             // SAFETY: plain system calls on data made before the fork.
             unsafe {
-                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                    || libc::setgid(*gid) != 0
-                    || libc::setuid(*uid) != 0
+                if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0
+                    || libc::syscall(libc::SYS_setresgid, *gid, *gid, *gid) != 0
+                    || libc::syscall(libc::SYS_setresuid, *uid, *uid, *uid) != 0
                 {
                     return Err(io::Error::last_os_error());
                 }
@@ -339,7 +382,7 @@ impl Launch {
     fn exec_search(
         &self,
         paths: &[*const libc::c_char],
-        sh_argv: &[*const libc::c_char],
+        sh_argv: &UnsafeCell<Vec<*const libc::c_char>>,
     ) -> io::Error {
         let mut denied = false;
         let mut last = libc::ENOENT;
@@ -353,10 +396,11 @@ impl Launch {
             match errno {
                 libc::EACCES => denied = true,
                 libc::ENOEXEC => {
-                    // SAFETY: the child's own copy of the array; slot 1 was
-                    // left for the path. A plain store, no allocation.
+                    // SAFETY: slot 1 was left for the path; nothing else
+                    // reads the array while the spawning thread waits for
+                    // this exec. A plain store, no allocation.
                     unsafe {
-                        let slots = sh_argv.as_ptr() as *mut *const libc::c_char;
+                        let slots = (*sh_argv.get()).as_mut_ptr();
                         *slots.add(1) = path;
                         libc::execve(*slots, slots, self.envp.as_ptr());
                     }
@@ -419,13 +463,57 @@ fn read_report(report: &OwnedFd) -> Option<io::Error> {
     (got == buf.len()).then(|| io::Error::from_raw_os_error(i32::from_ne_bytes(buf)))
 }
 
-/// A plain fork. Through libc: nix's `fork` is the same call.
-fn fork_plain() -> io::Result<libc::pid_t> {
-    // SAFETY: the child only runs `Launch::child`, which is
-    // async-signal-safe.
-    match unsafe { libc::fork() } {
-        -1 => Err(io::Error::last_os_error()),
-        pid => Ok(pid),
+thread_local! {
+    /// The stack of the children this thread starts: one at a time, since
+    /// the thread waits for each to exec.
+    static CHILD_STACK: RefCell<Option<ChildStack>> = const { RefCell::new(None) };
+}
+
+/// A child's stack: mapped memory with a guard page at its low end, so
+/// that an overflow faults instead of writing over the daemon's heap.
+#[derive(Debug)]
+struct ChildStack {
+    base: NonNull<libc::c_void>,
+}
+
+/// Enough for `Launch::child`'s few frames, debug builds included.
+const CHILD_STACK_BYTES: usize = 256 * 1024;
+const GUARD_BYTES: usize = 4096;
+
+impl ChildStack {
+    fn new() -> io::Result<ChildStack> {
+        let length = NonZeroUsize::new(CHILD_STACK_BYTES).expect("not zero");
+        // SAFETY: a new private mapping, owned by the returned value.
+        let base = unsafe {
+            mman::mmap_anonymous(
+                None,
+                length,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_PRIVATE | MapFlags::MAP_STACK,
+            )
+        }?;
+        let stack = ChildStack { base };
+        // SAFETY: the lowest page of the mapping just made.
+        unsafe { mman::mprotect(stack.base, GUARD_BYTES, ProtFlags::PROT_NONE) }?;
+        Ok(stack)
+    }
+
+    fn as_mut(&mut self) -> &mut [u8] {
+        // SAFETY: the mapping above the guard page, readable and writable,
+        // borrowed mutably through `self`.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.base.as_ptr().cast::<u8>().add(GUARD_BYTES),
+                CHILD_STACK_BYTES - GUARD_BYTES,
+            )
+        }
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping `new` made, no longer borrowed.
+        let _ = unsafe { mman::munmap(self.base, CHILD_STACK_BYTES) };
     }
 }
 

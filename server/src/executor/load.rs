@@ -2,6 +2,9 @@
 //! load average and free memory, and on a desktop node what it offers now
 //! and why.
 
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
 use mexec_proto::v1::LoadReport;
 
 use super::admission::Counts;
@@ -11,7 +14,12 @@ use super::procfs;
 /// Builds a load report from the admission counters and the machine; a
 /// desktop node passes its offer.
 pub fn report(node: &str, counts: Counts, desktop: Option<&Offer>) -> LoadReport {
-    let load_avg_1m = procfs::load_average_1m().unwrap_or(0.0);
+    let MachineSample {
+        load_avg_1m,
+        mem_available_bytes,
+        cores,
+        ..
+    } = machine();
     LoadReport {
         node: node.to_owned(),
         version: mexec_common::version::current_text(),
@@ -19,9 +27,9 @@ pub fn report(node: &str, counts: Counts, desktop: Option<&Offer>) -> LoadReport
         running: counts.running,
         queued: counts.queued,
         max_queued: counts.max_queued,
-        cores: mexec_common::host::cpu_count(),
+        cores,
         load_avg_1m,
-        mem_available_bytes: procfs::meminfo_bytes("MemAvailable").unwrap_or(0),
+        mem_available_bytes,
         foreign_load: foreign_load(load_avg_1m, counts.running),
         draining: counts.draining,
         os: std::env::consts::OS.to_owned(),
@@ -36,6 +44,39 @@ pub fn report(node: &str, counts: Counts, desktop: Option<&Offer>) -> LoadReport
         toolchains: Vec::new(),
         properties: Default::default(),
         unmounted: String::new(),
+    }
+}
+
+/// The machine's part of a report. Reports go out at every start and end
+/// of a job (to each watching client and the gatekeeper), and reading
+/// /proc and the cgroup files for it cost more than the rest of the report
+/// together; so it is read at most every `SAMPLE_EVERY`. The kernel renews
+/// the load average only every 5 s anyway.
+#[derive(Debug, Clone, Copy)]
+struct MachineSample {
+    taken: Instant,
+    load_avg_1m: f64,
+    mem_available_bytes: u64,
+    cores: u32,
+}
+
+const SAMPLE_EVERY: Duration = Duration::from_millis(250);
+
+fn machine() -> MachineSample {
+    static LAST: Mutex<Option<MachineSample>> = Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(PoisonError::into_inner);
+    match *last {
+        Some(sample) if sample.taken.elapsed() < SAMPLE_EVERY => sample,
+        _ => {
+            let sample = MachineSample {
+                taken: Instant::now(),
+                load_avg_1m: procfs::load_average_1m().unwrap_or(0.0),
+                mem_available_bytes: procfs::meminfo_bytes("MemAvailable").unwrap_or(0),
+                cores: mexec_common::host::cpu_count(),
+            };
+            *last = Some(sample);
+            sample
+        }
     }
 }
 
