@@ -106,18 +106,20 @@ impl StdinSource {
         }
     }
 
-    /// Reads the next chunk into `buf`; 0 at the end.
-    pub async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+    /// The next chunk, at most `max` bytes read from our stdin or as the
+    /// job's `mexec` relayed it; `None` at the end. Read into fresh,
+    /// unzeroed memory that the chunk then owns: no copy, and no zeroed
+    /// buffer per job for the many jobs that never read their stdin.
+    pub async fn next_chunk(&mut self, max: usize) -> std::io::Result<Option<bytes::Bytes>> {
         match self {
-            StdinSource::Own(stdin) => tokio::io::AsyncReadExt::read(stdin, buf).await,
-            StdinSource::Relayed(chunks) => match chunks.lock().await.recv().await {
-                Some(chunk) => {
-                    let n = chunk.len().min(buf.len());
-                    buf[..n].copy_from_slice(&chunk[..n]);
-                    Ok(n)
+            StdinSource::Own(stdin) => {
+                let mut buf = bytes::BytesMut::with_capacity(max);
+                match tokio::io::AsyncReadExt::read_buf(stdin, &mut buf).await? {
+                    0 => Ok(None),
+                    _ => Ok(Some(buf.freeze())),
                 }
-                None => Ok(0),
-            },
+            }
+            StdinSource::Relayed(chunks) => Ok(chunks.lock().await.recv().await),
         }
     }
 }

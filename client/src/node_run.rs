@@ -294,13 +294,12 @@ async fn forward_stdin(
     read_any: Arc<AtomicBool>,
     mut stdin: StdinSource,
 ) {
-    let mut buf = vec![0u8; STDIN_CHUNK];
     loop {
-        let message = match stdin.read(&mut buf).await {
-            Ok(0) | Err(_) => run_request::Msg::StdinEof(StdinEof {}),
-            Ok(n) => {
+        let message = match stdin.next_chunk(STDIN_CHUNK).await {
+            Ok(None) | Err(_) => run_request::Msg::StdinEof(StdinEof {}),
+            Ok(Some(chunk)) => {
                 read_any.store(true, Ordering::Release);
-                run_request::Msg::Stdin(bytes::Bytes::copy_from_slice(&buf[..n]))
+                run_request::Msg::Stdin(chunk)
             }
         };
         let eof = matches!(message, run_request::Msg::StdinEof(_));

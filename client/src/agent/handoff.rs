@@ -137,11 +137,12 @@ async fn follow(stream: UnixStream, job: &Job) -> Handoff {
 async fn read_stdin(chunks: tokio::sync::mpsc::Sender<AgentRequest>) {
     use tokio::io::AsyncReadExt;
     let mut stdin = tokio::io::stdin();
-    let mut buf = vec![0u8; crate::node_run::STDIN_CHUNK];
     loop {
-        let msg = match stdin.read(&mut buf).await {
+        // Fresh, unzeroed memory per chunk, which the message then owns.
+        let mut buf = bytes::BytesMut::with_capacity(crate::node_run::STDIN_CHUNK);
+        let msg = match stdin.read_buf(&mut buf).await {
             Ok(0) | Err(_) => agent_request::Msg::StdinEof(AgentStdinEof {}),
-            Ok(n) => agent_request::Msg::Stdin(bytes::Bytes::copy_from_slice(&buf[..n])),
+            Ok(_) => agent_request::Msg::Stdin(buf.freeze()),
         };
         let eof = matches!(msg, agent_request::Msg::StdinEof(_));
         if chunks.send(AgentRequest { msg: Some(msg) }).await.is_err() || eof {

@@ -45,8 +45,10 @@ pub fn main() -> i32 {
         Err(_) => return 1,
     };
     crate::placement::SharedState::keep_in_memory();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: a job costs the agent microseconds of its own work, and
+    // the wake-ups and hand-overs between worker threads cost more than
+    // that. Blocking work (MUNGE) goes to the blocking pool.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -83,8 +85,10 @@ async fn serve(listener: std::os::unix::net::UnixListener, place: &Place) {
                 if let Some(stream) = accepted {
                     let (shared, running) = (shared.clone(), running.clone());
                     running.fetch_add(1, Ordering::AcqRel);
+                    // Boxed: a session's state is kilobytes, which the
+                    // runtime would otherwise copy in and out of the task.
                     tokio::spawn(async move {
-                        let _ = session::serve(stream, &shared).await;
+                        let _ = Box::pin(session::serve(stream, &shared)).await;
                         running.fetch_sub(1, Ordering::AcqRel);
                     });
                 }
