@@ -107,6 +107,7 @@ impl Job {
             timeout: settings.timeout,
             forward_stdin: settings.forward_stdin
                 && !os::stdin_is_terminal()
+                && !os::stdin_is_null()
                 && invocation::may_read_stdin(&argv),
             repeatable: settings.retry || invocation::is_repeatable_compile(&argv),
             argv,

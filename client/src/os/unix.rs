@@ -47,6 +47,18 @@ pub fn stdin_is_terminal() -> bool {
     std::io::stdin().is_terminal()
 }
 
+/// Whether standard input is /dev/null: then there is nothing to forward
+/// (the job gets /dev/null on the node too), and no reader thread to
+/// start for it, as make's jobs often have.
+pub fn stdin_is_null() -> bool {
+    use nix::sys::stat::{fstat, stat, SFlag};
+    let (Ok(ours), Ok(null)) = (fstat(std::io::stdin()), stat("/dev/null")) else {
+        return false;
+    };
+    let is_char = |mode| SFlag::from_bits_truncate(mode) & SFlag::S_IFMT == SFlag::S_IFCHR;
+    is_char(ours.st_mode) && is_char(null.st_mode) && ours.st_rdev == null.st_rdev
+}
+
 /// Whether stdout is a console that takes only text (never on Unix: a
 /// terminal takes any bytes).
 pub fn stdout_is_text_console() -> bool {

@@ -48,6 +48,12 @@ pub fn stdin_is_terminal() -> bool {
     std::io::stdin().is_terminal()
 }
 
+/// Whether standard input is the null device (not told apart on
+/// Windows: it is forwarded, and reads as empty).
+pub fn stdin_is_null() -> bool {
+    false
+}
+
 /// Whether stdout is a console, which takes only UTF-8 text (the
 /// standard library refuses other bytes there).
 pub fn stdout_is_text_console() -> bool {
