@@ -137,10 +137,16 @@ async fn start_job(
     // Whose account it runs as, settled before anything runs: an unknown
     // user, root or a system uid is refused here.
     // NSS may ask a directory server (LDAP, NIS): off the runtime's threads.
-    let (accounts, user) = (ctx.run_as.clone(), spec.user.clone());
-    let run_as = tokio::task::spawn_blocking(move || accounts.for_user(&user))
-        .await
-        .map_err(|_| JobError::NoRequest)??;
+    // The other modes know their account already.
+    let run_as = match &ctx.run_as {
+        JobAccounts::Submitter { .. } => {
+            let (accounts, user) = (ctx.run_as.clone(), spec.user.clone());
+            tokio::task::spawn_blocking(move || accounts.for_user(&user))
+                .await
+                .map_err(|_| JobError::NoRequest)??
+        }
+        accounts => accounts.for_user(&spec.user)?,
+    };
     let wait = cwd_wait::until_visible(&spec.cwd, ctx.cwd_wait).await;
     let mut valid = ValidJob::new(spec, ctx.policy.as_ref())
         .map_err(|err| match (err, wait) {
