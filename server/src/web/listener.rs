@@ -7,7 +7,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Request;
@@ -20,8 +19,6 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use mexec_common::tls::Tls;
 use mexec_common::token::Token;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -138,32 +135,7 @@ fn query_token(query: Option<&str>) -> Option<&str> {
 
 /// A TLS acceptor that wants a client certificate from the cluster CA.
 fn acceptor(tls: &Tls) -> Result<TlsAcceptor, WebError> {
-    let bad = |what: &str, err: &dyn std::fmt::Display| WebError::Tls(format!("{what}: {err}"));
-    let pem = tls.pem();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in CertificateDer::pem_slice_iter(&pem.ca) {
-        let ca = ca.map_err(|e| bad("the CA certificate", &e))?;
-        roots.add(ca).map_err(|e| bad("the CA certificate", &e))?;
-    }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()
-    .map_err(|e| bad("the CA certificate", &e))?;
-    let chain = CertificateDer::pem_slice_iter(&pem.cert)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad("the certificate", &e))?;
-    let key = PrivateKeyDer::from_pem_slice(&pem.key).map_err(|e| bad("the key", &e))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| bad("TLS", &e))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| bad("the certificate and key", &e))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    daemon::tls_acceptor(tls, &[b"h2", b"http/1.1"]).map_err(WebError::Tls)
 }
 
 #[cfg(test)]
