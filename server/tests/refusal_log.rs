@@ -17,6 +17,7 @@ use mexec_common::token::Token;
 use mexec_proto::v1::executor_client::ExecutorClient;
 use mexec_proto::v1::gatekeeper_client::GatekeeperClient;
 use mexec_proto::v1::{run_request, ClusterStatusRequest, JobSpec, RunRequest};
+use mexec_testkit::pki::Pki;
 use mexec_testkit::{bin, job_dir, wait_until, Executor, Gatekeeper};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -299,4 +300,121 @@ async fn the_gatekeeper_puts_its_refusals_on_record_and_refuses_a_far_version() 
 fn far_version() -> String {
     let ours = mexec_common::version::current();
     format!("{}.{}.0", ours.major, ours.minor + 2)
+}
+
+/// A TLS executor `n1` of `pki`'s cluster, logging JSON.
+fn tls_node(pki: &Pki) -> Executor {
+    let mut flags = vec!["--log-format".to_owned(), "json".to_owned()];
+    flags.extend(pki.daemon_flags("n1"));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    Executor::start("n1", 1, &flags)
+}
+
+/// `mexec true` at `node` with user `alice`'s certificate from `ca_dir`.
+fn mexec_as_alice(pki: &Pki, node: &Executor, cwd: &Path, ca_dir: &str) -> Command {
+    let mut command = node.mexec(cwd, &["true"]);
+    pki.client_env(&mut command, ca_dir, "alice");
+    command
+}
+
+/// The `tls-handshake` line on record, checked to name a loopback peer.
+fn handshake_line(log: impl Fn() -> String, node: &str, reason: &str) -> Value {
+    let line = refusal_line(log, "tls-handshake", reason);
+    assert_eq!(line["node"], node, "{line}");
+    assert_eq!(line["proof"], "none", "{line}");
+    assert!(
+        line["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{line}"
+    );
+    line
+}
+
+#[tokio::test]
+async fn every_failed_tls_handshake_is_on_record_with_the_peer_and_why() {
+    let pki = Pki::new(&["n1", "gk"], &["alice"]);
+    let dir = job_dir();
+    // Each case on a daemon of its own: the record holds one line per
+    // kind and peer address in ten seconds.
+
+    // A real TLS client that trusts the cluster CA but has no certificate.
+    let node = tls_node(&pki);
+    let ca = std::fs::read(pki.path("cluster/ca.pem")).unwrap();
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+        .domain_name("n1");
+    let endpoint = Channel::from_shared(format!("https://{}", node.node()))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap();
+    if let Ok(channel) = endpoint.connect().await {
+        // TLS 1.3: the server reads the (empty) certificate after the
+        // client thinks the handshake done; the first call fails.
+        let call = ExecutorClient::new(channel)
+            .status(mexec_proto::v1::StatusRequest {})
+            .await;
+        assert!(call.is_err(), "served without a certificate: {call:?}");
+    }
+    handshake_line(|| node.log_text(), "n1", "the client sent no certificate");
+
+    // `mexec` without TLS: one line naming the settings it lacks, and the
+    // job reported as not run.
+    let node = tls_node(&pki);
+    let output = node.mexec(dir.path(), &["true"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(255), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("executor n1 takes only mutual TLS")
+            && stderr.contains("MEXEC_TLS_CA")
+            && !stderr.contains("may have run"),
+        "{stderr}"
+    );
+    handshake_line(|| node.log_text(), "n1", "plain-text HTTP/2");
+
+    // A certificate from another CA.
+    let node = tls_node(&pki);
+    let output = mexec_as_alice(&pki, &node, dir.path(), "stranger")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(255), "{output:?}");
+    handshake_line(|| node.log_text(), "n1", "not signed by this cluster's CA");
+
+    // A plain HTTP/1 request on the TLS port.
+    let node = tls_node(&pki);
+    let mut socket = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut socket, b"GET /metrics HTTP/1.1\r\nHost: n1\r\n\r\n")
+        .await
+        .unwrap();
+    handshake_line(
+        || node.log_text(),
+        "n1",
+        "plain-text HTTP/1 request (`GET /metrics HTTP/1.1`)",
+    );
+
+    // The cluster's own user still gets in.
+    let output = mexec_as_alice(&pki, &node, dir.path(), "cluster")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+
+    // The gatekeeper keeps the same record.
+    let mut flags = vec!["--log-format".to_owned(), "json".to_owned()];
+    flags.extend(pki.daemon_flags("gk"));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let gatekeeper = Gatekeeper::start(&flags);
+    let output = Command::new(bin("mexec"))
+        .current_dir(dir.path())
+        .env("MEXEC_GATEKEEPER", gatekeeper.address())
+        .env("MEXEC_STATE_DIR", dir.path())
+        .env_remove("MEXEC_NODES")
+        .args(["--no-local", "--", "true"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("takes only mutual TLS"), "{stderr}");
+    let line = refusal_line(|| gatekeeper.log_text(), "tls-handshake", "plain-text HTTP/2");
+    assert!(
+        line["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{line}"
+    );
 }

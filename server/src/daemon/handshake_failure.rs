@@ -98,7 +98,9 @@ pub fn reason(err: &io::Error, first: &[u8]) -> String {
 /// Why the client's certificate was refused.
 fn client_certificate(err: &CertificateError) -> String {
     let why = match err {
-        CertificateError::UnknownIssuer => {
+        // Another CA of the same name (every `mexec-cert ca` has one)
+        // fails the signature rather than the issuer.
+        CertificateError::UnknownIssuer | CertificateError::BadSignature => {
             "is not signed by this cluster's CA (another CA, or self-signed)"
         }
         CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
@@ -111,7 +113,7 @@ fn client_certificate(err: &CertificateError) -> String {
         CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
             "is not for clients (its extended key usage lacks clientAuth)"
         }
-        CertificateError::BadSignature | CertificateError::BadEncoding => "is damaged",
+        CertificateError::BadEncoding => "is damaged",
         _ => return format!("the client's certificate was refused: {err}"),
     };
     format!("the client's certificate {why}")
