@@ -122,7 +122,9 @@ const NOT_TLS: &str = "no TLS there: it answered this client's TLS hello in plai
 /// the peer does not speak TLS at all.
 fn sign_of_tls(err: &rustls::Error) -> TlsSign {
     match err {
-        rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => TlsSign::NotTls,
+        rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => {
+            TlsSign::NotTls
+        }
         _ => TlsSign::Refused,
     }
 }

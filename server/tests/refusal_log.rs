@@ -412,7 +412,11 @@ async fn every_failed_tls_handshake_is_on_record_with_the_peer_and_why() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("takes only mutual TLS"), "{stderr}");
-    let line = refusal_line(|| gatekeeper.log_text(), "tls-handshake", "plain-text HTTP/2");
+    let line = refusal_line(
+        || gatekeeper.log_text(),
+        "tls-handshake",
+        "plain-text HTTP/2",
+    );
     assert!(
         line["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
         "{line}"

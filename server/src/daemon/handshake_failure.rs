@@ -70,7 +70,10 @@ pub fn reason(err: &io::Error, first: &[u8]) -> String {
     if let Some(plain) = not_tls(&opening(first)) {
         return plain;
     }
-    let Some(tls) = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) else {
+    let Some(tls) = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    else {
         return match err.kind() {
             io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => {
                 "the client closed the connection during the TLS handshake".to_owned()
@@ -159,9 +162,15 @@ mod tests {
     fn each_failure_is_named_by_its_kind() {
         let eof = io::Error::new(io::ErrorKind::UnexpectedEof, "eof");
         let cases = [
-            (tls_err(rustls::Error::NoCertificatesPresented), HELLO, "sent no certificate"),
             (
-                tls_err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)),
+                tls_err(rustls::Error::NoCertificatesPresented),
+                HELLO,
+                "sent no certificate",
+            ),
+            (
+                tls_err(rustls::Error::InvalidCertificate(
+                    CertificateError::UnknownIssuer,
+                )),
                 HELLO,
                 "not signed by this cluster's CA",
             ),

@@ -15,8 +15,8 @@ use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
 
 use super::connections;
-use super::tls_accept::{self, Here};
 use super::stream_limits::MAX_STREAMS_PER_CONNECTION;
+use super::tls_accept::{self, Here};
 use super::DaemonSettings;
 
 /// How often HTTP/2 connections are probed, so a peer that vanished without
@@ -98,9 +98,15 @@ where
         match handshake {
             Some(handshake) => {
                 let sessions = tls_accept::incoming(incoming, handshake, here);
-                router.serve_with_incoming_shutdown(sessions, stopping).await
+                router
+                    .serve_with_incoming_shutdown(sessions, stopping)
+                    .await
             }
-            None => router.serve_with_incoming_shutdown(incoming, stopping).await,
+            None => {
+                router
+                    .serve_with_incoming_shutdown(incoming, stopping)
+                    .await
+            }
         }
     };
     let linger = async {

@@ -144,7 +144,8 @@ impl Handshake {
                 None
             }
             Err(_) => {
-                let reason = format!("the TLS handshake did not finish within {HANDSHAKE_TIMEOUT:?}");
+                let reason =
+                    format!("the TLS handshake did not finish within {HANDSHAKE_TIMEOUT:?}");
                 here.record(peer, &reason);
                 None
             }
