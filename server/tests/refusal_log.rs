@@ -1,8 +1,11 @@
 //! Refusals on record, against real `mexecd`, `mexec-gatekeeper` and
 //! `mexec` processes: every kind of refusal is one warning in the daemon's
 //! log naming the kind, the peer, the user and the node; a flood of them is
-//! one line; and a peer outside the version rule is refused with both
-//! versions named, on both daemons.
+//! one line; a peer outside the version rule is refused with both
+//! versions named, on both daemons; and a failed TLS handshake (no
+//! certificate, another CA, no TLS at all) is on record with the peer and
+//! why. `every_refusal_kind_has_a_record_test` holds every kind in
+//! `Refusal::ALL` to a test here.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -421,4 +424,200 @@ async fn every_failed_tls_handshake_is_on_record_with_the_peer_and_why() {
         line["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
         "{line}"
     );
+}
+
+/// A plain channel to `node`, as a client without token or TLS.
+async fn plain_client(node: &Executor) -> ExecutorClient<AuthChannel> {
+    let connector = Connector::new(None, None, CLIENT_TIMEOUTS);
+    ExecutorClient::new(connector.connect(&node.node()).await.unwrap())
+}
+
+/// Sends `spec` and checks the refusal's kind and its line on `node`'s
+/// record, whose reason contains `reason`.
+async fn refused_on_record(node: &Executor, spec: JobSpec, kind: Refusal, reason: &str) -> Value {
+    let status = refused(plain_client(node).await, spec).await;
+    assert_eq!(Refusal::of(&status), Some(kind), "{status:?}");
+    let line = refusal_line(|| node.log_text(), kind.as_str(), reason);
+    assert_eq!(line["node"], node.name.as_str(), "{line}");
+    assert!(
+        line["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{line}"
+    );
+    line
+}
+
+#[tokio::test]
+async fn each_refusal_kind_of_an_executor_is_on_its_record() {
+    let dir = job_dir();
+    let cwd = dir.path().to_str().unwrap();
+    let node = Executor::start("n1", 1, &["--log-format", "json", "--max-queued", "0"]);
+
+    // A property the node lacks, and a compiler that is not the client's.
+    let mut needs = job(&["true"], cwd);
+    needs.require = vec!["label:no-such-label".into()];
+    refused_on_record(
+        &node,
+        needs,
+        Refusal::UnmetRequirement,
+        "label:no-such-label",
+    )
+    .await;
+    let mut compile = job(&["gcc", "--version"], cwd);
+    compile.env = vec![mexec_proto::v1::EnvVar {
+        name: "PATH".into(),
+        value: "/usr/bin:/bin".into(),
+    }];
+    compile.toolchain = Some(mexec_proto::v1::ToolchainFingerprint {
+        program: "gcc".into(),
+        digest: "0".repeat(64),
+        version: "0.0.1".into(),
+        target: "x86_64-linux-gnu".into(),
+        driver: "/usr/bin/gcc".into(),
+    });
+    refused_on_record(&node, compile, Refusal::Toolchain, "gcc").await;
+
+    // The gatekeeper's service asked of an executor.
+    let channel = Connector::new(None, None, CLIENT_TIMEOUTS)
+        .connect(&node.node())
+        .await
+        .unwrap();
+    let status = GatekeeperClient::new(channel)
+        .cluster_status(ClusterStatusRequest {})
+        .await
+        .expect_err("an executor is no gatekeeper");
+    assert_eq!(Refusal::of(&status), Some(Refusal::WrongService));
+    refusal_line(
+        || node.log_text(),
+        "wrong-service",
+        "is an executor, not a gatekeeper",
+    );
+
+    // A tree the job account may not enter (jobs run as another account
+    // only under a root daemon).
+    if mexec_testkit::is_root() {
+        let private = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let spec = job(&["true"], private.path().to_str().unwrap());
+        refused_on_record(&node, spec, Refusal::CwdDenied, "").await;
+    }
+
+    // Busy: the one slot taken, no queue.
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(RunRequest {
+        msg: Some(run_request::Msg::Start(job(&["sleep", "30"], cwd))),
+    })
+    .await
+    .unwrap();
+    let mut holder = plain_client(&node).await;
+    let mut running = holder
+        .run(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        running.message().await.unwrap().is_some(),
+        "the job started"
+    );
+    refused_on_record(&node, job(&["true"], cwd), Refusal::Busy, "").await;
+
+    // Draining: stopped with a job running, the node takes no new one.
+    node.signal(libc::SIGTERM);
+    let line = refused_on_record(&node, job(&["true"], cwd), Refusal::Draining, "").await;
+    assert_eq!(line["user"], "alice", "{line}");
+    drop((tx, running));
+
+    // Streams that send nothing: two wait out the start timeout, the third
+    // is over the per-peer cap.
+    let quiet = Executor::start(
+        "n2",
+        1,
+        &[
+            "--log-format",
+            "json",
+            "--start-timeout-secs",
+            "1",
+            "--max-streams-per-peer",
+            "2",
+        ],
+    );
+    let client = plain_client(&quiet).await;
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let mut client = client.clone();
+        streams.push(tokio::spawn(async move {
+            let (tx, rx) = mpsc::channel::<RunRequest>(1);
+            let result = client.run(ReceiverStream::new(rx)).await;
+            drop(tx);
+            match result {
+                Ok(mut stream) => stream.get_mut().message().await.expect_err("a refusal"),
+                Err(status) => status,
+            }
+        }));
+    }
+    for stream in streams {
+        stream.await.unwrap();
+    }
+    refusal_line(|| quiet.log_text(), "limit", "too many open streams");
+    refusal_line(|| quiet.log_text(), "start-timeout", "");
+}
+
+#[tokio::test]
+async fn the_lease_and_no_node_refusals_are_on_record() {
+    let json = ["--log-format", "json"];
+    let mut farm = mexec_testkit::GatedFarm::start(&[], &json);
+    for name in ["m1", "m2"] {
+        farm.add_with(
+            name,
+            1,
+            &["--log-format", "json", "--allowed-programs", "true"],
+        );
+    }
+    assert!(wait_until(Duration::from_secs(10), || farm.members().len() == 2));
+    let dir = job_dir();
+
+    // A member takes no job without the gatekeeper's lease.
+    let member = &farm.executors[0];
+    let line = refused_on_record(
+        member,
+        job(&["true"], dir.path().to_str().unwrap()),
+        Refusal::Lease,
+        "",
+    )
+    .await;
+    assert_eq!(line["user"], "alice", "{line}");
+
+    // A relayed job every member refuses.
+    let output = farm
+        .mexec(
+            dir.path(),
+            &["--relay", "--no-local", "--", "sh", "-c", "true"],
+        )
+        .output()
+        .unwrap();
+    assert_ne!(output.status.code(), Some(0), "{output:?}");
+    let line = refusal_line(|| farm.gatekeeper.log_text(), "no-node", "command policy");
+    assert!(
+        line["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{line}"
+    );
+}
+
+/// Every kind has a test above that checks its line on record, or in
+/// `every_failed_tls_handshake_is_on_record_with_the_peer_and_why`; a new
+/// kind fails here until it gets one.
+#[test]
+fn every_refusal_kind_has_a_record_test() {
+    let source = include_str!("refusal_log.rs");
+    let tests = &source[..source
+        .find("fn every_refusal_kind_has_a_record_test")
+        .unwrap()];
+    for kind in Refusal::ALL {
+        // A line is looked for by its kind's name, or by the kind a
+        // refusal was sent with (`refused_on_record`).
+        let checked = [format!("\"{kind}\""), format!("Refusal::{kind:?},")];
+        assert!(
+            checked.iter().any(|c| tests.contains(c.as_str())),
+            "no test checks the log line of refusal kind `{kind}`"
+        );
+    }
 }
