@@ -335,6 +335,17 @@ fn a_tls_client_at_a_node_without_tls_is_told_so() {
             && line.contains("--tls-ca"),
         "{line}"
     );
+    // The node has it on record too.
+    let logged = || {
+        node.log_text()
+            .lines()
+            .any(|l| l.contains("kind=\"tls-handshake\"") && l.contains("a TLS client on this port"))
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), logged),
+        "{}",
+        node.log_text()
+    );
 }
 
 #[test]

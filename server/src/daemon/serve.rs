@@ -103,9 +103,8 @@ where
                     .await
             }
             None => {
-                router
-                    .serve_with_incoming_shutdown(incoming, stopping)
-                    .await
+                let conns = tls_accept::plain(incoming, here);
+                router.serve_with_incoming_shutdown(conns, stopping).await
             }
         }
     };

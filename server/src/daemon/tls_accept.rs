@@ -3,6 +3,9 @@
 //! peer), so every failed handshake is on record: a refusal of kind
 //! `tls-handshake` with the peer's address and why (`handshake_failure`).
 //!
+//! On a port without TLS, a connection that opens with a TLS hello is
+//! put on record the same way (`plain`).
+//!
 //! A client without TLS (plain-text HTTP/2, as `mexec` without its
 //! `--tls-*` settings speaks) is answered in its own protocol: every
 //! request gets a refusal naming the settings it lacks. TLS bytes would
@@ -88,10 +91,56 @@ impl Here {
 /// task (a slow one holds up no other), and hands on those that
 /// completed; a failed one is put on record and closed.
 pub fn incoming(
-    mut conns: ReceiverStream<io::Result<Conn>>,
+    conns: ReceiverStream<io::Result<Conn>>,
     handshake: Handshake,
     here: Here,
 ) -> ReceiverStream<io::Result<TlsStream<Conn>>> {
+    each_connection(conns, move |conn| {
+        let (handshake, here) = (handshake.clone(), here.clone());
+        async move { handshake.accept(conn, &here).await }
+    })
+}
+
+/// For a port without TLS: hands on each connection from `conns`, and
+/// puts one that opens with a TLS hello on record (a client set up for
+/// TLS at a node with a token or none). It is served as any other: the
+/// HTTP/2 layer's plain-text answer is what tells that client the node
+/// has no TLS.
+pub fn plain(
+    conns: ReceiverStream<io::Result<Conn>>,
+    here: Here,
+) -> ReceiverStream<io::Result<Conn>> {
+    each_connection(conns, move |conn| {
+        let here = here.clone();
+        async move {
+            let mut first = [0u8; 1];
+            let peeked = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.peek(&mut first)).await;
+            if let Ok(Ok(1)) = peeked {
+                if handshake_failure::opening(&first) == Opening::Tls {
+                    here.record(
+                        conn.peer(),
+                        "a TLS client on this port, which has no TLS (it takes a token or \
+                         nothing): the client has --tls-ca, --tls-cert and --tls-key, this \
+                         daemon does not",
+                    );
+                }
+            }
+            Some(conn)
+        }
+    })
+}
+
+/// Runs `each` on every connection from `conns` in a task of its own and
+/// hands on what it returns, until the server stops taking connections.
+fn each_connection<T, F, Fut>(
+    mut conns: ReceiverStream<io::Result<Conn>>,
+    each: F,
+) -> ReceiverStream<io::Result<T>>
+where
+    T: Send + 'static,
+    F: Fn(Conn) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Option<T>> + Send + 'static,
+{
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
         loop {
@@ -103,10 +152,10 @@ pub fn incoming(
                 },
                 _ = tx.closed() => return,
             };
-            let (tx, handshake, here) = (tx.clone(), handshake.clone(), here.clone());
+            let (tx, handled) = (tx.clone(), each(conn));
             tokio::spawn(async move {
-                if let Some(tls) = handshake.accept(conn, &here).await {
-                    let _ = tx.send(Ok(tls)).await;
+                if let Some(handed_on) = handled.await {
+                    let _ = tx.send(Ok(handed_on)).await;
                 }
             });
         }
