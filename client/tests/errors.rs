@@ -337,9 +337,9 @@ fn a_tls_client_at_a_node_without_tls_is_told_so() {
     );
     // The node has it on record too.
     let logged = || {
-        node.log_text()
-            .lines()
-            .any(|l| l.contains("kind=\"tls-handshake\"") && l.contains("a TLS client on this port"))
+        node.log_text().lines().any(|l| {
+            l.contains("kind=\"tls-handshake\"") && l.contains("a TLS client on this port")
+        })
     };
     assert!(
         wait_until(Duration::from_secs(5), logged),
@@ -364,6 +364,16 @@ fn a_client_at_a_plain_http_port_is_told_it_is_not_grpc() {
     let port = banner.split_whitespace().nth(5).unwrap().to_owned();
     let address = format!("127.0.0.1:{port}");
     let line = refused_line(&address, |_| {});
+    // The same address as the gatekeeper.
+    let dir = job_dir();
+    let gated = Command::new(bin("mexec"))
+        .current_dir(dir.path())
+        .env("MEXEC_GATEKEEPER", &address)
+        .env("MEXEC_STATE_DIR", dir.path())
+        .env_remove("MEXEC_NODES")
+        .args(["--no-local", "--", "true"])
+        .output()
+        .unwrap();
     let _ = server.kill();
     let _ = server.wait();
     assert!(
@@ -371,6 +381,13 @@ fn a_client_at_a_plain_http_port_is_told_it_is_not_grpc() {
             "{address} is not a mexec daemon's gRPC port: it answers plain HTTP/1 (`HTTP/1."
         )) && line.contains("--listen address in MEXEC_NODES"),
         "{line}"
+    );
+    let stderr = String::from_utf8_lossy(&gated.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "gatekeeper {address} unreachable ({address} is not a mexec daemon's gRPC port"
+        )),
+        "{stderr}"
     );
     // A daemon's own metrics port, given as a node.
     let node = Executor::start("n1", 1, &["--metrics-listen", "127.0.0.1:0"]);
