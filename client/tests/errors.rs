@@ -374,6 +374,13 @@ fn a_client_at_a_plain_http_port_is_told_it_is_not_grpc() {
         .args(["--no-local", "--", "true"])
         .output()
         .unwrap();
+    let status = Command::new(bin("mexec"))
+        .env("MEXEC_NODES", &address)
+        .env("MEXEC_STATE_DIR", dir.path())
+        .env_remove("MEXEC_GATEKEEPER")
+        .arg("--status")
+        .output()
+        .unwrap();
     let _ = server.kill();
     let _ = server.wait();
     assert!(
@@ -388,6 +395,11 @@ fn a_client_at_a_plain_http_port_is_told_it_is_not_grpc() {
             "gatekeeper {address} unreachable ({address} is not a mexec daemon's gRPC port"
         )),
         "{stderr}"
+    );
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        table.contains("unreachable: ") && table.contains("is not a mexec daemon's gRPC port"),
+        "{table}"
     );
     // A daemon's own metrics port, given as a node.
     let node = Executor::start("n1", 1, &["--metrics-listen", "127.0.0.1:0"]);
