@@ -40,7 +40,7 @@ pub use serve::serve;
 pub use stream_limits::{
     PeerStreams, StreamPlace, TooMany, DEFAULT_MAX_STREAMS_PER_PEER, MAX_STREAMS_PER_CONNECTION,
 };
-pub use tls_accept::{acceptor as tls_acceptor, Handshake};
+pub use tls_accept::{Handshake, Here};
 
 /// A streaming answer, as the daemons' handlers return them.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, tonic::Status>> + Send + 'static>>;

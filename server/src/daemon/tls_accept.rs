@@ -34,10 +34,13 @@ use super::handshake_failure::{self, Opening};
 use super::Conn;
 use crate::refusal_log::{self, Refused, Who};
 
-/// The server side of mutual TLS for one daemon's gRPC port.
+/// The server side of mutual TLS for one of a daemon's ports.
 #[derive(Clone)]
 pub struct Handshake {
     acceptor: TlsAcceptor,
+    /// Whether a plain-text HTTP/2 client is answered with a gRPC refusal
+    /// (on the gRPC port; an HTTP listener only closes it).
+    answers_plain_grpc: bool,
 }
 
 impl std::fmt::Debug for Handshake {
@@ -51,6 +54,15 @@ impl Handshake {
     pub fn new(tls: &Tls) -> Result<Handshake, String> {
         Ok(Handshake {
             acceptor: acceptor(tls, &[b"h2"])?,
+            answers_plain_grpc: true,
+        })
+    }
+
+    /// Mutual TLS with `tls` for an HTTP listener (HTTP/2 and HTTP/1.1).
+    pub fn for_http(tls: &Tls) -> Result<Handshake, String> {
+        Ok(Handshake {
+            acceptor: acceptor(tls, &[b"h2", b"http/1.1"])?,
+            answers_plain_grpc: false,
         })
     }
 }
@@ -165,7 +177,7 @@ where
 
 impl Handshake {
     /// The TLS session on `conn`, or `None` (on record) when there is none.
-    async fn accept(&self, conn: Conn, here: &Here) -> Option<TlsStream<Conn>> {
+    pub async fn accept(&self, conn: Conn, here: &Here) -> Option<TlsStream<Conn>> {
         let peer = conn.peer();
         let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
         let mut first = [0u8; 32];
@@ -183,7 +195,9 @@ impl Handshake {
         if opening == Opening::PlainHttp2 {
             let reason = handshake_failure::not_tls(&opening).unwrap_or_default();
             here.record(peer, &reason);
-            refuse_in_http2(conn, here.plain_refusal(), deadline).await;
+            if self.answers_plain_grpc {
+                refuse_in_http2(conn, here.plain_refusal(), deadline).await;
+            }
             return None;
         }
         match tokio::time::timeout_at(deadline, self.acceptor.accept(conn)).await {

@@ -17,19 +17,15 @@ use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use mexec_common::tls::Tls;
 use mexec_common::token::Token;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 use tokio_stream::StreamExt;
 
 use super::{WebAccess, WebError};
-use crate::daemon;
+use crate::daemon::{self, Handshake, Here};
 
-/// A TLS handshake that has not finished by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// TCP keepalive on accepted connections, as on the gRPC listeners.
 const KEEPALIVE: Duration = Duration::from_secs(5);
 
@@ -48,9 +44,10 @@ pub async fn bind(listen: SocketAddr, access: &WebAccess) -> Result<TcpListener,
         .map_err(|source| WebError::Bind { listen, source })
 }
 
-/// Serves `router` on `listener` under `access` until `stop` resolves.
+/// Serves `router` on `listener` under `access` until `stop` resolves;
+/// a failed TLS handshake is on record as refused `here`.
 pub async fn serve(
-    listener: TcpListener,
+    (listener, here): (TcpListener, Here),
     access: WebAccess,
     router: Router,
     stop: impl Future<Output = ()> + Send + 'static,
@@ -61,7 +58,12 @@ pub async fn serve(
         })),
         None => router,
     };
-    let acceptor = access.tls.as_ref().map(acceptor).transpose()?;
+    let handshake = access
+        .tls
+        .as_ref()
+        .map(Handshake::for_http)
+        .transpose()
+        .map_err(WebError::Tls)?;
     let (stopped_tx, stopped) = watch::channel(false);
     let mut incoming = daemon::incoming(listener, KEEPALIVE);
     tokio::pin!(stop);
@@ -74,15 +76,15 @@ pub async fn serve(
             },
             _ = &mut stop => break,
         };
-        let (router, acceptor, stopped) = (router.clone(), acceptor.clone(), stopped.clone());
+        let (router, handshake, stopped) = (router.clone(), handshake.clone(), stopped.clone());
+        let here = here.clone();
         tokio::spawn(async move {
-            match acceptor {
+            match handshake {
                 None => connection(tcp, router, stopped).await,
-                Some(acceptor) => {
-                    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
-                    // No certificate, or one the CA did not sign: no request
-                    // is read.
-                    if let Ok(Ok(tls)) = handshake.await {
+                // No certificate, or one the CA did not sign: no request
+                // is read, and the refusal is on record.
+                Some(handshake) => {
+                    if let Some(tls) = handshake.accept(tcp, &here).await {
                         connection(tls, router, stopped).await;
                     }
                 }
@@ -131,11 +133,6 @@ fn query_token(query: Option<&str>) -> Option<&str> {
     query?
         .split('&')
         .find_map(|pair| pair.strip_prefix("token="))
-}
-
-/// A TLS acceptor that wants a client certificate from the cluster CA.
-fn acceptor(tls: &Tls) -> Result<TlsAcceptor, WebError> {
-    daemon::tls_acceptor(tls, &[b"h2", b"http/1.1"]).map_err(WebError::Tls)
 }
 
 #[cfg(test)]
