@@ -32,7 +32,7 @@ pub fn answered(status: &Status) -> bool {
 /// Sorts an answer (`answered` is true) into busy or refused. `tls` says
 /// whether this client connected with a certificate.
 pub fn not_started(status: &Status, tls: bool) -> NotStarted {
-    let cause = format!("{}{}", cause(status), tls_sign(status, tls).hint());
+    let cause = tls_sign(status, tls).explain(&cause(status));
     let busy = match Refusal::of(status) {
         // A stream limit passes as streams end, as a full node does.
         Some(kind) => matches!(kind, Refusal::Busy | Refusal::Limit),
@@ -60,12 +60,13 @@ pub fn unconfirmed(status: &Status, node: &NodeAddr, tls: bool) -> Outcome {
     // A kept channel connecting again (the agent's) and failing: nothing
     // was sent, as when a fresh connection fails.
     if never_connected(status) {
-        return Outcome::NotStarted(NotStarted::Unreachable(format!("{cause}{}", sign.hint())));
+        return Outcome::NotStarted(NotStarted::Unreachable(sign.explain(&cause)));
     }
     // A TLS alert (our certificate refused after a TLS 1.3 handshake that
-    // looked done to us) comes before any request reaches the node.
-    if sign == TlsSign::Refused {
-        return Outcome::NotStarted(NotStarted::Refused(format!("{cause}{}", sign.hint())));
+    // looked done to us), or a peer without TLS, comes before any request
+    // reaches the node.
+    if sign >= TlsSign::Refused {
+        return Outcome::NotStarted(NotStarted::Refused(sign.explain(&cause)));
     }
     Outcome::Lost {
         node: node.authority(),
@@ -75,6 +76,17 @@ pub fn unconfirmed(status: &Status, node: &NodeAddr, tls: bool) -> Outcome {
         ),
         stdin_consumed: false,
     }
+}
+
+/// Whether a call without TLS that failed this way may have reached
+/// something other than a plain-text gRPC peer (a web server, a TLS
+/// port), which `port_probe` can tell: no refusal kind, and either an
+/// answer that is none of a daemon's or a connection dropped or garbled.
+pub fn worth_probing(status: &Status, tls: bool) -> bool {
+    if tls || Refusal::of(status).is_some() || never_connected(status) {
+        return false;
+    }
+    answered(status) || TlsSign::of(status) >= TlsSign::Dropped
 }
 
 /// Whether the call failed while making its connection.

@@ -63,13 +63,18 @@ pub async fn acquire(
             cwd: job.executor_cwd().into(),
         })),
     });
-    let mut responses = GatekeeperClient::new(channel)
+    let opened = GatekeeperClient::new(channel)
         .acquire(Request::new(ReceiverStream::new(stream)))
-        .await
-        .map_err(|status| sort(&status, tls))?
-        .into_inner();
+        .await;
+    let mut responses = match opened {
+        Ok(responses) => responses.into_inner(),
+        Err(status) => return Err(sorted(&status, tls, gatekeeper).await),
+    };
     loop {
-        let message = responses.message().await.map_err(|s| sort(&s, tls))?;
+        let message = match responses.message().await {
+            Ok(message) => message,
+            Err(status) => return Err(sorted(&status, tls, gatekeeper).await),
+        };
         match message.and_then(|m| m.msg) {
             Some(acquire_response::Msg::Queued(_)) => continue,
             Some(acquire_response::Msg::Lease(lease)) => {
@@ -94,6 +99,19 @@ pub async fn acquire(
             }
         }
     }
+}
+
+/// `sort`, except that a call without TLS that failed as something other
+/// than a gatekeeper would make it fail asks the address what it is
+/// (`port_probe`), and says so: still unreachable, so the job is placed
+/// without the gatekeeper.
+async fn sorted(status: &tonic::Status, tls: bool, gatekeeper: &NodeAddr) -> NotStarted {
+    if failed_call::worth_probing(status, tls) {
+        if let Some(speaks) = crate::port_probe::probe(&gatekeeper.authority()).await {
+            return NotStarted::Unreachable(speaks.explain(&gatekeeper.authority()));
+        }
+    }
+    sort(status, tls)
 }
 
 /// Sorts a failed lease request. Only an answer the gatekeeper chose to

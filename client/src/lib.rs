@@ -33,6 +33,9 @@
 //! - `placement`: choosing a node, with load shared between client
 //!   processes (its `Policy` is one of the flags).
 //! - `output`: writing (or holding back, for retries) the job's output.
+//! - `port_probe`: what answers at an address where a plain-text call
+//!   broke (a web server, a TLS port), so a job that never started is
+//!   not reported as "may have run".
 //! - `console_text`: output for a Windows console, which takes only UTF-8.
 //! - `joblog`: one JSON line per job for scripts and summaries.
 //! - `os`: the operating-system specific parts (signals, umask, processes).
@@ -63,6 +66,7 @@ pub mod outcome;
 pub mod output;
 pub mod path_map;
 pub mod placement;
+pub mod port_probe;
 pub mod retry;
 pub mod settings;
 pub mod status;

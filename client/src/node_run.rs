@@ -102,7 +102,7 @@ pub async fn run_on(
         Ok(responses) => responses,
         Err(status) => {
             note_unmounted(&status, node);
-            return failed_call::unconfirmed(&status, node, tls);
+            return unconfirmed(&status, node, tls).await;
         }
     };
     let mut run = RunStream {
@@ -166,7 +166,7 @@ impl RunStream<'_> {
                     Ok(None) => Some(self.ended_early(
                         "the node closed the job's stream without an exit status".into(),
                     )),
-                    Err(status) => Some(self.broken(&status)),
+                    Err(status) => Some(self.broken(&status).await),
                 },
                 signal = signals.next() => self.forward(signal),
             };
@@ -230,11 +230,11 @@ impl RunStream<'_> {
 
     /// The stream failed: before the start that says nothing sure, after
     /// it the node was lost.
-    fn broken(&self, status: &Status) -> Outcome {
+    async fn broken(&self, status: &Status) -> Outcome {
         match &self.started_on {
             None => {
                 note_unmounted(status, self.node);
-                failed_call::unconfirmed(status, self.node, self.tls)
+                unconfirmed(status, self.node, self.tls).await
             }
             Some(_) => self.ended_early(failed_call::cause(status)),
         }
@@ -311,6 +311,22 @@ async fn forward_stdin(
         {
             return;
         }
+    }
+}
+
+/// A call that failed before the node confirmed the start
+/// (`failed_call::unconfirmed`); when it looks as if something other than
+/// a plain-text gRPC peer answered, what is at the address is asked: a
+/// web server or a TLS port ran nothing, and the client says what it
+/// reached instead of "may have run".
+async fn unconfirmed(status: &Status, node: &NodeAddr, tls: bool) -> Outcome {
+    let outcome = failed_call::unconfirmed(status, node, tls);
+    if !failed_call::worth_probing(status, tls) {
+        return outcome;
+    }
+    match crate::port_probe::probe(&node.authority()).await {
+        Some(speaks) => Outcome::NotStarted(NotStarted::Refused(speaks.explain(&node.authority()))),
+        None => outcome,
     }
 }
 

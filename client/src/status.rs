@@ -3,7 +3,7 @@
 
 use mexec_common::connector::Connector;
 use mexec_common::farm::Farm;
-use mexec_common::load_query;
+use mexec_common::load_query::{self, NoReport};
 use mexec_common::nodes::NodeAddr;
 use mexec_proto::v1::LoadReport;
 use serde::Serialize;
@@ -91,7 +91,7 @@ async fn show_cluster(connector: &Connector, gatekeeper: &NodeAddr, json: bool) 
 }
 
 async fn show_nodes(connector: &Connector, nodes: &[NodeAddr], json: bool) -> i32 {
-    let answers = load_query::node_loads(connector, nodes).await;
+    let answers = answers(connector, nodes).await;
     let reports: Vec<LoadReport> = answers
         .iter()
         .filter_map(|a| a.as_ref().ok().cloned())
@@ -152,12 +152,51 @@ pub struct NodeStatus {
 
 /// Asks every node at once.
 pub async fn collect(connector: &Connector, nodes: &[NodeAddr]) -> Vec<NodeStatus> {
-    let answers = load_query::node_loads(connector, nodes).await;
+    let answers = answers(connector, nodes).await;
     nodes
         .iter()
         .zip(answers)
         .map(|(addr, answer)| row(addr, answer))
         .collect()
+}
+
+/// Every node's load report, or why there is none.
+async fn answers(connector: &Connector, nodes: &[NodeAddr]) -> Vec<Result<LoadReport, String>> {
+    let mut answers = load_query::node_loads(connector, nodes).await;
+    if connector.tls().is_none() {
+        name_what_answered(nodes, &mut answers).await;
+    }
+    answers
+        .into_iter()
+        .map(|answer| answer.map_err(|no| no.message))
+        .collect()
+}
+
+/// For a client without TLS: a node that gave no load report, and no
+/// refusal either, may be no mexec port at all (a web server, a TLS
+/// port); ask each such address what it is (`port_probe`, all at once)
+/// and say so instead of the transport's words.
+async fn name_what_answered(nodes: &[NodeAddr], answers: &mut [Result<LoadReport, NoReport>]) {
+    let unexplained =
+        |answer: &Result<LoadReport, NoReport>| answer.as_ref().is_err_and(|no| !no.refused);
+    let probes: Vec<_> = nodes
+        .iter()
+        .zip(answers.iter())
+        .filter(|(_, answer)| unexplained(answer))
+        .map(|(node, _)| {
+            let authority = node.authority();
+            tokio::spawn(async move { (crate::port_probe::probe(&authority).await, authority) })
+        })
+        .collect();
+    let failed = answers.iter_mut().filter(|answer| unexplained(answer));
+    for (answer, probe) in failed.zip(probes) {
+        if let Ok((Some(speaks), authority)) = probe.await {
+            *answer = Err(NoReport {
+                message: speaks.explain(&authority),
+                refused: false,
+            });
+        }
+    }
 }
 
 fn row(addr: &NodeAddr, answer: Result<LoadReport, String>) -> NodeStatus {

@@ -5,6 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use mexec_testkit::pki::Pki;
 use mexec_testkit::{bin, job_dir, wait_until, Executor, Gatekeeper};
 
 #[test]
@@ -261,5 +262,151 @@ fn explain_says_why_the_job_went_where_it_went() {
         leased().contains("leased by the gatekeeper"),
         "{}",
         leased()
+    );
+}
+
+/// The one line of `mexec --no-local true` at `nodes`, which must fail
+/// without running anything; `setup` adds settings to the command.
+fn refused_line(nodes: &str, setup: impl FnOnce(&mut Command)) -> String {
+    let dir = job_dir();
+    let mut command = Command::new(bin("mexec"));
+    command
+        .current_dir(dir.path())
+        .env("MEXEC_NODES", nodes)
+        .env("MEXEC_STATE_DIR", dir.path())
+        .env_remove("MEXEC_GATEKEEPER")
+        .env_remove("MEXEC_TOKEN_FILE")
+        .args(["--no-local", "--", "true"]);
+    setup(&mut command);
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(255), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(!stderr.contains("may have run"), "{stderr}");
+    stderr
+}
+
+#[test]
+fn a_client_without_tls_at_a_tls_port_is_told_the_settings_it_lacks() {
+    let pki = Pki::new(&["n1"], &["alice"]);
+    let flags = pki.daemon_flags("n1");
+    let mut web = vec!["--metrics-listen", "127.0.0.1:0"];
+    web.extend(flags.iter().map(String::as_str));
+    let node = Executor::start("n1", 1, &web);
+    let line = refused_line(&node.node(), |_| {});
+    assert!(
+        line.contains("executor n1 takes only mutual TLS, and this client connected without TLS")
+            && line.contains("MEXEC_TLS_CA, MEXEC_TLS_CERT, MEXEC_TLS_KEY"),
+        "{line}"
+    );
+    // A TLS port that is not a mexec gRPC port (the node's HTTPS metrics
+    // listener) cannot answer in gRPC: the client asks what it is.
+    let metrics = mexec_testkit::announced(node.pid(), "metrics").expect("metrics address");
+    let line = refused_line(&metrics.to_string(), |_| {});
+    assert!(
+        line.contains(&format!(
+            "{metrics} takes TLS, and this client connects without it"
+        )) && line.contains("MEXEC_TLS_CERT"),
+        "{line}"
+    );
+    // With the certificate, the same node runs the job.
+    let dir = job_dir();
+    let mut command = node.mexec(dir.path(), &["echo", "in"]);
+    pki.client_env(&mut command, "cluster", "alice");
+    let output = command.output().unwrap();
+    assert_eq!(output.stdout, b"in\n", "{output:?}");
+}
+
+#[test]
+fn a_tls_client_at_a_node_without_tls_is_told_so() {
+    let pki = Pki::new(&[], &["alice"]);
+    let dir = job_dir();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "the-token\n").unwrap();
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let node = Executor::start("n1", 1, &["--token-file", token.to_str().unwrap()]);
+    let line = refused_line(&node.node(), |command| {
+        pki.client_env(command, "cluster", "alice");
+        command.env("MEXEC_TOKEN_FILE", &token);
+    });
+    assert!(
+        line.contains("no TLS there: it answered this client's TLS hello in plain text")
+            && line.contains("MEXEC_TOKEN_FILE")
+            && line.contains("--tls-ca"),
+        "{line}"
+    );
+    // The node has it on record too.
+    let logged = || {
+        node.log_text().lines().any(|l| {
+            l.contains("kind=\"tls-handshake\"") && l.contains("a TLS client on this port")
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), logged),
+        "{}",
+        node.log_text()
+    );
+}
+
+#[test]
+fn a_client_at_a_plain_http_port_is_told_it_is_not_grpc() {
+    // A real HTTP/1 server: Python's.
+    let mut server = Command::new("python3")
+        .args(["-m", "http.server", "0", "--bind", "127.0.0.1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut banner = String::new();
+    let mut stdout = std::io::BufReader::new(server.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut stdout, &mut banner).unwrap();
+    // "Serving HTTP on 127.0.0.1 port 41234 (http://127.0.0.1:41234/) ..."
+    let port = banner.split_whitespace().nth(5).unwrap().to_owned();
+    let address = format!("127.0.0.1:{port}");
+    let line = refused_line(&address, |_| {});
+    // The same address as the gatekeeper.
+    let dir = job_dir();
+    let gated = Command::new(bin("mexec"))
+        .current_dir(dir.path())
+        .env("MEXEC_GATEKEEPER", &address)
+        .env("MEXEC_STATE_DIR", dir.path())
+        .env_remove("MEXEC_NODES")
+        .args(["--no-local", "--", "true"])
+        .output()
+        .unwrap();
+    let status = Command::new(bin("mexec"))
+        .env("MEXEC_NODES", &address)
+        .env("MEXEC_STATE_DIR", dir.path())
+        .env_remove("MEXEC_GATEKEEPER")
+        .arg("--status")
+        .output()
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        line.contains(&format!(
+            "{address} is not a mexec daemon's gRPC port: it answers plain HTTP/1 (`HTTP/1."
+        )) && line.contains("--listen address in MEXEC_NODES"),
+        "{line}"
+    );
+    let stderr = String::from_utf8_lossy(&gated.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "gatekeeper {address} unreachable ({address} is not a mexec daemon's gRPC port"
+        )),
+        "{stderr}"
+    );
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        table.contains("unreachable: ") && table.contains("is not a mexec daemon's gRPC port"),
+        "{table}"
+    );
+    // A daemon's own metrics port, given as a node.
+    let node = Executor::start("n1", 1, &["--metrics-listen", "127.0.0.1:0"]);
+    let metrics = mexec_testkit::announced(node.pid(), "metrics").expect("metrics address");
+    let line = refused_line(&metrics.to_string(), |_| {});
+    assert!(
+        line.contains("is not a mexec daemon's gRPC port") && line.contains("HTTP/1.1 404"),
+        "{line}"
     );
 }

@@ -458,6 +458,17 @@ fn under_mutual_tls_a_request_without_a_certificate_is_refused() {
     );
     assert_eq!(with, "HTTP/1.1 200 OK", "a user certificate is let in");
     eprintln!("without a certificate: {without}; with alice's: {with}");
+    // The refused handshake is on the gatekeeper's record.
+    let logged = || {
+        gatekeeper.log_text().lines().any(|l| {
+            l.contains("kind=\"tls-handshake\"") && l.contains("the client sent no certificate")
+        })
+    };
+    assert!(
+        mexec_testkit::wait_until(Duration::from_secs(5), logged),
+        "{}",
+        gatekeeper.log_text()
+    );
 }
 
 #[test]

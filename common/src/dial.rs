@@ -35,7 +35,7 @@ pub fn describe(err: &ConnectError) -> String {
         ConnectError::BadAddress { source, .. } => format!("bad address: {source}"),
         ConnectError::Transport(err) => {
             let cause = innermost(err).unwrap_or_else(|| err.to_string());
-            format!("{cause}{}", TlsSign::of(err).hint())
+            TlsSign::of(err).explain(&cause)
         }
         ConnectError::Timeout(after) => format!("no answer within {after:?}"),
     }
@@ -68,6 +68,10 @@ pub enum TlsSign {
     /// TLS itself failed: an alert, a certificate refused, a handshake or
     /// a session cut short. Nothing reached the peer's service.
     Refused,
+    /// The peer answered our TLS hello with something that is not TLS:
+    /// it speaks plain text (a node with a token or none, or another
+    /// service). Nothing reached a mexec service.
+    NotTls,
 }
 
 impl TlsSign {
@@ -82,6 +86,15 @@ impl TlsSign {
         sign
     }
 
+    /// `cause` for people: with the hint, or, where the sign says all
+    /// there is to say, the sign's own words instead.
+    pub fn explain(self, cause: &str) -> String {
+        match self {
+            TlsSign::NotTls => NOT_TLS.to_owned(),
+            _ => format!("{cause}{}", self.hint()),
+        }
+    }
+
     /// The hint to add to a failure's cause.
     pub fn hint(self) -> &'static str {
         const SURE: &str = " (mutual TLS: the node and this client need certificates from the \
@@ -91,15 +104,34 @@ impl TlsSign {
                              see --tls-ca, --tls-cert, --tls-key)";
         match self {
             TlsSign::Refused | TlsSign::Garbled => SURE,
+            TlsSign::NotTls => " (it does not speak TLS)",
             TlsSign::Dropped => MAYBE,
             TlsSign::None => "",
         }
     }
 }
 
+/// What a TLS client is told when the peer answered in plain text.
+const NOT_TLS: &str = "no TLS there: it answered this client's TLS hello in plain text (a node \
+                       with a token or no authentication, or not a mexec port), and this client \
+                       uses mutual TLS (MEXEC_TLS_CA, MEXEC_TLS_CERT, MEXEC_TLS_KEY or --tls-*): \
+                       give the node --tls-ca, --tls-cert and --tls-key too, or leave them out \
+                       here and give the node's token with MEXEC_TOKEN_FILE";
+
+/// The sign of one rustls error: a record whose type is not TLS's means
+/// the peer does not speak TLS at all.
+fn sign_of_tls(err: &rustls::Error) -> TlsSign {
+    match err {
+        rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => {
+            TlsSign::NotTls
+        }
+        _ => TlsSign::Refused,
+    }
+}
+
 fn sign_of_one(err: &(dyn Error + 'static)) -> TlsSign {
-    if err.is::<rustls::Error>() {
-        return TlsSign::Refused;
+    if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+        return sign_of_tls(tls);
     }
     if let Some(io) = err.downcast_ref::<std::io::Error>() {
         return sign_of_io(io);
@@ -125,11 +157,11 @@ fn sign_of_one(err: &(dyn Error + 'static)) -> TlsSign {
 fn sign_of_io(io: &std::io::Error) -> TlsSign {
     // rustls's errors reach us inside an I/O error, whose `source` skips
     // them: look inside.
-    if io
+    if let Some(tls) = io
         .get_ref()
-        .is_some_and(|inner| inner.is::<rustls::Error>())
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
     {
-        return TlsSign::Refused;
+        return sign_of_tls(tls);
     }
     match io.kind() {
         // Only the TLS layer reports a connection that ended early this
@@ -184,6 +216,16 @@ mod tests {
         let text = io(ErrorKind::InvalidData, "received fatal alert: UnknownCA");
         assert_eq!(TlsSign::of(&text), TlsSign::Refused);
         assert!(TlsSign::Refused.hint().starts_with(" (mutual TLS: "));
+    }
+
+    #[test]
+    fn a_plain_text_answer_to_our_hello_says_the_peer_has_no_tls() {
+        let plain = rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType);
+        let err = io(ErrorKind::InvalidData, plain);
+        assert_eq!(TlsSign::of(&err), TlsSign::NotTls);
+        let text = TlsSign::NotTls.explain("received corrupt message of type InvalidContentType");
+        assert!(text.starts_with("no TLS there: "), "{text}");
+        assert!(text.contains("MEXEC_TOKEN_FILE"), "{text}");
     }
 
     #[test]

@@ -27,23 +27,45 @@ pub fn offered_slots(report: &LoadReport) -> u32 {
     }
 }
 
+/// Why a node gave no load report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoReport {
+    /// Why, for people.
+    pub message: String,
+    /// Whether a mexec daemon said it (a refusal, with its kind), rather
+    /// than the connection or something else at the address.
+    pub refused: bool,
+}
+
+impl std::fmt::Display for NoReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// Asks `node` for its load; the answer may take as long as a connection.
-pub async fn node_load(connector: &Connector, node: &NodeAddr) -> Result<LoadReport, String> {
-    let channel = dial(connector, node).await?;
+pub async fn node_load(connector: &Connector, node: &NodeAddr) -> Result<LoadReport, NoReport> {
+    let channel = dial(connector, node).await.map_err(|message| NoReport {
+        message,
+        refused: false,
+    })?;
     let mut request = Request::new(StatusRequest {});
     request.set_timeout(connector.timeouts().connect);
     ExecutorClient::new(channel)
         .status(request)
         .await
         .map(|r| r.into_inner())
-        .map_err(|s| s.message().to_owned())
+        .map_err(|s| NoReport {
+            message: s.message().to_owned(),
+            refused: crate::refusal::Refusal::of(&s).is_some(),
+        })
 }
 
 /// Asks every node at once; the answers come in the order of `nodes`.
 pub async fn node_loads(
     connector: &Connector,
     nodes: &[NodeAddr],
-) -> Vec<Result<LoadReport, String>> {
+) -> Vec<Result<LoadReport, NoReport>> {
     let queries: Vec<_> = nodes
         .iter()
         .map(|node| {

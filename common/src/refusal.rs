@@ -52,11 +52,17 @@ pub enum Refusal {
     /// The client reached the other daemon (a gatekeeper's address given
     /// as a node, or the reverse); the message says which.
     WrongService,
+    /// The TLS handshake failed (no client certificate, one from another
+    /// CA or out of date, a client that refused the daemon's certificate,
+    /// or no TLS at all): no request was read. On the wire only as the
+    /// answer to a plain-text HTTP/2 client on a TLS port; otherwise it
+    /// names the daemon's line on record.
+    TlsHandshake,
 }
 
 impl Refusal {
     /// Every kind, for tests and exhaustive tables.
-    pub const ALL: [Refusal; 15] = [
+    pub const ALL: [Refusal; 16] = [
         Refusal::Busy,
         Refusal::Draining,
         Refusal::CwdMissing,
@@ -72,6 +78,7 @@ impl Refusal {
         Refusal::UnmetRequirement,
         Refusal::Version,
         Refusal::WrongService,
+        Refusal::TlsHandshake,
     ];
 
     /// The kind's name on the wire and in logs.
@@ -92,6 +99,7 @@ impl Refusal {
             Refusal::UnmetRequirement => "unmet-requirement",
             Refusal::Version => "version",
             Refusal::WrongService => "wrong-service",
+            Refusal::TlsHandshake => "tls-handshake",
         }
     }
 
@@ -117,6 +125,7 @@ impl Refusal {
             Refusal::Toolchain | Refusal::UnmetRequirement => Code::FailedPrecondition,
             Refusal::Version => Code::FailedPrecondition,
             Refusal::WrongService => Code::Unimplemented,
+            Refusal::TlsHandshake => Code::Unauthenticated,
         }
     }
 

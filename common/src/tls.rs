@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// How long a TLS handshake may take before the connection is dropped: a
@@ -56,8 +56,8 @@ pub enum TlsError {
 pub struct Tls {
     ca: Certificate,
     identity: Identity,
-    /// The same files as PEM, for the daemons' HTTP listeners, which
-    /// serve TLS with rustls directly rather than through tonic.
+    /// The same files as PEM, for the daemons, which serve TLS with
+    /// rustls directly rather than through tonic (`server::daemon`).
     pem: std::sync::Arc<TlsPem>,
 }
 
@@ -147,16 +147,6 @@ impl Tls {
     /// The CA, certificate and key as PEM.
     pub fn pem(&self) -> &TlsPem {
         &self.pem
-    }
-
-    /// A server configuration that requires a client certificate from the
-    /// cluster CA: connections without one never reach a handler.
-    pub fn server_config(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(self.identity.clone())
-            .client_ca_root(self.ca.clone())
-            .client_auth_optional(false)
-            .timeout(HANDSHAKE_TIMEOUT)
     }
 
     /// A client configuration that trusts only the cluster CA (not the

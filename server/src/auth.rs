@@ -240,6 +240,11 @@ impl Access {
         &self.node
     }
 
+    /// What we are ("executor" or "gatekeeper"), in refusals.
+    pub fn role(&self) -> &'static str {
+        self.role
+    }
+
     /// Whether TLS identities are in force (so a node must prove it is one).
     pub fn requires_certificates(&self) -> bool {
         self.tls

@@ -15,6 +15,7 @@ use mexec_proto::v1::{
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::daemon::ResponseStream;
+use crate::refusal_log::{self, Who};
 
 /// Served by an executor in place of the gatekeeper's service.
 #[derive(Debug, Clone)]
@@ -25,7 +26,10 @@ pub struct NotAGatekeeper {
 
 /// Served by the gatekeeper in place of the executor's service.
 #[derive(Debug, Clone, Default)]
-pub struct NotAnExecutor;
+pub struct NotAnExecutor {
+    /// The gatekeeper's host, for the refusal log.
+    pub node: String,
+}
 
 /// The address the client reached, as it used it.
 fn reached<T>(request: &Request<T>) -> String {
@@ -34,23 +38,33 @@ fn reached<T>(request: &Request<T>) -> String {
         .map_or_else(|| "this address".to_owned(), |a| a.to_string())
 }
 
+/// Puts the refusal on record and returns it.
+fn on_record<T>(node: &str, request: &Request<T>, refused: Status) -> Status {
+    refusal_log::status(node, request.remote_addr(), Who::Unknown, &refused);
+    refused
+}
+
 impl NotAGatekeeper {
     fn refuse<T>(&self, request: &Request<T>) -> Status {
         let at = reached(request);
-        Refusal::WrongService.status(format!(
+        let refused = Refusal::WrongService.status(format!(
             "{at}: node {} is an executor, not a gatekeeper: give executors in MEXEC_NODES \
              (MEXEC_NODES={at}) and the gatekeeper's address in MEXEC_GATEKEEPER",
             self.node
-        ))
+        ));
+        on_record(&self.node, request, refused)
     }
 }
 
-fn not_an_executor<T>(request: &Request<T>) -> Status {
-    let at = reached(request);
-    Refusal::WrongService.status(format!(
-        "{at} is a gatekeeper, not an executor: set MEXEC_GATEKEEPER={at} (and leave it out \
-         of MEXEC_NODES)"
-    ))
+impl NotAnExecutor {
+    fn refuse<T>(&self, request: &Request<T>) -> Status {
+        let at = reached(request);
+        let refused = Refusal::WrongService.status(format!(
+            "{at} is a gatekeeper, not an executor: set MEXEC_GATEKEEPER={at} (and leave it \
+             out of MEXEC_NODES)"
+        ));
+        on_record(&self.node, request, refused)
+    }
 }
 
 #[tonic::async_trait]
@@ -101,20 +115,20 @@ impl Executor for NotAnExecutor {
         &self,
         request: Request<Streaming<RunRequest>>,
     ) -> Result<Response<Self::RunStream>, Status> {
-        Err(not_an_executor(&request))
+        Err(self.refuse(&request))
     }
 
     async fn status(
         &self,
         request: Request<StatusRequest>,
     ) -> Result<Response<LoadReport>, Status> {
-        Err(not_an_executor(&request))
+        Err(self.refuse(&request))
     }
 
     async fn watch_load(
         &self,
         request: Request<WatchLoadRequest>,
     ) -> Result<Response<Self::WatchLoadStream>, Status> {
-        Err(not_an_executor(&request))
+        Err(self.refuse(&request))
     }
 }

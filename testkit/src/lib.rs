@@ -16,6 +16,7 @@
 //! - `accounts`: real user accounts (useradd) with private trees, and
 //!   commands run as them.
 //! - `munged`: a munged of the test's own (own key, own socket).
+//! - `pki`: a cluster's certificates, made by the real `mexec-cert`.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -30,6 +31,7 @@ pub mod munged;
 pub mod netfs;
 pub mod netns;
 pub mod owner;
+pub mod pki;
 pub mod wine;
 
 /// The job account when tests run as root (executors refuse to run jobs as

@@ -2,6 +2,8 @@
 //! replace these and nothing else. Both export the same names.
 
 #[cfg(unix)]
+mod ninja;
+#[cfg(unix)]
 mod unix;
 #[cfg(unix)]
 pub use unix::*;

@@ -71,9 +71,14 @@ pub fn stderr_is_text_console() -> bool {
 }
 
 /// What tells one build from another on this host: the process group we
-/// run in, which make and all its children share.
-pub fn build_scope() -> u32 {
-    unistd::getpgrp().as_raw() as u32
+/// run in, which make and all its children share; under Ninja, which
+/// gives every command a process group of its own, the Ninja process above
+/// us (`ninja`).
+pub fn build_scope() -> String {
+    match super::ninja::ninja_above(std::process::id()) {
+        Some((pid, started)) => format!("ninja-{pid}-{started}"),
+        None => unistd::getpgrp().as_raw().to_string(),
+    }
 }
 
 /// The submitting user's name: `$USER` (or `$LOGNAME`) when set, else the

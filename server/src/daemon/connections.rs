@@ -124,6 +124,20 @@ pub struct Conn {
     _place: Place,
 }
 
+impl Conn {
+    /// The peer's address.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.stream.peer_addr().ok()
+    }
+
+    /// The bytes that have arrived, without taking them: what the peer
+    /// speaks, before anything reads it. Waits for the first byte; 0 when
+    /// the peer closed without sending any.
+    pub async fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.peek(buf).await
+    }
+}
+
 impl Connected for Conn {
     type ConnectInfo = TcpConnectInfo;
 

@@ -12,6 +12,8 @@
 //!   deadline for a connection's first bytes.
 //! - `serve`: one `serve` for both daemons: TLS, access checks, HTTP/2
 //!   keepalive, stream caps, health, graceful stop.
+//! - `tls_accept`: the TLS handshake of the gRPC ports, every failure on
+//!   record; `handshake_failure` says why one failed.
 //! - `stream_limits`: the cap on streams one peer may hold open.
 //! - `shutdown`: the signals that stop a daemon.
 
@@ -20,10 +22,12 @@ use std::pin::Pin;
 use tokio_stream::Stream;
 
 mod connections;
+mod handshake_failure;
 mod options;
 mod serve;
 pub mod shutdown;
 mod stream_limits;
+mod tls_accept;
 
 pub use connections::{incoming, Conn};
 #[cfg(test)]
@@ -36,6 +40,7 @@ pub use serve::serve;
 pub use stream_limits::{
     PeerStreams, StreamPlace, TooMany, DEFAULT_MAX_STREAMS_PER_PEER, MAX_STREAMS_PER_CONNECTION,
 };
+pub use tls_accept::{Handshake, Here};
 
 /// A streaming answer, as the daemons' handlers return them.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, tonic::Status>> + Send + 'static>>;

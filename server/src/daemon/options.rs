@@ -22,6 +22,7 @@ use mexec_common::token::{Token, TokenError};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
+use super::tls_accept::Handshake;
 use crate::auth::Access;
 
 /// Command-line flags both daemons take; each but `--insecure` also reads
@@ -169,6 +170,8 @@ pub struct DaemonSettings {
     pub token: Option<Token>,
     /// Mutual TLS, when configured.
     pub tls: Option<Tls>,
+    /// The TLS handshake of the gRPC port, from `tls`.
+    pub handshake: Option<Handshake>,
     /// Users who may submit; `None` admits all.
     pub allowed_users: Option<Vec<String>>,
     /// Log format.
@@ -189,6 +192,8 @@ pub enum DaemonSettingsError {
     Token(#[from] TokenError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("cannot set up TLS: {0}")]
+    TlsSetup(String),
     #[error("--munge: {0}")]
     Munge(#[from] MungeError),
     #[error(
@@ -238,6 +243,11 @@ impl DaemonSettings {
             key: file.tls_key,
         })
         .load()?;
+        let handshake = tls
+            .as_ref()
+            .map(Handshake::new)
+            .transpose()
+            .map_err(DaemonSettingsError::TlsSetup)?;
         let insecure = flags.insecure || file.insecure.unwrap_or(false);
         if open_door(listen, token.as_ref(), tls.as_ref()) && !insecure {
             return Err(DaemonSettingsError::OpenDoor {
@@ -256,6 +266,7 @@ impl DaemonSettings {
             listen,
             token,
             tls,
+            handshake,
             allowed_users: non_empty(flags.allowed_users).or(file.allowed_users),
             log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
             start_timeout: Duration::from_secs(start_timeout_secs.unwrap_or(10).max(1)),

@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -15,6 +16,7 @@ use tonic::service::interceptor::InterceptedService;
 
 use super::connections;
 use super::stream_limits::MAX_STREAMS_PER_CONNECTION;
+use super::tls_accept::{self, Here};
 use super::DaemonSettings;
 
 /// How often HTTP/2 connections are probed, so a peer that vanished without
@@ -72,11 +74,13 @@ where
         drain.await;
         let _ = drained_tx.send(());
     };
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &daemon.tls {
-        builder = builder.tls_config(tls.server_config())?;
-    }
-    let server = builder
+    // TLS is ours (`tls_accept`), not tonic's: every failed handshake goes
+    // on record.
+    let here = Here {
+        node: Arc::from(access.node()),
+        role: access.role(),
+    };
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
@@ -87,11 +91,23 @@ where
         .add_service(health_service)
         .add_service(InterceptedService::new(service, access.clone()))
         // The other daemon's service, answering that this is not it.
-        .add_service(InterceptedService::new(other, access))
-        .serve_with_incoming_shutdown(
-            connections::incoming(listener, KEEPALIVE_INTERVAL),
-            stopping,
-        );
+        .add_service(InterceptedService::new(other, access));
+    let incoming = connections::incoming(listener, KEEPALIVE_INTERVAL);
+    let handshake = daemon.handshake.clone();
+    let server = async move {
+        match handshake {
+            Some(handshake) => {
+                let sessions = tls_accept::incoming(incoming, handshake, here);
+                router
+                    .serve_with_incoming_shutdown(sessions, stopping)
+                    .await
+            }
+            None => {
+                let conns = tls_accept::plain(incoming, here);
+                router.serve_with_incoming_shutdown(conns, stopping).await
+            }
+        }
+    };
     let linger = async {
         if drained.await.is_ok() {
             tokio::time::sleep(LINGER_AFTER_DRAIN).await;

@@ -96,6 +96,10 @@ pub async fn serve_metrics(
     listener: tokio::net::TcpListener,
     access: crate::web::WebAccess,
 ) {
+    let here = crate::daemon::Here {
+        node: ctx.name.as_str().into(),
+        role: "executor",
+    };
     let router = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || async move {
@@ -109,7 +113,8 @@ pub async fn serve_metrics(
             )
         }),
     );
-    if let Err(err) = crate::web::serve(listener, access, router, std::future::pending()).await {
+    let served = crate::web::serve((listener, here), access, router, std::future::pending());
+    if let Err(err) = served.await {
         tracing::error!(%err, "metrics listener stopped");
     }
 }

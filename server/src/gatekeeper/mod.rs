@@ -119,8 +119,11 @@ pub async fn run_observed(
         )));
     }
     let access = shared.access.clone();
-    let other =
-        mexec_proto::v1::executor_server::ExecutorServer::new(crate::wrong_service::NotAnExecutor);
+    let other = mexec_proto::v1::executor_server::ExecutorServer::new(
+        crate::wrong_service::NotAnExecutor {
+            node: access.node().to_owned(),
+        },
+    );
     let gatekeeper = GatekeeperServer::new(service::GatekeeperService::new(shared))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     // Nothing to drain: lease and membership streams end with their peers,

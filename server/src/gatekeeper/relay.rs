@@ -5,6 +5,7 @@
 //! client's to see (it decides whether the job may run again).
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use mexec_common::refusal::Refusal;
@@ -20,6 +21,7 @@ use super::shared::{queue_full, Shared};
 use crate::auth::Caller;
 use crate::daemon::StreamPlace;
 use crate::metrics::LeaseResult;
+use crate::refusal_log::{self, Who};
 use crate::request_limits;
 
 type Outbound = mpsc::Sender<Result<RunResponse, Status>>;
@@ -31,7 +33,7 @@ const MAX_ATTEMPTS: usize = 3;
 /// call's status.
 pub async fn start(
     shared: Arc<Shared>,
-    caller: Option<Caller>,
+    (caller, peer): (Option<Caller>, Option<SocketAddr>),
     place: StreamPlace,
     mut inbound: Streaming<RunRequest>,
 ) -> Result<ReceiverStream<Result<RunResponse, Status>>, Status> {
@@ -75,7 +77,7 @@ pub async fn start(
     shared.observe.metrics.relayed();
     let (tx, rx) = mpsc::channel(8);
     tokio::spawn(async move {
-        relay(shared, spec, wanted, id, grant, inbound, tx).await;
+        relay(shared, spec, wanted, (id, grant), inbound, (tx, peer)).await;
         drop(place);
     });
     Ok(ReceiverStream::new(rx))
@@ -92,11 +94,17 @@ async fn relay(
     shared: Arc<Shared>,
     spec: JobSpec,
     mut wanted: Wanted,
-    mut id: u64,
-    mut grant: oneshot::Receiver<Grant>,
+    (mut id, mut grant): (u64, oneshot::Receiver<Grant>),
     mut inbound: Streaming<RunRequest>,
-    out: Outbound,
+    (out, peer): (Outbound, Option<SocketAddr>),
 ) {
+    // Refusals sent on the stream, after the call was taken, go on record
+    // here (those before it, by the service).
+    let refuse = |status: Status| {
+        let who = Who::Proven(&spec.user);
+        refusal_log::status(shared.access.node(), peer, who, &status);
+        status
+    };
     let mut causes = Vec::new();
     for attempt in 1..=MAX_ATTEMPTS {
         let queued = |q| RunResponse {
@@ -121,7 +129,7 @@ async fn relay(
         match shared.with(|c| c.enqueue(wanted.clone())) {
             Ok((next_id, next_grant)) => (id, grant) = (next_id, next_grant),
             Err(full) => {
-                let _ = out.send(Err(queue_full(full))).await;
+                let _ = out.send(Err(refuse(queue_full(full)))).await;
                 return;
             }
         }
@@ -132,7 +140,7 @@ async fn relay(
         "gatekeeper: no node could run the job ({})",
         causes.join("; ")
     ));
-    let _ = out.send(Err(status)).await;
+    let _ = out.send(Err(refuse(status))).await;
 }
 
 async fn run_on_node(

@@ -160,9 +160,15 @@ impl GatekeeperService {
         &self,
         request: Request<Streaming<RunRequest>>,
     ) -> Result<Response<ResponseStream<RunResponse>>, Status> {
-        let caller = Caller::of(&request);
-        let place = self.enter(request.remote_addr())?;
-        let stream = relay::start(self.shared.clone(), caller, place, request.into_inner()).await?;
+        let (caller, peer) = (Caller::of(&request), request.remote_addr());
+        let place = self.enter(peer)?;
+        let stream = relay::start(
+            self.shared.clone(),
+            (caller, peer),
+            place,
+            request.into_inner(),
+        )
+        .await?;
         Ok(Response::new(Box::pin(stream)))
     }
 }

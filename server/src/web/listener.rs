@@ -7,7 +7,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Request;
@@ -18,21 +17,15 @@ use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use mexec_common::tls::Tls;
 use mexec_common::token::Token;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 use tokio_stream::StreamExt;
 
 use super::{WebAccess, WebError};
-use crate::daemon;
+use crate::daemon::{self, Handshake, Here};
 
-/// A TLS handshake that has not finished by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// TCP keepalive on accepted connections, as on the gRPC listeners.
 const KEEPALIVE: Duration = Duration::from_secs(5);
 
@@ -51,9 +44,10 @@ pub async fn bind(listen: SocketAddr, access: &WebAccess) -> Result<TcpListener,
         .map_err(|source| WebError::Bind { listen, source })
 }
 
-/// Serves `router` on `listener` under `access` until `stop` resolves.
+/// Serves `router` on `listener` under `access` until `stop` resolves;
+/// a failed TLS handshake is on record as refused `here`.
 pub async fn serve(
-    listener: TcpListener,
+    (listener, here): (TcpListener, Here),
     access: WebAccess,
     router: Router,
     stop: impl Future<Output = ()> + Send + 'static,
@@ -64,7 +58,12 @@ pub async fn serve(
         })),
         None => router,
     };
-    let acceptor = access.tls.as_ref().map(acceptor).transpose()?;
+    let handshake = access
+        .tls
+        .as_ref()
+        .map(Handshake::for_http)
+        .transpose()
+        .map_err(WebError::Tls)?;
     let (stopped_tx, stopped) = watch::channel(false);
     let mut incoming = daemon::incoming(listener, KEEPALIVE);
     tokio::pin!(stop);
@@ -77,15 +76,15 @@ pub async fn serve(
             },
             _ = &mut stop => break,
         };
-        let (router, acceptor, stopped) = (router.clone(), acceptor.clone(), stopped.clone());
+        let (router, handshake, stopped) = (router.clone(), handshake.clone(), stopped.clone());
+        let here = here.clone();
         tokio::spawn(async move {
-            match acceptor {
+            match handshake {
                 None => connection(tcp, router, stopped).await,
-                Some(acceptor) => {
-                    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
-                    // No certificate, or one the CA did not sign: no request
-                    // is read.
-                    if let Ok(Ok(tls)) = handshake.await {
+                // No certificate, or one the CA did not sign: no request
+                // is read, and the refusal is on record.
+                Some(handshake) => {
+                    if let Some(tls) = handshake.accept(tcp, &here).await {
                         connection(tls, router, stopped).await;
                     }
                 }
@@ -134,36 +133,6 @@ fn query_token(query: Option<&str>) -> Option<&str> {
     query?
         .split('&')
         .find_map(|pair| pair.strip_prefix("token="))
-}
-
-/// A TLS acceptor that wants a client certificate from the cluster CA.
-fn acceptor(tls: &Tls) -> Result<TlsAcceptor, WebError> {
-    let bad = |what: &str, err: &dyn std::fmt::Display| WebError::Tls(format!("{what}: {err}"));
-    let pem = tls.pem();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in CertificateDer::pem_slice_iter(&pem.ca) {
-        let ca = ca.map_err(|e| bad("the CA certificate", &e))?;
-        roots.add(ca).map_err(|e| bad("the CA certificate", &e))?;
-    }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()
-    .map_err(|e| bad("the CA certificate", &e))?;
-    let chain = CertificateDer::pem_slice_iter(&pem.cert)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad("the certificate", &e))?;
-    let key = PrivateKeyDer::from_pem_slice(&pem.key).map_err(|e| bad("the key", &e))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| bad("TLS", &e))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| bad("the certificate and key", &e))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 #[cfg(test)]

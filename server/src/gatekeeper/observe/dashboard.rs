@@ -17,6 +17,7 @@ use futures_util::StreamExt;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::WatchStream;
 
+use crate::daemon::Here;
 use crate::gatekeeper::shared::Shared;
 use crate::web::{self, WebAccess};
 
@@ -27,6 +28,7 @@ const STYLE: &str = include_str!("assets/dashboard.css");
 /// Serves the dashboard and `/metrics` on `listener` until the task is
 /// aborted.
 pub async fn serve_http(shared: Arc<Shared>, listener: TcpListener, access: WebAccess) {
+    let here = here(&shared);
     let router = Router::new()
         .route(
             "/",
@@ -44,16 +46,31 @@ pub async fn serve_http(shared: Arc<Shared>, listener: TcpListener, access: WebA
         .route("/snapshot.json", get(snapshot))
         .merge(metrics_routes())
         .with_state(shared);
-    serve(listener, access, router).await;
+    serve((listener, here), access, router).await;
 }
 
 /// Serves `/metrics` alone on `listener` until the task is aborted.
 pub async fn serve_metrics(shared: Arc<Shared>, listener: TcpListener, access: WebAccess) {
-    serve(listener, access, metrics_routes().with_state(shared)).await;
+    let here = here(&shared);
+    serve(
+        (listener, here),
+        access,
+        metrics_routes().with_state(shared),
+    )
+    .await;
 }
 
-async fn serve(listener: TcpListener, access: WebAccess, router: Router) {
-    if let Err(err) = web::serve(listener, access, router, std::future::pending()).await {
+/// The gatekeeper, as its HTTP listeners' refusals name it.
+fn here(shared: &Shared) -> Here {
+    Here {
+        node: shared.access.node().into(),
+        role: "gatekeeper",
+    }
+}
+
+async fn serve((listener, here): (TcpListener, Here), access: WebAccess, router: Router) {
+    let served = web::serve((listener, here), access, router, std::future::pending());
+    if let Err(err) = served.await {
         tracing::error!(%err, "HTTP listener stopped");
     }
 }
