@@ -5,14 +5,14 @@
 // /proc/self/maps (glibc's pthread_getattr_np), a tenth of the client's
 // CPU per job in a profile, for a guard-page message on stack overflow.
 // What else that start-up does that mexec relies on is done here.
-#![cfg_attr(target_os = "linux", no_main)]
+#![cfg_attr(all(target_os = "linux", not(test)), no_main)]
 
 use mexec_client::invocation::{self, Invocation};
 use mexec_client::job::Job;
 use mexec_client::settings::Settings;
 use mexec_client::{retry, say, status, usage, EXIT_MEXEC_FAILURE};
 
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(test)))]
 #[unsafe(no_mangle)]
 extern "C" fn main(
     _argc: std::ffi::c_int,
@@ -49,7 +49,7 @@ extern "C" fn main(
     std::process::exit(real_main());
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(any(not(target_os = "linux"), test))]
 fn main() {
     std::process::exit(real_main());
 }
