@@ -44,7 +44,16 @@ pub fn run(smoke: bool) -> Vec<SchedRun> {
                 Executor::start(
                     &format!("s{i}"),
                     slots,
-                    &["--max-queued", "100000", "--gatekeeper", &gk],
+                    // Members take direct jobs too: every placement is
+                    // measured on the same executors.
+                    &[
+                        "--max-queued",
+                        "100000",
+                        "--gatekeeper",
+                        &gk,
+                        "--direct-jobs",
+                        "allow",
+                    ],
                 )
             })
             .collect();
@@ -79,7 +88,9 @@ pub fn run(smoke: bool) -> Vec<SchedRun> {
                 .map(|_| {
                     let mut c = Command::new(bin("mexec"));
                     c.current_dir(dir.path())
-                        .args(["-n", "sleep", &job_secs.to_string()])
+                        // --no-local: a job the farm refused must fail the
+                        // run, not run here and shorten the makespan.
+                        .args(["-n", "--no-local", "sleep", &job_secs.to_string()])
                         .env("MEXEC_STATE_DIR", state.path())
                         .env("MEXEC_JOBLOG", &joblog)
                         .env_remove("MEXEC_CONFIG");
