@@ -84,13 +84,23 @@ pub fn run(smoke: bool) -> Footprint {
 
 /// Opens `count` lease requests and keeps them open (granted or waiting).
 async fn fill(uri: String, count: usize) -> Vec<impl Sized> {
-    let channel = tonic::transport::Channel::from_shared(uri)
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
+    // Daemons take at most 256 streams on one connection (the server's
+    // MAX_STREAMS_PER_CONNECTION); a request past that would wait for a
+    // stream, not queue at the gatekeeper.
+    let per_connection = 128;
+    let mut channels = Vec::new();
+    for _ in 0..count.div_ceil(per_connection) {
+        channels.push(
+            tonic::transport::Channel::from_shared(uri.clone())
+                .expect("uri")
+                .connect()
+                .await
+                .expect("connect"),
+        );
+    }
     let mut held = Vec::new();
     for i in 0..count {
+        let channel = &channels[i / per_connection];
         let (tx, rx) = mpsc::channel(1);
         let _ = tx
             .send(AcquireRequest {
