@@ -135,14 +135,11 @@ async fn follow(stream: UnixStream, job: &Job) -> Handoff {
 
 /// Reads our stdin for the job, in chunks the agent passes on as they are.
 async fn read_stdin(chunks: tokio::sync::mpsc::Sender<AgentRequest>) {
-    use tokio::io::AsyncReadExt;
-    let mut stdin = tokio::io::stdin();
+    let mut stdin = crate::job_hooks::StdinSource::Own(tokio::io::stdin());
     loop {
-        // Fresh, unzeroed memory per chunk, which the message then owns.
-        let mut buf = bytes::BytesMut::with_capacity(crate::node_run::STDIN_CHUNK);
-        let msg = match stdin.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => agent_request::Msg::StdinEof(AgentStdinEof {}),
-            Ok(_) => agent_request::Msg::Stdin(buf.freeze()),
+        let msg = match stdin.next_chunk(crate::node_run::STDIN_CHUNK).await {
+            Ok(Some(chunk)) => agent_request::Msg::Stdin(chunk),
+            Ok(None) | Err(_) => agent_request::Msg::StdinEof(AgentStdinEof {}),
         };
         let eof = matches!(msg, agent_request::Msg::StdinEof(_));
         if chunks.send(AgentRequest { msg: Some(msg) }).await.is_err() || eof {
