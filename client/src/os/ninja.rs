@@ -6,33 +6,29 @@
 
 use std::path::Path;
 
-/// Ancestors looked at: Ninja runs a command as `/bin/sh -c`, so it is
-/// our grandparent, a little further up under a wrapper (ccache, a
-/// script, a make Ninja runs).
-const MAX_ANCESTORS: usize = 8;
 /// The names Ninja's implementations run under (samurai is `samu`).
 const NINJAS: [&str; 2] = ["ninja", "samu"];
 
-/// The nearest Ninja above `pid`: its pid and start time (clock ticks
-/// after boot), which together name one run even when a later Ninja gets
-/// the same pid.
-pub fn ninja_above(pid: u32) -> Option<(u32, u64)> {
-    ninja_above_in(Path::new("/proc"), pid)
+/// The Ninja that started the process group led by `leader`: its pid and
+/// start time (clock ticks after boot), which together name one run even
+/// when a later Ninja gets the same pid. Ninja gives each command (its
+/// `/bin/sh -c`) a group of its own, so Ninja is the leader's parent,
+/// whatever wrappers (ccache, a script, a make) stand between it and us;
+/// under make the leader is make or a shell above it. Two reads of /proc,
+/// on every job, however deep the process tree.
+pub fn ninja_above_group(leader: u32) -> Option<(u32, u64)> {
+    ninja_above_in(Path::new("/proc"), leader)
 }
 
-fn ninja_above_in(proc_root: &Path, pid: u32) -> Option<(u32, u64)> {
-    let mut current = Stat::of(proc_root, pid)?.ppid;
-    for _ in 0..MAX_ANCESTORS {
-        if current <= 1 {
-            return None;
-        }
-        let stat = Stat::of(proc_root, current)?;
-        if NINJAS.contains(&stat.comm.as_str()) {
-            return Some((current, stat.start_time));
-        }
-        current = stat.ppid;
+fn ninja_above_in(proc_root: &Path, leader: u32) -> Option<(u32, u64)> {
+    let parent = Stat::of(proc_root, leader)?.ppid;
+    if parent <= 1 {
+        return None;
     }
-    None
+    let stat = Stat::of(proc_root, parent)?;
+    NINJAS
+        .contains(&stat.comm.as_str())
+        .then_some((parent, stat.start_time))
 }
 
 /// The fields of `/proc/PID/stat` we need.

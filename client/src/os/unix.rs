@@ -75,9 +75,10 @@ pub fn stderr_is_text_console() -> bool {
 /// gives every command a process group of its own, the Ninja process above
 /// us (`ninja`).
 pub fn build_scope() -> String {
-    match super::ninja::ninja_above(std::process::id()) {
+    let group = unistd::getpgrp().as_raw();
+    match super::ninja::ninja_above_group(group as u32) {
         Some((pid, started)) => format!("ninja-{pid}-{started}"),
-        None => unistd::getpgrp().as_raw().to_string(),
+        None => group.to_string(),
     }
 }
 
