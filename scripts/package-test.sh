@@ -42,7 +42,7 @@ ls "$out"/*.deb
 dpkg -r mexec mexecd mexec-gatekeeper >/dev/null 2>&1 || true
 dpkg -i "$out"/mexec_*.deb "$out"/mexecd_*.deb "$out"/mexec-gatekeeper_*.deb
 
-for f in /usr/bin/mexec /usr/bin/mpmake /usr/bin/mexecd /usr/bin/mexec-cert \
+for f in /usr/bin/mexec /usr/bin/mexec-client /usr/bin/mpmake /usr/bin/mexecd /usr/bin/mexec-cert \
          /usr/bin/mexec-gatekeeper /etc/mexec/mexecd.toml /etc/mexec/mexec-gatekeeper.toml \
          /etc/mexec/mexec.toml /lib/systemd/system/mexecd.service \
          /lib/systemd/system/mexec-gatekeeper.service; do
@@ -100,7 +100,7 @@ jobs=$(/usr/bin/mpmake --print-jobs)
 for pid in "${pids[@]}"; do kill "$pid"; done
 pids=()
 dpkg -r mexec mexecd mexec-gatekeeper
-for f in /usr/bin/mexec /usr/bin/mexecd /usr/bin/mexec-gatekeeper /usr/lib/mexec/bin/gcc; do
+for f in /usr/bin/mexec /usr/bin/mexec-client /usr/bin/mexecd /usr/bin/mexec-gatekeeper /usr/lib/mexec/bin/gcc; do
     [ ! -e "$f" ] || fail "$f left after dpkg -r"
 done
 echo "package test: ok (built, installed, verified, ran a compile, removed)"

@@ -175,6 +175,34 @@ impl Flags {
 }
 
 impl Flags {
+    /// These flags, with `fallback`'s where these give none: options over
+    /// variables, as clap lays a command line over the environment. Only
+    /// the flags that variables can give are taken from `fallback`.
+    pub fn or(self, fallback: Flags) -> Flags {
+        Flags {
+            config: self.config.or(fallback.config),
+            nodes: self.nodes.or(fallback.nodes),
+            token_file: self.token_file.or(fallback.token_file),
+            tls_ca: self.tls_ca.or(fallback.tls_ca),
+            tls_cert: self.tls_cert.or(fallback.tls_cert),
+            tls_key: self.tls_key.or(fallback.tls_key),
+            munge: self.munge || fallback.munge,
+            munge_socket: self.munge_socket.or(fallback.munge_socket),
+            gatekeeper: self.gatekeeper.or(fallback.gatekeeper),
+            relay: self.relay || fallback.relay,
+            no_local: self.no_local || fallback.no_local,
+            retry: self.retry || fallback.retry,
+            no_stdin: self.no_stdin || fallback.no_stdin,
+            timeout: self.timeout.or(fallback.timeout),
+            verbose: self.verbose || fallback.verbose,
+            placement: self.placement.or(fallback.placement),
+            joblog: self.joblog.or(fallback.joblog),
+            forward_env: self.forward_env || fallback.forward_env,
+            cluster_os: self.cluster_os.or(fallback.cluster_os),
+            ..self
+        }
+    }
+
     /// Where the farm is, as these flags say.
     pub fn farm(&self) -> FarmFlags {
         FarmFlags {
@@ -188,5 +216,36 @@ impl Flags {
             munge: self.munge,
             munge_socket: self.munge_socket.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every option clap fills from a variable is read by `from_env` and
+    /// kept by `or`: the agent reads them so, for another process's
+    /// environment.
+    #[test]
+    fn every_variable_of_the_parser_is_read_by_hand_and_merged() {
+        let none = format!("{:?}", Flags::default());
+        let mut seen = 0;
+        for arg in Flags::command().get_arguments() {
+            let Some(name) = arg.get_env().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let value = match arg.get_id().as_str() {
+                "timeout" => "5",
+                "placement" => "random",
+                _ if arg.get_num_args().is_some_and(|n| n.takes_values()) => "x",
+                _ => "1",
+            };
+            let from_env = Flags::from_env(|k| (k == name).then(|| value.into())).unwrap();
+            let merged = format!("{:?}", Flags::default().or(from_env));
+            assert_ne!(merged, none, "{name} is not read by hand, or not merged");
+            seen += 1;
+        }
+        assert_eq!(seen, 19);
     }
 }

@@ -9,10 +9,12 @@
 
 use std::ffi::{OsStr, OsString};
 use std::path::Path;
+use std::sync::{Mutex, OnceLock};
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 
 use crate::flags::Flags;
+use crate::origin::Origin;
 
 /// The form `mexec` was started in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,14 +45,15 @@ const COMPILER_INPUTS: &[&str] = &[
     "a", "so",
 ];
 
-/// Parses `argv` (with argv[0]).
-pub fn parse(argv: Vec<OsString>) -> Result<Invocation, clap::Error> {
+/// Parses the command line of `origin`, with its `MEXEC_*` variables.
+pub fn parse(origin: &Origin) -> Result<Invocation, clap::Error> {
+    let argv = &origin.argv;
     let name = program_name(argv.first().map(OsString::as_os_str).unwrap_or_default());
     let rest: Vec<OsString> = argv.iter().skip(1).cloned().collect();
-    if name != "mexec" {
+    if !is_our_name(&name) {
         return Ok(Invocation {
             form: Form::Masquerade(name),
-            flags: env_only_flags()?,
+            flags: env_only_flags(origin)?,
             args: rest,
         });
     }
@@ -60,17 +63,49 @@ pub fn parse(argv: Vec<OsString>) -> Result<Invocation, clap::Error> {
         Some(first) if looks_like_compiler_argument(first) => Form::Compiler,
         Some(_) => Form::Command,
     };
+    if form == Form::Options && rest.first().is_some_and(|first| first == "--") {
+        // `mexec -- CMD`, as scripts write it: no options to parse, and
+        // what follows is the command, as clap would have it.
+        return Ok(Invocation {
+            form,
+            flags: env_only_flags(origin)?,
+            args: rest[1..].to_vec(),
+        });
+    }
     if form == Form::Options {
-        let flags = Flags::try_parse_from(argv)?;
-        let mut flags = flags;
+        let mut flags = options_flags(origin)?;
         let args = std::mem::take(&mut flags.command);
         return Ok(Invocation { form, flags, args });
     }
     Ok(Invocation {
         form,
-        flags: env_only_flags()?,
+        flags: env_only_flags(origin)?,
         args: rest,
     })
+}
+
+/// Whether `name` is one of mexec's own binaries rather than a masquerade.
+fn is_our_name(name: &OsStr) -> bool {
+    name == crate::binaries::FRONT || name == crate::binaries::FULL_CLIENT
+}
+
+/// Our options, and the `MEXEC_*` variables for those not given. In our
+/// own process clap reads the variables (and `--help` names them); for
+/// another's (in the agent) the options are parsed without variables and
+/// laid over that process's, read as the other forms read them.
+fn options_flags(origin: &Origin) -> Result<Flags, clap::Error> {
+    if origin.own_process {
+        return Flags::try_parse_from(&origin.argv);
+    }
+    // Made once: building the parser costs more than a parse.
+    static PARSER: OnceLock<Mutex<clap::Command>> = OnceLock::new();
+    let parser = PARSER.get_or_init(|| Mutex::new(Flags::command().mut_args(|arg| arg.env(None))));
+    let matches = match parser.lock() {
+        Ok(mut parser) => parser.try_get_matches_from_mut(&origin.argv)?,
+        Err(_) => return Err(clap::Error::new(clap::error::ErrorKind::Io)),
+    };
+    let given = Flags::from_arg_matches(&matches)?;
+    Ok(given.or(env_only_flags(origin)?))
 }
 
 /// The name we were started as, without directory or `.exe`.
@@ -89,8 +124,8 @@ pub fn program_name(argv0: &OsStr) -> OsString {
 /// Flags from the environment alone, for the forms with no room for ours.
 /// Read by hand rather than through clap: these forms run once per
 /// compile, and building the parser costs more than the rest of start-up.
-fn env_only_flags() -> Result<Flags, clap::Error> {
-    Flags::from_env(|name| std::env::var_os(name))
+fn env_only_flags(origin: &Origin) -> Result<Flags, clap::Error> {
+    Flags::from_env(|name| origin.var(name))
         .map_err(|message| clap::Error::raw(clap::error::ErrorKind::InvalidValue, message))
 }
 
@@ -201,52 +236,118 @@ mod tests {
         words.iter().map(OsString::from).collect()
     }
 
+    /// Another process's command line (as the agent gets it), with `env`.
+    fn origin_with(words: &[&str], env: &[(&str, &str)]) -> Origin {
+        Origin {
+            argv: argv(words),
+            env: env.iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            cwd: Ok("/".into()),
+            umask: 0o022,
+            pid: 1,
+            exe: "/usr/bin/mexec".into(),
+            stdin_terminal: false,
+            stdin_null: true,
+            build_scope: "1".into(),
+            own_process: false,
+        }
+    }
+
+    fn origin(words: &[&str]) -> Origin {
+        origin_with(words, &[])
+    }
+
+    #[test]
+    fn options_of_another_process_are_laid_over_its_variables() {
+        let env = [
+            ("MEXEC_NODES", "a:1"),
+            ("MEXEC_RETRY", "1"),
+            ("MEXEC_TIMEOUT", "9"),
+        ];
+        let inv = parse(&origin_with(&["mexec", "--no-local", "--", "true"], &env)).unwrap();
+        assert_eq!(inv.form, Form::Options);
+        assert!(inv.flags.no_local && inv.flags.retry);
+        assert_eq!(inv.flags.nodes.as_deref(), Some("a:1"));
+        assert_eq!(inv.flags.timeout, Some(9));
+        let inv = parse(&origin_with(
+            &["mexec", "--nodes", "b:2", "--", "true"],
+            &env,
+        ))
+        .unwrap();
+        assert_eq!(inv.flags.nodes.as_deref(), Some("b:2"), "the option wins");
+        // The agent's own environment plays no part.
+        let inv = parse(&origin(&["mexec", "--", "true"])).unwrap();
+        assert!(inv.flags.nodes.is_none() && !inv.flags.retry);
+        // Bad values are errors as in clap's reading of the variables.
+        let bad = [("MEXEC_TIMEOUT", "soon")];
+        assert!(parse(&origin_with(&["mexec", "--", "true"], &bad)).is_err());
+    }
+
+    #[test]
+    fn a_double_dash_first_leaves_everything_after_it_to_the_command() {
+        let env = [("MEXEC_RETRY", "1")];
+        let inv = parse(&origin_with(&["mexec", "--", "make", "--nodes", "x"], &env)).unwrap();
+        assert_eq!(inv.form, Form::Options);
+        assert_eq!(inv.args, argv(&["make", "--nodes", "x"]));
+        assert!(inv.flags.retry && inv.flags.nodes.is_none());
+    }
+
+    #[test]
+    fn both_binaries_are_mexec_not_a_masquerade() {
+        for name in ["mexec", "/usr/bin/mexec-client"] {
+            let inv = parse(&origin(&[name, "--", "true"])).unwrap();
+            assert_eq!(inv.form, Form::Options, "{name}");
+        }
+    }
+
     #[test]
     fn options_then_command() {
-        let inv = parse(argv(&["mexec", "--no-local", "--", "make", "-j2"])).unwrap();
+        let inv = parse(&origin(&["mexec", "--no-local", "--", "make", "-j2"])).unwrap();
         assert_eq!(inv.form, Form::Options);
         assert!(inv.flags.no_local);
         assert_eq!(inv.args, argv(&["make", "-j2"]));
 
-        let inv = parse(argv(&["/usr/bin/mexec", "-n", "cat", "-v"])).unwrap();
+        let inv = parse(&origin(&["/usr/bin/mexec", "-n", "cat", "-v"])).unwrap();
         assert!(inv.flags.no_stdin);
         assert_eq!(inv.args, argv(&["cat", "-v"]));
 
-        let inv = parse(argv(&["mexec", "-e", "CFLAGS", "--map", "S:\\=/s", "make"])).unwrap();
+        let inv = parse(&origin(&[
+            "mexec", "-e", "CFLAGS", "--map", "S:\\=/s", "make",
+        ]))
+        .unwrap();
         assert_eq!(inv.form, Form::Options);
         assert_eq!(inv.flags.env, ["CFLAGS"]);
         assert_eq!(inv.flags.map, ["S:\\=/s"]);
         assert_eq!(inv.args, argv(&["make"]));
 
-        let inv = parse(argv(&["mexec", "--nodes=a:1", "gcc", "-c", "x.c"])).unwrap();
+        let inv = parse(&origin(&["mexec", "--nodes=a:1", "gcc", "-c", "x.c"])).unwrap();
         assert_eq!(inv.flags.nodes.as_deref(), Some("a:1"));
         assert_eq!(inv.args, argv(&["gcc", "-c", "x.c"]));
     }
 
     #[test]
     fn plain_command_keeps_its_options() {
-        let inv = parse(argv(&["mexec", "gcc", "--version"])).unwrap();
+        let inv = parse(&origin(&["mexec", "gcc", "--version"])).unwrap();
         assert_eq!(inv.form, Form::Command);
         assert_eq!(inv.args, argv(&["gcc", "--version"]));
     }
 
     #[test]
     fn cc_form_is_recognised_by_an_option_or_a_source_file() {
-        let inv = parse(argv(&["mexec", "-c", "foo.c", "-o", "foo.o"])).unwrap();
+        let inv = parse(&origin(&["mexec", "-c", "foo.c", "-o", "foo.o"])).unwrap();
         assert_eq!(inv.form, Form::Compiler);
         assert_eq!(inv.args.len(), 4);
         assert_eq!(
-            parse(argv(&["mexec", "foo.c"])).unwrap().form,
+            parse(&origin(&["mexec", "foo.c"])).unwrap().form,
             Form::Compiler
         );
         assert_eq!(
-            parse(argv(&["mexec", "a.o", "b.o"])).unwrap().form,
+            parse(&origin(&["mexec", "a.o", "b.o"])).unwrap().form,
             Form::Compiler
         );
         // A compiler's `-v`, `--version`, `--verbose` are not ours.
         for flag in ["-v", "--version", "-V", "--verbose"] {
             assert_eq!(
-                parse(argv(&["mexec", flag])).unwrap().form,
+                parse(&origin(&["mexec", flag])).unwrap().form,
                 Form::Compiler,
                 "{flag}"
             );
@@ -255,7 +356,7 @@ mod tests {
 
     #[test]
     fn masquerade_names_are_kept() {
-        let inv = parse(argv(&["/opt/mexec/bin/g++", "-c", "x.cc"])).unwrap();
+        let inv = parse(&origin(&["/opt/mexec/bin/g++", "-c", "x.cc"])).unwrap();
         assert_eq!(inv.form, Form::Masquerade("g++".into()));
         assert_eq!(inv.args, argv(&["-c", "x.cc"]));
         assert_eq!(program_name(OsStr::new("mexec.exe")), "mexec");

@@ -14,7 +14,7 @@ use mexec_proto::v1::{EnvVar, JobSpec, ToolchainFingerprint};
 use crate::executor_view::{ExecutorView, ViewError};
 use crate::invocation::{self, Form, Invocation};
 use crate::masquerade;
-use crate::os;
+use crate::origin::Origin;
 use crate::settings::Settings;
 use crate::toolchain_cache;
 use crate::EXIT_MEXEC_FAILURE;
@@ -46,9 +46,6 @@ pub struct Job {
     pub toolchain: Option<ToolchainFingerprint>,
     /// What the job requires of its node.
     pub require: Vec<String>,
-    /// The protocol message as the job's `mexec` made it, which the agent
-    /// sends as it is (`None` in the `mexec` process itself).
-    pub prepared: Option<Box<JobSpec>>,
 }
 
 /// Why no job could be made.
@@ -59,7 +56,7 @@ pub enum JobError {
     #[error("no command given; usage: mexec [OPTIONS] [--] COMMAND [ARGS...] (see mexec --help)")]
     NoCommand,
     #[error("cannot read the current directory: {0}")]
-    Cwd(std::io::Error),
+    Cwd(String),
     #[error(transparent)]
     View(#[from] ViewError),
 }
@@ -76,38 +73,42 @@ impl JobError {
 }
 
 impl Job {
-    /// The job `invocation` asks for, in this process's cwd, environment
-    /// and umask, as `settings`' executors must see it. Reads the umask, so
-    /// it must come before any other thread starts.
-    pub fn new(invocation: &Invocation, settings: &Settings) -> Result<Job, JobError> {
-        let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
-        let argv = command_line(invocation, settings, &mut env)?;
+    /// The job `invocation` asks for, in `origin`'s cwd, environment and
+    /// umask, as `settings`' executors must see it.
+    pub fn new(
+        invocation: &Invocation,
+        settings: &Settings,
+        origin: &Origin,
+    ) -> Result<Job, JobError> {
+        let mut env = origin.env.clone();
+        let argv = command_line(invocation, settings, origin, &mut env)?;
         if argv.is_empty() {
             return Err(JobError::NoCommand);
         }
-        let cwd = std::env::current_dir().map_err(JobError::Cwd)?;
+        let cwd = origin.cwd.clone().map_err(JobError::Cwd)?;
         let for_executors = ExecutorView::new(&argv, &cwd, &env, settings)?;
         let toolchain = our_toolchain(&argv, &env, &cwd, settings);
         let client_host = mexec_common::host::name();
-        let build_id = std::env::var("MEXEC_BUILD_ID")
-            .unwrap_or_else(|_| format!("{client_host}:{}", os::build_scope()));
+        let build_id = origin
+            .var_text("MEXEC_BUILD_ID")
+            .unwrap_or_else(|| format!("{client_host}:{}", origin.build_scope));
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_nanos();
         Ok(Job {
-            job_id: format!("{client_host}-{}-{nanos:x}", std::process::id()),
+            job_id: format!("{client_host}-{}-{nanos:x}", origin.pid),
             cwd,
-            umask: os::current_umask(),
+            umask: origin.umask,
             // Claimed, not proven: trusted in token mode only; with mutual
             // TLS the certificate names the user.
-            user: std::env::var("MEXEC_SUBMIT_USER").unwrap_or_else(|_| os::user_name()),
+            user: user_name(origin),
             client_host,
             build_id,
             timeout: settings.timeout,
             forward_stdin: settings.forward_stdin
-                && !os::stdin_is_terminal()
-                && !os::stdin_is_null()
+                && !origin.stdin_terminal
+                && !origin.stdin_null
                 && invocation::may_read_stdin(&argv),
             repeatable: settings.retry || invocation::is_repeatable_compile(&argv),
             argv,
@@ -115,7 +116,6 @@ impl Job {
             for_executors,
             toolchain,
             require: settings.require.clone(),
-            prepared: None,
         })
     }
 
@@ -134,9 +134,6 @@ impl Job {
 
     /// The protocol message.
     pub fn spec(&self) -> JobSpec {
-        if let Some(prepared) = &self.prepared {
-            return (**prepared).clone();
-        }
         let view = &self.for_executors;
         JobSpec {
             argv: view.argv.iter().map(|a| os_bytes(a)).collect(),
@@ -191,6 +188,7 @@ fn our_toolchain(
 fn command_line(
     invocation: &Invocation,
     settings: &Settings,
+    origin: &Origin,
     env: &mut Vec<(OsString, OsString)>,
 ) -> Result<Vec<OsString>, JobError> {
     let args = invocation.args.iter().cloned();
@@ -198,14 +196,25 @@ fn command_line(
         Form::Options | Form::Command => Ok(args.collect()),
         Form::Compiler => Ok(settings.cc.iter().cloned().chain(args).collect()),
         Form::Masquerade(name) => {
-            let path = std::env::var_os("PATH").unwrap_or_default();
-            let self_exe = std::env::current_exe().unwrap_or_default();
-            let resolved = masquerade::resolve(name, &path, &self_exe)?;
+            let path = origin.var("PATH").unwrap_or_default();
+            let resolved = masquerade::resolve(name, &path, &origin.exe)?;
             env.retain(|(k, _)| k != "PATH");
             env.push(("PATH".into(), resolved.path));
             Ok(std::iter::once(name.clone()).chain(args).collect())
         }
     }
+}
+
+/// Who submits the job: `MEXEC_SUBMIT_USER`, else `$USER` (or
+/// `$LOGNAME`), else the password database (`os::user_name`). The name
+/// only orders the fair queue and is a claim either way (certificates and
+/// MUNGE prove it), so the environment is as good a source as the
+/// database, and it spares every compile an NSS look-up.
+fn user_name(origin: &Origin) -> String {
+    ["MEXEC_SUBMIT_USER", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|name| origin.var_text(name).filter(|n| !n.is_empty()))
+        .unwrap_or_else(crate::os::user_name)
 }
 
 /// The raw bytes of an OS string (on Unix, exactly what the kernel has; on

@@ -2,8 +2,14 @@
 //! the least-loaded node, runs the command there in the same working
 //! directory, and behaves as the local command would.
 //!
+//! Two binaries (`binaries`): on Linux `mexec` is `front`, which hands each
+//! job to the build host's agent (`agent`) or becomes `mexec-client`, the
+//! whole client (`cli`); elsewhere `mexec` is the whole client.
+//!
 //! Layout: the pipeline, in the order a job passes through (each module
 //! uses only those before it, and the helpers listed after):
+//! - `origin`: how a `mexec` was started (command line, environment,
+//!   directory, umask, stdin), read of this process or sent to the agent.
 //! - `flags`: the command line, and the same flags from `MEXEC_*` variables.
 //! - `invocation`: which form we were started in (`mexec -- cmd`, `mexec cmd`,
 //!   `CC=mexec`, a masquerade symlink) and the command that follows.
@@ -28,6 +34,9 @@
 //! - `status`: `mexec --status`.
 //! - `status_toolchains`: what it says of each node's compilers (marked
 //!   where they are not ours) and properties.
+//! - `renew`: after a job, this host's view of its directory renewed.
+//! - `cli`: the whole client's `main`.
+//! - `front`: the `mexec` front's `main` (Linux).
 //!
 //! Helpers used along the way:
 //! - `placement`: choosing a node, with load shared between client
@@ -48,10 +57,14 @@
 //! made from the settings in `main` and passed down.
 
 pub mod agent;
+pub mod binaries;
+pub mod cli;
 pub mod console_text;
 pub mod executor_view;
 pub mod failed_call;
 pub mod flags;
+#[cfg(target_os = "linux")]
+pub mod front;
 pub mod invocation;
 pub mod job;
 pub mod job_hooks;
@@ -61,12 +74,14 @@ pub mod local;
 pub mod masquerade;
 pub mod member_cache;
 pub mod node_run;
+pub mod origin;
 pub mod os;
 pub mod outcome;
 pub mod output;
 pub mod path_map;
 pub mod placement;
 pub mod port_probe;
+pub mod renew;
 pub mod retry;
 pub mod settings;
 pub mod status;

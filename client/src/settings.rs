@@ -12,6 +12,7 @@ use mexec_common::properties::{self, BadRequirement};
 use mexec_common::toolchain;
 
 use crate::flags::Flags;
+use crate::origin::Origin;
 use crate::path_map::{PathMap, Rule, RuleError};
 use crate::placement::Policy;
 
@@ -77,10 +78,24 @@ pub enum SettingsError {
 }
 
 impl Settings {
-    /// Merges `flags` with the config file and defaults.
-    pub fn resolve(flags: &Flags) -> Result<Settings, SettingsError> {
+    /// Merges `flags` with the config file and defaults, the variables
+    /// read from `origin`'s environment.
+    pub fn resolve(flags: &Flags, origin: &Origin) -> Result<Settings, SettingsError> {
         let (farm, file) = Farm::resolve(&flags.farm())?;
-        let cc = std::env::var_os("MEXEC_CC")
+        Settings::with_farm(flags, origin, farm, file)
+    }
+
+    /// The settings, with the farm and the config file already resolved
+    /// (the agent keeps them between jobs).
+    pub fn with_farm(
+        flags: &Flags,
+        origin: &Origin,
+        farm: Farm,
+        file: FileConfig,
+    ) -> Result<Settings, SettingsError> {
+        let var = |name: &str| origin.var_text(name);
+        let cc = origin
+            .var("MEXEC_CC")
             .map(|cc| cc.to_string_lossy().into_owned())
             .or(file.cc)
             .unwrap_or_else(|| "cc".to_owned());
@@ -96,24 +111,32 @@ impl Settings {
             joblog: flags.joblog.clone(),
             placement: flags.placement.unwrap_or_default(),
             cc: cc.split_whitespace().map(OsString::from).collect(),
-            map: path_map(flags, file.map.unwrap_or_default())?,
-            named_env: named_env(flags, file.env.unwrap_or_default()),
+            map: path_map(flags, var("MEXEC_MAP"), file.map.unwrap_or_default())?,
+            named_env: named_env(flags, var("MEXEC_ENV"), file.env.unwrap_or_default()),
             forward_env: flags.forward_env || file.forward_env.unwrap_or(false),
             cluster_os: flags
                 .cluster_os
                 .clone()
                 .or(file.cluster_os)
                 .unwrap_or_else(|| DEFAULT_CLUSTER_OS.to_owned()),
-            require: requirements(flags, file.require.unwrap_or_default())?,
-            check_toolchain: check_toolchain(file.toolchain)?,
+            require: requirements(
+                flags,
+                var("MEXEC_REQUIRE"),
+                file.require.unwrap_or_default(),
+            )?,
+            check_toolchain: check_toolchain(var(toolchain::CHECK_VARIABLE), file.toolchain)?,
         })
     }
 }
 
 /// The requirements of `--require`, then MEXEC_REQUIRE (','-separated),
 /// then the config file; each must parse.
-fn requirements(flags: &Flags, from_file: Vec<String>) -> Result<Vec<String>, BadRequirement> {
-    let from_env = std::env::var("MEXEC_REQUIRE").unwrap_or_default();
+fn requirements(
+    flags: &Flags,
+    from_env: Option<String>,
+    from_file: Vec<String>,
+) -> Result<Vec<String>, BadRequirement> {
+    let from_env = from_env.unwrap_or_default();
     let all: Vec<String> = flags
         .require
         .iter()
@@ -127,8 +150,11 @@ fn requirements(flags: &Flags, from_file: Vec<String>) -> Result<Vec<String>, Ba
 }
 
 /// MEXEC_TOOLCHAIN over the config file: `check` (the default) or `any`.
-fn check_toolchain(from_file: Option<String>) -> Result<bool, SettingsError> {
-    let value = std::env::var(toolchain::CHECK_VARIABLE).ok().or(from_file);
+fn check_toolchain(
+    from_env: Option<String>,
+    from_file: Option<String>,
+) -> Result<bool, SettingsError> {
+    let value = from_env.or(from_file);
     match value.as_deref().map(str::trim) {
         None | Some("") | Some("check") => Ok(true),
         Some("any") => Ok(false),
@@ -138,8 +164,12 @@ fn check_toolchain(from_file: Option<String>) -> Result<bool, SettingsError> {
 
 /// The rules of `--map`, then MEXEC_MAP (';'-separated: Windows paths
 /// have colons), then the config file. For equal prefixes the first wins.
-fn path_map(flags: &Flags, from_file: Vec<String>) -> Result<PathMap, RuleError> {
-    let from_env = std::env::var("MEXEC_MAP").unwrap_or_default();
+fn path_map(
+    flags: &Flags,
+    from_env: Option<String>,
+    from_file: Vec<String>,
+) -> Result<PathMap, RuleError> {
+    let from_env = from_env.unwrap_or_default();
     let rules = flags
         .map
         .iter()
@@ -153,8 +183,8 @@ fn path_map(flags: &Flags, from_file: Vec<String>) -> Result<PathMap, RuleError>
 
 /// The variables of `-e`, then MEXEC_ENV (names, ','-separated), then the
 /// config file; a later `NAME=VALUE` overrides an earlier one.
-fn named_env(flags: &Flags, from_file: Vec<String>) -> Vec<OsString> {
-    let from_env = std::env::var("MEXEC_ENV").unwrap_or_default();
+fn named_env(flags: &Flags, from_env: Option<String>, from_file: Vec<String>) -> Vec<OsString> {
+    let from_env = from_env.unwrap_or_default();
     flags
         .env
         .iter()

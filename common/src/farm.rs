@@ -47,7 +47,7 @@ pub struct FarmFlags {
 
 /// The client's TOML config file (`mexec` and `mpmake` read the same one).
 /// Every field is optional.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     /// Executors, as "host:port[/slots]". Default: none (jobs run locally).

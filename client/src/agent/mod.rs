@@ -6,8 +6,11 @@
 //! with the job's status. The first `mexec` that finds no agent starts one;
 //! it exits after an idle period. Anything wrong with the agent costs a job
 //! nothing: `mexec` runs it directly, as without an agent, and says why in
-//! the job log. `MEXEC_AGENT=0` turns it off. Unix only: on Windows
-//! `mexec` always runs directly.
+//! the job log. `MEXEC_AGENT=0` turns it off. The `mexec` side is the
+//! crate's `front` (Linux only: elsewhere `mexec` always runs directly).
+//! The agent makes each job from how its `mexec` was started, exactly as a
+//! `mexec` process makes its own (`origin`, `invocation`, `settings`,
+//! `job`).
 //!
 //! Layout:
 //!
@@ -18,8 +21,6 @@
 //!   belong to.
 //! - `wire`: the framing of the socket's messages and the passing of
 //!   descriptors.
-//! - `handoff`: the `mexec` side: find or start the agent, hand it the job,
-//!   relay signals, exit with the job's status.
 //! - `serve`: the agent process: one socket, one task per job, idle exit.
 //! - `session`: one job in the agent, from its message to its exit.
 //! - `farms`: the farms the agent's jobs go to, resolved once each.
@@ -27,15 +28,13 @@
 #[cfg(unix)]
 mod farms;
 #[cfg(unix)]
-pub mod handoff;
-#[cfg(unix)]
 pub mod place;
 #[cfg(unix)]
 pub mod serve;
 #[cfg(unix)]
 mod session;
 #[cfg(unix)]
-mod wire;
+pub mod wire;
 
 /// Set in the environment of the process `mexec` starts as the agent.
 pub const SERVE_VARIABLE: &str = "MEXEC_AGENT_SERVE";

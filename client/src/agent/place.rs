@@ -47,16 +47,24 @@ impl Place {
     }
 }
 
-/// The running binary, as device, inode, size and modification time: a
-/// rebuilt or upgraded `mexec` is another build.
+/// The front and the whole client, each as device, inode, size and
+/// modification time: a rebuilt or upgraded `mexec` is another build, and
+/// both binaries compute the same identity.
 pub fn build_identity() -> std::io::Result<String> {
-    let meta = std::fs::metadata(std::env::current_exe()?)?;
+    let of = |path: std::path::PathBuf| -> std::io::Result<String> {
+        let meta = std::fs::metadata(path)?;
+        Ok(format!(
+            "{}:{}:{}:{}.{}",
+            meta.dev(),
+            meta.ino(),
+            meta.size(),
+            meta.mtime(),
+            meta.mtime_nsec()
+        ))
+    };
     Ok(format!(
-        "{}:{}:{}:{}.{}",
-        meta.dev(),
-        meta.ino(),
-        meta.size(),
-        meta.mtime(),
-        meta.mtime_nsec()
+        "{}/{}",
+        of(crate::binaries::front())?,
+        of(crate::binaries::full_client())?
     ))
 }

@@ -7,14 +7,14 @@
 
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStringExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mexec_proto::v1::{
-    agent_reply, agent_request, AgentExit, AgentJob, AgentRefused, AgentReply, AgentRequest,
-    AgentRunLocally, AgentStdinWanted, AgentTaken,
+    agent_reply, agent_request, AgentExit, AgentInvocation, AgentRefused, AgentReply, AgentRequest,
+    AgentRunLocally, AgentStdinWanted, AgentTaken, EnvVar,
 };
 use tokio::io::Interest;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -23,10 +23,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::farms::Farms;
 use super::wire;
-use crate::executor_view::ExecutorView;
+use crate::invocation;
 use crate::job::Job;
 use crate::job_hooks::{self as hooks, Hooks, LocalRunner};
-use crate::placement::{Policy, SharedState};
+use crate::origin::Origin;
+use crate::placement::SharedState;
 use crate::settings::Settings;
 use crate::{retry, EXIT_MEXEC_FAILURE};
 
@@ -56,10 +57,10 @@ impl Shared {
 /// `Err` says why its `mexec` was refused (it runs the job itself).
 pub async fn serve(mut stream: UnixStream, shared: &Shared) -> Result<(), String> {
     let late = |_| "no job within the time allowed".to_owned();
-    let job = tokio::time::timeout(JOB_WITHIN, read_job(&mut stream))
+    let invocation = tokio::time::timeout(JOB_WITHIN, read_invocation(&mut stream))
         .await
         .map_err(late)??;
-    let prepared = match prepare(job, shared) {
+    let prepared = match prepare(invocation, shared) {
         Ok(prepared) => prepared,
         Err(reason) => {
             let refused = AgentReply {
@@ -103,7 +104,7 @@ pub async fn serve(mut stream: UnixStream, shared: &Shared) -> Result<(), String
 struct Prepared {
     settings: Settings,
     connector: mexec_common::connector::Connector,
-    job: Job,
+    job: Arc<Job>,
 }
 
 /// Runs the job until it ends (`Some` exit code) or its `mexec` is gone
@@ -126,7 +127,12 @@ async fn run(
         stdin_chunks,
         want_stdin,
     };
-    let hooks = match make_hooks(fds, channels, holder, writer.clone(), pending.clone()) {
+    let local = InClient {
+        writer: writer.clone(),
+        pending: pending.clone(),
+        job: prepared.job.clone(),
+    };
+    let hooks = match make_hooks(fds, channels, holder, local) {
         Ok(hooks) => hooks,
         Err(err) => {
             crate::say!("the agent cannot use the job's descriptors: {err}");
@@ -203,7 +209,7 @@ async fn from_client(reader: &mut OwnedReadHalf, mut to: ToClient) {
             }
             Some(agent_request::Msg::StdinEof(_)) => to.stdin = None,
             // A second job on one connection is not ours to run.
-            Some(agent_request::Msg::Job(_)) | None => return,
+            Some(agent_request::Msg::Invocation(_)) | None => return,
         }
     }
 }
@@ -214,8 +220,7 @@ fn make_hooks(
     fds: Vec<OwnedFd>,
     channels: Channels,
     holder: u32,
-    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
-    pending: PendingLocal,
+    local: InClient,
 ) -> std::io::Result<Arc<Hooks>> {
     let mut fds = fds.into_iter();
     let (Some(stdout), Some(stderr)) = (fds.next(), fds.next()) else {
@@ -231,7 +236,7 @@ fn make_hooks(
         stdin: Arc::new(tokio::sync::Mutex::new(channels.stdin_chunks)),
         want_stdin: channels.want_stdin,
         holder,
-        local: Box::new(InClient { writer, pending }),
+        local: Box::new(local),
     }))
 }
 
@@ -239,6 +244,8 @@ fn make_hooks(
 struct InClient {
     writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
     pending: PendingLocal,
+    /// The command and environment it runs.
+    job: Arc<Job>,
 }
 
 impl LocalRunner for InClient {
@@ -248,8 +255,18 @@ impl LocalRunner for InClient {
             if let Ok(mut pending) = self.pending.lock() {
                 *pending = Some(done);
             }
+            let bytes = |s: &std::ffi::OsStr| bytes::Bytes::copy_from_slice(s.as_bytes());
+            let command = AgentRunLocally {
+                argv: self.job.argv.iter().map(|a| bytes(a)).collect(),
+                env: (self.job.env.iter())
+                    .map(|(name, value)| EnvVar {
+                        name: bytes(name),
+                        value: bytes(value),
+                    })
+                    .collect(),
+            };
             let request = AgentReply {
-                msg: Some(agent_reply::Msg::RunLocally(AgentRunLocally {})),
+                msg: Some(agent_reply::Msg::RunLocally(command)),
             };
             if wire::write(&mut *self.writer.lock().await, &request)
                 .await
@@ -262,13 +279,13 @@ impl LocalRunner for InClient {
     }
 }
 
-/// Reads the job, the first message.
-async fn read_job(stream: &mut UnixStream) -> Result<AgentJob, String> {
+/// Reads how the `mexec` was started, the first message.
+async fn read_invocation(stream: &mut UnixStream) -> Result<AgentInvocation, String> {
     let request = wire::read::<AgentRequest>(stream)
         .await
         .map_err(|err| format!("cannot read the job: {err}"))?;
     match request.and_then(|r| r.msg) {
-        Some(agent_request::Msg::Job(job)) => Ok(job),
+        Some(agent_request::Msg::Invocation(invocation)) => Ok(invocation),
         _ => Err("the first message was not a job".into()),
     }
 }
@@ -286,61 +303,57 @@ async fn receive_fds(stream: &UnixStream) -> Result<Vec<OwnedFd>, String> {
     }
 }
 
-/// The settings and the job from the message; `Err` for a job this agent
-/// will not run.
-fn prepare(message: AgentJob, shared: &Shared) -> Result<Prepared, String> {
+/// The settings and the job, made from how the `mexec` was started as
+/// that `mexec` would make them; `Err` for a job this agent will not run
+/// (the `mexec` runs it, or says what is wrong with its command line).
+fn prepare(message: AgentInvocation, shared: &Shared) -> Result<Prepared, String> {
     if message.build != shared.build {
         return Err(format!(
             "the agent is build {}, this mexec is build {}",
             shared.build, message.build
         ));
     }
-    let spec = message.spec.ok_or("a job without its spec")?;
-    let (farm, connector) = shared
+    let origin = origin_of(message);
+    let invocation = invocation::parse(&origin)
+        .map_err(|err| format!("not a job for the agent ({:?})", err.kind()))?;
+    let flags = &invocation.flags;
+    if flags.status || flags.usage {
+        return Err("not a job for the agent (--status, --usage)".into());
+    }
+    let farm = shared
         .farms
-        .get(&message.farm.unwrap_or_default())
+        .get(flags.farm(), &origin)
         .map_err(|err| format!("the farm: {err}"))?;
-    let settings = Settings {
-        farm,
-        relay: message.relay,
-        no_local: message.no_local,
-        verbose: message.explain,
-        joblog: (!message.joblog.is_empty()).then(|| PathBuf::from(os(&message.joblog))),
-        placement: message.placement.parse::<Policy>().unwrap_or_default(),
-        ..Settings::default()
-    };
-    let for_executors = ExecutorView {
-        argv: spec.argv.iter().map(|a| os(a)).collect(),
-        cwd: os(&spec.cwd),
-        env: spec
-            .env
-            .iter()
-            .map(|var| (os(&var.name), os(&var.value)))
-            .collect(),
-        node_environment: spec.node_environment,
-    };
-    let job = Job {
-        argv: message.local_argv.iter().map(|a| os(a)).collect(),
-        cwd: PathBuf::from(os(&spec.cwd)),
-        env: Vec::new(),
-        umask: spec.umask,
-        job_id: spec.job_id.clone(),
-        user: spec.user.clone(),
-        client_host: spec.client_host.clone(),
-        build_id: spec.build_id.clone(),
-        timeout: (spec.timeout_ms > 0).then(|| Duration::from_millis(spec.timeout_ms)),
-        forward_stdin: spec.forward_stdin,
-        repeatable: message.repeatable,
-        for_executors,
-        toolchain: spec.toolchain.clone(),
-        require: spec.require.clone(),
-        prepared: Some(Box::new(spec)),
-    };
+    let mut settings =
+        Settings::with_farm(flags, &origin, farm.farm, farm.file).map_err(|err| err.to_string())?;
+    // The job log is named from the job's directory, not the agent's.
+    if let (Some(log), Ok(cwd)) = (&settings.joblog, &origin.cwd) {
+        settings.joblog = Some(cwd.join(log));
+    }
+    let job = Job::new(&invocation, &settings, &origin).map_err(|err| err.to_string())?;
     Ok(Prepared {
         settings,
-        connector,
-        job,
+        connector: farm.connector,
+        job: Arc::new(job),
     })
+}
+
+/// The `mexec` process as its message describes it.
+fn origin_of(message: AgentInvocation) -> Origin {
+    Origin {
+        argv: message.argv.iter().map(|a| os(a)).collect(),
+        env: (message.env.iter())
+            .map(|var| (os(&var.name), os(&var.value)))
+            .collect(),
+        cwd: Ok(PathBuf::from(os(&message.cwd))),
+        umask: message.umask,
+        pid: message.pid,
+        exe: PathBuf::from(os(&message.exe)),
+        stdin_terminal: message.stdin_terminal,
+        stdin_null: message.stdin_null,
+        build_scope: message.build_scope,
+        own_process: false,
+    }
 }
 
 fn os(bytes: &[u8]) -> OsString {

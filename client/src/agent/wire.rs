@@ -101,6 +101,37 @@ pub async fn read<M: Message + Default>(
         Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(err) => return Err(err),
     }
+    let mut body = vec![0u8; body_len(len)?];
+    reader.read_exact(&mut body).await?;
+    decode(&body).map(Some)
+}
+
+/// Writes one message, blocking (the `mexec` front has no runtime).
+pub fn write_blocking<M: Message>(
+    writer: &mut impl std::io::Write,
+    message: &M,
+) -> std::io::Result<()> {
+    writer.write_all(&frame(message))
+}
+
+/// Reads one message, blocking; `Ok(None)` at a clean end between
+/// messages.
+pub fn read_blocking<M: Message + Default>(
+    reader: &mut impl std::io::Read,
+) -> std::io::Result<Option<M>> {
+    let mut len = [0u8; 4];
+    match reader.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(err) => return Err(err),
+    }
+    let mut body = vec![0u8; body_len(len)?];
+    reader.read_exact(&mut body)?;
+    decode(&body).map(Some)
+}
+
+/// The length of the message that follows, if it may be ours.
+fn body_len(len: [u8; 4]) -> std::io::Result<usize> {
     let len = u32::from_le_bytes(len) as usize;
     if len > MAX_MESSAGE {
         return Err(std::io::Error::new(
@@ -108,9 +139,9 @@ pub async fn read<M: Message + Default>(
             format!("a message of {len} bytes"),
         ));
     }
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).await?;
-    M::decode(body.as_slice())
-        .map(Some)
-        .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidData, err))
+    Ok(len)
+}
+
+fn decode<M: Message + Default>(body: &[u8]) -> std::io::Result<M> {
+    M::decode(body).map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidData, err))
 }

@@ -16,6 +16,34 @@ pub const FORWARDED_SIGNALS: [i32; 4] = [
     Signal::SIGQUIT as i32,
 ];
 
+/// What the standard library's start-up does that mexec relies on, for a
+/// binary with a C `main` of its own (which skips that start-up): SIGPIPE
+/// ignored, so that a write to a closed pipe is an EPIPE error to handle,
+/// not a death; and a closed standard descriptor reopened on /dev/null, so
+/// that no socket of ours takes its number (and is passed on as the job's
+/// output). Call it first, before any thread starts.
+pub fn start_up() {
+    // SAFETY: sets the disposition of one signal, before any thread starts.
+    unsafe {
+        let _ = signal::signal(Signal::SIGPIPE, signal::SigHandler::SigIgn);
+    }
+    for fd in 0..3 {
+        // SAFETY: only asks after the descriptor number; closes nothing.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let closed = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD) == Err(Errno::EBADF);
+        if closed {
+            // The lowest free number is this one; kept open for good.
+            if let Ok(null) = std::fs::File::options()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+            {
+                let _ = std::os::fd::IntoRawFd::into_raw_fd(null);
+            }
+        }
+    }
+}
+
 /// This process's umask. Must be called before any other thread starts:
 /// reading it means setting it and putting it back, and no one may see
 /// the interim value.

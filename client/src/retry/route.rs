@@ -536,7 +536,6 @@ mod tests {
                 for_executors: ExecutorView::default(),
                 toolchain: None,
                 require: Vec::new(),
-                prepared: None,
             };
             Run {
                 settings: Settings::default(),

@@ -1,0 +1,124 @@
+//! From the agent's "taken" to the job's exit, in one poll loop: the
+//! agent's messages, our signals (relayed to the job), and our stdin once
+//! the job wants it (relayed in chunks). The job's stdout and stderr do
+//! not pass through here: the agent writes them to the descriptors we
+//! passed it.
+
+use std::io::Read;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+
+use mexec_proto::v1::{
+    agent_reply, agent_request, AgentLocalExit, AgentReply, AgentRequest, AgentSignal,
+    AgentStdinEof,
+};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use super::local_run;
+use super::signals::Signals;
+use crate::agent::wire;
+use crate::EXIT_MEXEC_FAILURE;
+
+/// How the job ended for us.
+pub enum Ended {
+    /// Exit with this code.
+    Exit(i32),
+    /// The agent went away under the job; `stdin_read` says whether any of
+    /// our stdin had gone to it (then it must not run again).
+    Lost { stdin_read: bool },
+}
+
+/// Whether our stdin goes to the job yet.
+#[derive(PartialEq)]
+enum Stdin {
+    NotWanted,
+    Relaying,
+    Ended,
+}
+
+/// Relays until the agent says how the job ended.
+pub fn follow(mut stream: UnixStream) -> Ended {
+    let signals = match Signals::block() {
+        Ok(signals) => signals,
+        Err(err) => {
+            super::say(format_args!("cannot block signals: {err}"));
+            return Ended::Exit(EXIT_MEXEC_FAILURE);
+        }
+    };
+    let ended = relay(&mut stream, &signals);
+    signals.restore();
+    ended
+}
+
+fn relay(stream: &mut UnixStream, signals: &Signals) -> Ended {
+    let mut stdin = Stdin::NotWanted;
+    let mut stdin_read = false;
+    let our_stdin = std::io::stdin();
+    loop {
+        let (agent, signal, input) = {
+            let mut fds = vec![
+                PollFd::new(stream.as_fd(), PollFlags::POLLIN),
+                PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+            ];
+            if stdin == Stdin::Relaying {
+                fds.push(PollFd::new(our_stdin.as_fd(), PollFlags::POLLIN));
+            }
+            if let Err(err) = poll(&mut fds, PollTimeout::NONE) {
+                super::say(format_args!("lost track of the agent: {err}"));
+                return Ended::Exit(EXIT_MEXEC_FAILURE);
+            }
+            let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+            (
+                ready(&fds[0]),
+                ready(&fds[1]),
+                fds.get(2).is_some_and(ready),
+            )
+        };
+        if signal {
+            while let Some(signo) = signals.next() {
+                send(stream, agent_request::Msg::Signal(AgentSignal { signo }));
+            }
+        }
+        if input {
+            let mut chunk = vec![0u8; crate::node_run::STDIN_CHUNK];
+            match our_stdin.lock().read(&mut chunk) {
+                Ok(n) if n > 0 => {
+                    chunk.truncate(n);
+                    stdin_read = true;
+                    send(stream, agent_request::Msg::Stdin(chunk.into()));
+                }
+                _ => {
+                    stdin = Stdin::Ended;
+                    send(stream, agent_request::Msg::StdinEof(AgentStdinEof {}));
+                }
+            }
+        }
+        if !agent {
+            continue;
+        }
+        let reply = wire::read_blocking::<AgentReply>(stream);
+        match reply.ok().flatten().and_then(|reply| reply.msg) {
+            Some(agent_reply::Msg::Exit(exit)) => return Ended::Exit(exit.code),
+            Some(agent_reply::Msg::RunLocally(command)) => {
+                let code = local_run::run(command, signals);
+                let exit = agent_request::Msg::LocalExit(AgentLocalExit { code });
+                if wire::write_blocking(stream, &AgentRequest { msg: Some(exit) }).is_err() {
+                    return Ended::Exit(code);
+                }
+            }
+            Some(agent_reply::Msg::StdinWanted(_)) => {
+                if stdin == Stdin::NotWanted {
+                    stdin = Stdin::Relaying;
+                }
+            }
+            Some(agent_reply::Msg::Taken(_) | agent_reply::Msg::Refused(_)) | None => {
+                return Ended::Lost { stdin_read }
+            }
+        }
+    }
+}
+
+/// Sends one message; a closed socket shows on the read side.
+fn send(stream: &mut UnixStream, msg: agent_request::Msg) {
+    let _ = wire::write_blocking(stream, &AgentRequest { msg: Some(msg) });
+}
