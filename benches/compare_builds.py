@@ -3,7 +3,8 @@
 
     benches/compare_builds.py BEFORE_BIN_DIR AFTER_BIN_DIR [--runs N]
 
-Each directory holds `mexec` and `mexecd` (a `target/release` of some
+Each directory holds `mexec` (with `mexec-client` beside it, where the
+build has one) and `mexecd` (a `target/release` of some
 commit). One executor of each build listens on loopback; then, round by
 round, a local `true`, `mexec -- true` of each build, a local compile of a
 small C file and the same compile through each build run one after the

@@ -115,8 +115,15 @@ pub fn run(smoke: bool) -> Vec<SchedRun> {
             let started = Instant::now();
             let outputs = run_pool(commands, concurrency);
             let makespan = started.elapsed().as_secs_f64();
-            let failed = outputs.iter().filter(|o| !o.status.success()).count();
-            assert_eq!(failed, 0, "{failed} jobs failed under {policy}");
+            let failures: Vec<String> = (outputs.iter())
+                .filter(|o| !o.status.success())
+                .map(|o| format!("{}: {}", o.status, String::from_utf8_lossy(&o.stderr)))
+                .collect();
+            assert!(
+                failures.is_empty(),
+                "{} jobs failed under {policy}: {failures:?}",
+                failures.len()
+            );
             eprintln!("sched: {n} nodes, {slots} slots, {jobs} jobs, {policy}: {makespan:.2} s (ideal {ideal:.2} s)");
             let tail = tail::of_joblog(&joblog, job_secs, &node_slots);
             if let Some(t) = &tail {

@@ -76,7 +76,11 @@ fn relay(stream: &mut UnixStream, signals: &Signals) -> Ended {
         };
         if signal {
             while let Some(signo) = signals.next() {
-                send(stream, agent_request::Msg::Signal(AgentSignal { signo }));
+                // SIGCHLD is for a local run; here it can only be an agent
+                // we started that found another one running, and left.
+                if signo != nix::sys::signal::Signal::SIGCHLD as i32 {
+                    send(stream, agent_request::Msg::Signal(AgentSignal { signo }));
+                }
             }
         }
         if input {
