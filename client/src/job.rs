@@ -80,6 +80,20 @@ impl Job {
         settings: &Settings,
         origin: &Origin,
     ) -> Result<Job, JobError> {
+        let mut job = Job::without_toolchain(invocation, settings, origin)?;
+        if job.checks_toolchain(settings) {
+            job.add_toolchain();
+        }
+        Ok(job)
+    }
+
+    /// The job without our fingerprint of its compiler, which may mean
+    /// running the compiler (the agent does that off its runtime).
+    pub fn without_toolchain(
+        invocation: &Invocation,
+        settings: &Settings,
+        origin: &Origin,
+    ) -> Result<Job, JobError> {
         let mut env = origin.env.clone();
         let argv = command_line(invocation, settings, origin, &mut env)?;
         if argv.is_empty() {
@@ -87,7 +101,6 @@ impl Job {
         }
         let cwd = origin.cwd.clone().map_err(JobError::Cwd)?;
         let for_executors = ExecutorView::new(&argv, &cwd, &env, settings)?;
-        let toolchain = our_toolchain(&argv, &env, &cwd, settings);
         let client_host = mexec_common::host::name();
         let build_id = origin
             .var_text("MEXEC_BUILD_ID")
@@ -114,9 +127,28 @@ impl Job {
             argv,
             env,
             for_executors,
-            toolchain,
+            toolchain: None,
             require: settings.require.clone(),
         })
+    }
+
+    /// Whether the settings check the job's compiler: when it is one, and
+    /// the executors run what we would (a client on another system has
+    /// another compiler by nature, and is not checked). Only nodes with
+    /// the same one then run the job.
+    pub fn checks_toolchain(&self, settings: &Settings) -> bool {
+        settings.check_toolchain
+            && !settings.foreign_client()
+            && mexec_common::toolchain::is_compiler(&self.program())
+    }
+
+    /// Adds our fingerprint of the job's compiler: from the cache when it
+    /// is current, else made (which runs the compiler); none when it is no
+    /// compiler we can ask.
+    pub fn add_toolchain(&mut self) {
+        if let Some(program) = self.argv.first() {
+            self.toolchain = toolchain_cache::fingerprint(program, &self.env, &self.cwd);
+        }
     }
 
     /// argv[0], for messages.
@@ -164,22 +196,6 @@ impl Job {
             require: self.require.clone(),
         }
     }
-}
-
-/// Our fingerprint of the compiler `argv` runs, when the settings check
-/// toolchains and the executors run what we would (a client on another
-/// system has another compiler by nature, and is not checked).
-fn our_toolchain(
-    argv: &[OsString],
-    env: &[(OsString, OsString)],
-    cwd: &std::path::Path,
-    settings: &Settings,
-) -> Option<ToolchainFingerprint> {
-    let program = argv.first()?;
-    let check = settings.check_toolchain
-        && !settings.foreign_client()
-        && mexec_common::toolchain::is_compiler(&program.to_string_lossy());
-    check.then(|| toolchain_cache::fingerprint(program, env, cwd))?
 }
 
 /// argv for the form we were started in. Started as a masquerade, the job

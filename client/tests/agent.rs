@@ -51,6 +51,98 @@ fn jobs_go_through_the_agent_and_mexec_agent_0_goes_direct() {
     assert!(agent_pid(&farm).is_some(), "no agent is running");
 }
 
+/// The agent makes each job from its `mexec`'s command line, variables
+/// and directory, never its own: one agent, started by the first job, runs
+/// the next ones with their own settings.
+#[test]
+fn one_agent_makes_each_job_from_its_own_mexec_environment_and_directory() {
+    let farm = Farm::start(1, 2);
+    let first = job_dir();
+    let status = farm.mexec(first.path(), &["true"]).status().unwrap();
+    assert!(status.success());
+    let agent = agent_pid(&farm).expect("the first job started an agent");
+    // A relative job log is the job's directory's, and a variable the
+    // agent never had reaches the job.
+    let second = job_dir();
+    let output = farm
+        .mexec(second.path(), &["sh", "-c", "echo $ONLY_HERE; pwd"])
+        .env("MEXEC_JOBLOG", "jobs.jsonl")
+        .env("ONLY_HERE", "from the second mexec")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        stdout,
+        format!("from the second mexec\n{}\n", second.path().display())
+    );
+    let routes: Vec<_> = entries(&second.path().join("jobs.jsonl"))
+        .iter()
+        .map(|e| e["route"].clone())
+        .collect();
+    assert_eq!(routes, ["agent"]);
+    // Options are laid over that job's variables: MEXEC_TIMEOUT=1 from
+    // the environment, --retry from the command line.
+    let started = Instant::now();
+    let output = farm
+        .mexec(second.path(), &["--retry", "--", "sleep", "5"])
+        .env("MEXEC_TIMEOUT", "1")
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "{output:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the timeout was not the job's"
+    );
+    // A bad variable of one job is that job's error, said as the whole
+    // client says it; the agent goes on.
+    let output = farm
+        .mexec(second.path(), &["true"])
+        .env("MEXEC_REQUIRE", "mem_mib>=lots")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(255), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("MEXEC_REQUIRE"),
+        "{output:?}"
+    );
+    assert_eq!(
+        agent_pid(&farm),
+        Some(agent),
+        "the same agent ran every job"
+    );
+}
+
+/// `mexec` without `mexec-client` beside it cannot run anything: it says
+/// which file is missing, whatever the agent setting.
+#[test]
+fn a_front_without_its_whole_client_says_which_file_is_missing() {
+    let lonely = tempfile::tempdir().unwrap();
+    let front = lonely.path().join("mexec");
+    std::fs::copy(mexec_testkit::bin("mexec"), &front).unwrap();
+    let dir = job_dir();
+    for agent in ["1", "0"] {
+        let output = Command::new(&front)
+            .current_dir(dir.path())
+            .env("MEXEC_AGENT", agent)
+            .env("MEXEC_STATE_DIR", dir.path())
+            .env("MEXEC_NODES", "127.0.0.1:1")
+            .args(["--", "true"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(255), "{stderr}");
+        let missing = lonely.path().join("mexec-client");
+        assert!(
+            stderr.contains(&format!(
+                "cannot run the whole client {}",
+                missing.display()
+            )),
+            "{stderr}"
+        );
+    }
+}
+
 #[test]
 fn a_build_survives_its_agent_killed_with_sigkill() {
     let farm = Farm::start(2, 4);

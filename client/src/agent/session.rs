@@ -89,7 +89,19 @@ pub async fn serve(mut stream: UnixStream, shared: &Shared) -> Result<(), String
     let holder = shared
         .next_holder
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let code = run(prepared, fds, holder, &mut reader, writer.clone()).await;
+    // After "taken": a first fingerprint of a slow compiler must not pass
+    // for a hung agent.
+    let code = match with_toolchain(prepared).await {
+        Ok(prepared) => run(prepared, fds, holder, &mut reader, writer.clone()).await,
+        Err(reason) => {
+            // On the job's stderr, as any message of the job's `mexec`.
+            if let Some(stderr) = fds.get(1).and_then(|fd| fd.try_clone().ok()) {
+                use std::io::Write;
+                let _ = writeln!(std::fs::File::from(stderr), "mexec: {reason}");
+            }
+            Some(EXIT_MEXEC_FAILURE)
+        }
+    };
     SharedState::for_this_user().forget_holder(holder);
     if let Some(code) = code {
         let exit = AgentReply {
@@ -104,7 +116,24 @@ pub async fn serve(mut stream: UnixStream, shared: &Shared) -> Result<(), String
 struct Prepared {
     settings: Settings,
     connector: mexec_common::connector::Connector,
-    job: Arc<Job>,
+    job: Job,
+}
+
+/// The job with our fingerprint of its compiler, where the settings check
+/// it. Making one may run the compiler: not on the runtime every other job
+/// of the agent shares.
+async fn with_toolchain(mut prepared: Prepared) -> Result<Prepared, String> {
+    if !prepared.job.checks_toolchain(&prepared.settings) {
+        return Ok(prepared);
+    }
+    let mut job = prepared.job;
+    prepared.job = tokio::task::spawn_blocking(move || {
+        job.add_toolchain();
+        job
+    })
+    .await
+    .map_err(|err| format!("the toolchain check failed: {err}"))?;
+    Ok(prepared)
 }
 
 /// Runs the job until it ends (`Some` exit code) or its `mexec` is gone
@@ -127,10 +156,16 @@ async fn run(
         stdin_chunks,
         want_stdin,
     };
+    let Prepared {
+        settings,
+        connector,
+        job,
+    } = prepared;
+    let job = Arc::new(job);
     let local = InClient {
         writer: writer.clone(),
         pending: pending.clone(),
-        job: prepared.job.clone(),
+        job: job.clone(),
     };
     let hooks = match make_hooks(fds, channels, holder, local) {
         Ok(hooks) => hooks,
@@ -139,12 +174,7 @@ async fn run(
             return Some(EXIT_MEXEC_FAILURE);
         }
     };
-    let Prepared {
-        settings,
-        connector,
-        job,
-    } = &prepared;
-    let job_run = hooks::scope(hooks, retry::run(settings, connector, job));
+    let job_run = hooks::scope(hooks, retry::run(&settings, &connector, &job));
     let to_client = ToClient {
         signals,
         stdin: Some(stdin),
@@ -330,11 +360,12 @@ fn prepare(message: AgentInvocation, shared: &Shared) -> Result<Prepared, String
     if let (Some(log), Ok(cwd)) = (&settings.joblog, &origin.cwd) {
         settings.joblog = Some(cwd.join(log));
     }
-    let job = Job::new(&invocation, &settings, &origin).map_err(|err| err.to_string())?;
+    let job =
+        Job::without_toolchain(&invocation, &settings, &origin).map_err(|err| err.to_string())?;
     Ok(Prepared {
         settings,
         connector: farm.connector,
-        job: Arc::new(job),
+        job,
     })
 }
 

@@ -49,7 +49,10 @@ pub fn main() -> i32 {
         // them: the whole client runs it again where that is safe.
         follow::Ended::Lost { stdin_read } => {
             let lost = if stdin_read { "stdin" } else { "1" };
-            direct::become_full_client("the agent was lost during the job", Some(lost))
+            direct::become_full_client(
+                "the agent was lost during the job; ran it again",
+                Some(lost),
+            )
         }
     }
 }
