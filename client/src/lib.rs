@@ -92,6 +92,28 @@ pub mod usage;
 /// mexec's own failures exit with this code, as ssh does.
 pub const EXIT_MEXEC_FAILURE: i32 = 255;
 
+/// The C `main` of a client binary on Linux, which runs `$run` and exits
+/// with its code. The standard library's start-up finds the main thread's
+/// stack by reading and parsing /proc/self/maps (glibc's
+/// pthread_getattr_np), a tenth of the client's CPU per job in a profile,
+/// for a guard-page message on stack overflow; a binary with this `main`
+/// (and `#![no_main]`) skips it, and `os::start_up` does what else of it
+/// mexec relies on.
+#[macro_export]
+macro_rules! c_main {
+    ($run:path) => {
+        #[cfg(all(target_os = "linux", not(test)))]
+        #[unsafe(no_mangle)]
+        extern "C" fn main(
+            _argc: std::ffi::c_int,
+            _argv: *const *const std::ffi::c_char,
+        ) -> std::ffi::c_int {
+            $crate::os::start_up();
+            std::process::exit($run());
+        }
+    };
+}
+
 /// Prints a `mexec: ...` line on stderr (the job's `mexec`'s, in the agent).
 #[macro_export]
 macro_rules! say {
