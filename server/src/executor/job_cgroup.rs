@@ -9,7 +9,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -161,8 +161,14 @@ const END_WAIT: Duration = Duration::from_secs(2);
 /// between reading the list and the kills is caught by the next round;
 /// the process limit bounds the rounds), then removes it.
 pub fn end(dir: &Path) {
-    // cgroup.kill (v2, Linux 5.14) kills atomically, forks included.
-    let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+    // cgroup.kill (v2, Linux 5.14) kills atomically, forks included. All
+    // job cgroups of a daemon are in one hierarchy: whether it has the
+    // file is asked once, not by a failing open per job on v1.
+    static HAS_KILL_FILE: OnceLock<bool> = OnceLock::new();
+    let kill_file = dir.join("cgroup.kill");
+    if *HAS_KILL_FILE.get_or_init(|| kill_file.exists()) {
+        let _ = std::fs::write(kill_file, "1");
+    }
     let deadline = Instant::now() + END_WAIT;
     loop {
         let pids = kill_all(dir);

@@ -29,6 +29,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::ptr::NonNull;
+use std::sync::OnceLock;
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::sched::CloneFlags;
@@ -193,15 +194,10 @@ impl Launch {
             true => Some(pipe()?),
             false => None,
         };
-        let null = match self.forward_stdin {
-            true => None,
-            false => Some(OwnedFd::from(std::fs::File::open("/dev/null")?)),
-        };
         let (stdout, stderr, report) = (pipe()?, pipe()?, pipe()?);
-        let child_stdin = match (&stdin, &null) {
-            (Some((read, _)), _) => read.as_raw_fd(),
-            (None, Some(null)) => null.as_raw_fd(),
-            (None, None) => unreachable!("stdin is a pipe or /dev/null"),
+        let child_stdin = match &stdin {
+            Some((read, _)) => read.as_raw_fd(),
+            None => dev_null()?,
         };
         let ends = ChildEnds {
             stdin: child_stdin,
@@ -212,7 +208,6 @@ impl Launch {
         let pid = self.fork(entry, &ends)?;
         // The parent keeps its ends only; closing the child's lets a read
         // of the report pipe end at the exec.
-        drop(null);
         let stdin = stdin.map(|(read, write)| {
             drop(read);
             write
@@ -593,6 +588,17 @@ fn close_inherited_on_exec() {
 /// How many descriptors the fallback of `close_inherited_on_exec` covers:
 /// the default open-files limit of a job.
 const FALLBACK_FDS: RawFd = 4096;
+
+/// /dev/null, opened once for the daemon's life (close-on-exec): a job
+/// that gets no stdin has it as its descriptor 0, with no open per job.
+fn dev_null() -> io::Result<RawFd> {
+    static NULL: OnceLock<std::fs::File> = OnceLock::new();
+    if let Some(null) = NULL.get() {
+        return Ok(null.as_raw_fd());
+    }
+    let null = std::fs::File::open("/dev/null")?;
+    Ok(NULL.get_or_init(|| null).as_raw_fd())
+}
 
 #[cfg(test)]
 mod tests {

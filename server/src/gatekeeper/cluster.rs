@@ -247,7 +247,13 @@ pub struct Cluster {
     build_held: HashMap<(String, String), Held>,
     /// Where lease times are counted from.
     epoch: Instant,
+    /// When decayed usage was last forgotten.
+    pruned: Instant,
 }
+
+/// How often decayed usage is forgotten: a pass over every user and build,
+/// too much for every release.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -272,6 +278,7 @@ impl Cluster {
             user_held: HashMap::new(),
             build_held: HashMap::new(),
             epoch: Instant::now(),
+            pruned: Instant::now(),
         }
     }
 
@@ -426,9 +433,13 @@ impl Cluster {
                 .entry((lease.wanted.user, lease.wanted.build_id))
                 .or_insert(fresh)
                 .add(now, half_life, used);
-            // Forget users whose use has decayed to nothing.
-            self.user_usage.retain(|_, u| u.at(now, half_life) > 1e-3);
-            self.build_usage.retain(|_, u| u.at(now, half_life) > 1e-3);
+            // Forget users whose use has decayed to nothing (a forgotten
+            // one counts as none, as it would have a moment later).
+            if now.saturating_duration_since(self.pruned) >= PRUNE_EVERY {
+                self.pruned = now;
+                self.user_usage.retain(|_, u| u.at(now, half_life) > 1e-3);
+                self.build_usage.retain(|_, u| u.at(now, half_life) > 1e-3);
+            }
         }
         self.dispatch();
     }

@@ -149,10 +149,12 @@ impl GatekeeperService {
         })?;
         let (tx, rx) = mpsc::channel(2);
         let shared = self.shared.clone();
-        tokio::spawn(async move {
+        // Boxed: the lease's state (its request stream's decoder among it)
+        // is kilobytes, which would otherwise be copied into the task.
+        tokio::spawn(Box::pin(async move {
             hold_lease(shared, id, grant, lease_request, inbound, tx).await;
             drop(place);
-        });
+        }));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -210,7 +212,9 @@ impl Gatekeeper for GatekeeperService {
         request: Request<Streaming<AcquireRequest>>,
     ) -> Result<Response<Self::AcquireStream>, Status> {
         let (peer, caller) = (request.remote_addr(), Caller::of(&request));
-        let acquired = self.acquired(request).await;
+        // Boxed, so that tonic moves a pointer, not the request's state,
+        // for every lease.
+        let acquired = Box::pin(self.acquired(request)).await;
         acquired.inspect_err(|refused| self.on_record(peer, caller.as_ref(), refused))
     }
 
