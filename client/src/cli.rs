@@ -13,7 +13,7 @@ use crate::{retry, say, status, usage, EXIT_MEXEC_FAILURE};
 pub fn main() -> i32 {
     #[cfg(unix)]
     if std::env::var_os(crate::agent::SERVE_VARIABLE).is_some() {
-        return crate::agent::serve::main();
+        return crate::agent::run_agent();
     }
     // First: it reads the umask, before any thread starts.
     let origin = Origin::of_this_process();

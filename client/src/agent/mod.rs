@@ -28,13 +28,23 @@
 #[cfg(unix)]
 mod farms;
 #[cfg(unix)]
-pub mod place;
+mod place;
 #[cfg(unix)]
-pub mod serve;
+mod serve;
 #[cfg(unix)]
 mod session;
 #[cfg(unix)]
-pub mod wire;
+mod wire;
+
+/// What the `mexec` front uses: where the agent is, and the socket's
+/// messages.
+#[cfg(unix)]
+pub use place::Place;
+/// The agent process's `main` (`mexec-client` with `SERVE_VARIABLE` set).
+#[cfg(unix)]
+pub use serve::main as run_agent;
+#[cfg(unix)]
+pub use wire::{read_blocking, send_fds, write_blocking, PASSED};
 
 /// Set in the environment of the process `mexec` starts as the agent.
 pub const SERVE_VARIABLE: &str = "MEXEC_AGENT_SERVE";

@@ -12,8 +12,7 @@ use mexec_proto::v1::{
     agent_reply, agent_request, AgentInvocation, AgentReply, AgentRequest, EnvVar,
 };
 
-use crate::agent::place::Place;
-use crate::agent::{wire, SERVE_VARIABLE};
+use crate::agent::{read_blocking, send_fds, write_blocking, Place, PASSED, SERVE_VARIABLE};
 use crate::origin::Origin;
 
 /// How long an agent may take to say it took the job before `mexec`
@@ -29,11 +28,11 @@ pub fn hand_over(origin: &Origin) -> Result<UnixStream, String> {
     let mut stream = connect_or_start(&place)?;
     check_peer(&stream).map_err(|err| format!("not our agent: {err}"))?;
     let broken = |err: std::io::Error| format!("cannot send the job to the agent: {err}");
-    wire::write_blocking(&mut stream, &invocation(origin, &place.build)).map_err(broken)?;
+    write_blocking(&mut stream, &invocation(origin, &place.build)).map_err(broken)?;
     stream
         .set_read_timeout(Some(TAKEN_WITHIN))
         .map_err(broken)?;
-    match wire::read_blocking::<AgentReply>(&mut stream).map(|r| r.and_then(|r| r.msg)) {
+    match read_blocking::<AgentReply>(&mut stream).map(|r| r.and_then(|r| r.msg)) {
         Ok(Some(agent_reply::Msg::Taken(_))) => {}
         Ok(Some(agent_reply::Msg::Refused(refused))) => {
             return Err(format!("the agent refused: {}", refused.reason))
@@ -53,7 +52,7 @@ pub fn hand_over(origin: &Origin) -> Result<UnixStream, String> {
     stream.set_read_timeout(None).map_err(broken)?;
     // The agent waits for them; a job it took but could not get them for
     // it drops when we close.
-    wire::send_fds(&stream, &wire::PASSED)
+    send_fds(&stream, &PASSED)
         .map_err(|err| format!("cannot pass descriptors to the agent: {err}"))?;
     Ok(stream)
 }

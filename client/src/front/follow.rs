@@ -16,7 +16,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::local_run;
 use super::signals::Signals;
-use crate::agent::wire;
+use crate::agent::{read_blocking, write_blocking};
 use crate::EXIT_MEXEC_FAILURE;
 
 /// How the job ended for us.
@@ -100,13 +100,13 @@ fn relay(stream: &mut UnixStream, signals: &Signals) -> Ended {
         if !agent {
             continue;
         }
-        let reply = wire::read_blocking::<AgentReply>(stream);
+        let reply = read_blocking::<AgentReply>(stream);
         match reply.ok().flatten().and_then(|reply| reply.msg) {
             Some(agent_reply::Msg::Exit(exit)) => return Ended::Exit(exit.code),
             Some(agent_reply::Msg::RunLocally(command)) => {
                 let code = local_run::run(command, signals);
                 let exit = agent_request::Msg::LocalExit(AgentLocalExit { code });
-                if wire::write_blocking(stream, &AgentRequest { msg: Some(exit) }).is_err() {
+                if write_blocking(stream, &AgentRequest { msg: Some(exit) }).is_err() {
                     return Ended::Exit(code);
                 }
             }
@@ -124,5 +124,5 @@ fn relay(stream: &mut UnixStream, signals: &Signals) -> Ended {
 
 /// Sends one message; a closed socket shows on the read side.
 fn send(stream: &mut UnixStream, msg: agent_request::Msg) {
-    let _ = wire::write_blocking(stream, &AgentRequest { msg: Some(msg) });
+    let _ = write_blocking(stream, &AgentRequest { msg: Some(msg) });
 }
