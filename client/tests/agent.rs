@@ -143,6 +143,57 @@ fn a_front_without_its_whole_client_says_which_file_is_missing() {
     }
 }
 
+/// An agent that stops answering in the middle of a job (here stopped
+/// with SIGSTOP) is taken for hung once it has been silent for longer
+/// than allowed: its `mexec` kills it, which ends the job on the node, and
+/// runs the job again directly.
+#[test]
+fn an_agent_silent_mid_job_is_killed_and_the_job_runs_again() {
+    let farm = Farm::start(1, 2);
+    let dir = job_dir();
+    assert!(farm
+        .mexec(dir.path(), &["true"])
+        .status()
+        .unwrap()
+        .success());
+    let agent = agent_pid(&farm).expect("an agent");
+    let log = dir.path().join("jobs.jsonl");
+    let started = Instant::now();
+    let child = farm
+        .mexec(
+            dir.path(),
+            &["--retry", "--", "sh", "-c", "sleep 1; echo done"],
+        )
+        .env("MEXEC_AGENT_SILENCE_SECS", "2")
+        .env("MEXEC_JOBLOG", &log)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(agent as i32, libc::SIGSTOP) };
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(
+        output.stdout, b"done\n",
+        "the job ran once to the end: {stderr}"
+    );
+    assert!(
+        stderr.contains("said nothing for 2s; killed it"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(wait_until(Duration::from_secs(5), || !pid_alive(agent)));
+    let routes: Vec<_> = entries(&log).iter().map(|e| e["route"].clone()).collect();
+    assert_eq!(routes, ["the agent was lost during the job; ran it again"]);
+}
+
 #[test]
 fn a_build_survives_its_agent_killed_with_sigkill() {
     let farm = Farm::start(2, 4);

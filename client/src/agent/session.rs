@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mexec_proto::v1::{
-    agent_reply, agent_request, AgentExit, AgentInvocation, AgentRefused, AgentReply, AgentRequest,
-    AgentRunLocally, AgentStdinWanted, AgentTaken, EnvVar,
+    agent_reply, agent_request, AgentAlive, AgentExit, AgentInvocation, AgentRefused, AgentReply,
+    AgentRequest, AgentRunLocally, AgentStdinWanted, AgentTaken, EnvVar,
 };
 use tokio::io::Interest;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -183,7 +183,25 @@ async fn run(
     tokio::select! {
         code = job_run => Some(code),
         () = from_client(reader, to_client) => None,
-        () = ask_for_stdin(stdin_wanted, writer) => None,
+        () = ask_for_stdin(stdin_wanted, writer.clone()) => None,
+        () = keep_alive(writer) => None,
+    }
+}
+
+/// How often the agent tells a job's `mexec` it is alive.
+const ALIVE_EVERY: Duration = Duration::from_secs(1);
+
+/// Tells the `mexec` every `ALIVE_EVERY` that the agent still runs its
+/// job; never ends by itself.
+async fn keep_alive(writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>) {
+    let alive = AgentReply {
+        msg: Some(agent_reply::Msg::Alive(AgentAlive {})),
+    };
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + ALIVE_EVERY, ALIVE_EVERY);
+    loop {
+        tick.tick().await;
+        // A `mexec` that is gone shows on the read side.
+        let _ = wire::write(&mut *writer.lock().await, &alive).await;
     }
 }
 

@@ -7,6 +7,7 @@
 use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 use mexec_proto::v1::{
     agent_reply, agent_request, AgentLocalExit, AgentReply, AgentRequest, AgentSignal,
@@ -54,7 +55,16 @@ fn relay(stream: &mut UnixStream, signals: &Signals) -> Ended {
     let mut stdin = Stdin::NotWanted;
     let mut stdin_read = false;
     let our_stdin = std::io::stdin();
+    let silence = silence_limit();
+    let mut heard = Instant::now();
     loop {
+        let Some(wait) = silence.checked_sub(heard.elapsed()) else {
+            // The agent sends a message every second while it runs the
+            // job: it hangs. Killed, its connections close and the node
+            // kills the job, which may then run again.
+            kill_agent(stream);
+            return Ended::Lost { stdin_read };
+        };
         let (agent, signal, input) = {
             let mut fds = vec![
                 PollFd::new(stream.as_fd(), PollFlags::POLLIN),
@@ -63,7 +73,8 @@ fn relay(stream: &mut UnixStream, signals: &Signals) -> Ended {
             if stdin == Stdin::Relaying {
                 fds.push(PollFd::new(our_stdin.as_fd(), PollFlags::POLLIN));
             }
-            if let Err(err) = poll(&mut fds, PollTimeout::NONE) {
+            let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
+            if let Err(err) = poll(&mut fds, timeout) {
                 super::say(format_args!("lost track of the agent: {err}"));
                 return Ended::Exit(EXIT_MEXEC_FAILURE);
             }
@@ -101,10 +112,14 @@ fn relay(stream: &mut UnixStream, signals: &Signals) -> Ended {
             continue;
         }
         let reply = read_blocking::<AgentReply>(stream);
+        heard = Instant::now();
         match reply.ok().flatten().and_then(|reply| reply.msg) {
+            Some(agent_reply::Msg::Alive(_)) => {}
             Some(agent_reply::Msg::Exit(exit)) => return Ended::Exit(exit.code),
             Some(agent_reply::Msg::RunLocally(command)) => {
                 let code = local_run::run(command, signals);
+                // The agent's messages waited meanwhile.
+                heard = Instant::now();
                 let exit = agent_request::Msg::LocalExit(AgentLocalExit { code });
                 if write_blocking(stream, &AgentRequest { msg: Some(exit) }).is_err() {
                     return Ended::Exit(code);
@@ -119,6 +134,32 @@ fn relay(stream: &mut UnixStream, signals: &Signals) -> Ended {
                 return Ended::Lost { stdin_read }
             }
         }
+    }
+}
+
+/// How long the agent may say nothing during a job before it is taken
+/// for hung (`MEXEC_AGENT_SILENCE_SECS`, default 10; it speaks every
+/// second).
+fn silence_limit() -> Duration {
+    std::env::var("MEXEC_AGENT_SILENCE_SECS")
+        .ok()
+        .and_then(|secs| secs.parse::<f64>().ok())
+        .filter(|secs| secs.is_finite() && *secs > 0.0)
+        .map_or(DEFAULT_SILENCE, Duration::from_secs_f64)
+}
+
+const DEFAULT_SILENCE: Duration = Duration::from_secs(10);
+
+/// Kills the agent at the other end of `stream` (SO_PEERCRED names it).
+fn kill_agent(stream: &UnixStream) {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    if let Ok(peer) = getsockopt(stream, PeerCredentials) {
+        super::say(format_args!(
+            "the agent (pid {}) said nothing for {:?}; killed it",
+            peer.pid(),
+            silence_limit()
+        ));
+        crate::os::send_signal(peer.pid() as u32, nix::sys::signal::Signal::SIGKILL as i32);
     }
 }
 
