@@ -86,26 +86,12 @@ fn relay(stream: &mut UnixStream, signals: &Signals) -> Ended {
             )
         };
         if signal {
-            while let Some(signo) = signals.next() {
-                // SIGCHLD is for a local run; here it can only be an agent
-                // we started that found another one running, and left.
-                if signo != nix::sys::signal::Signal::SIGCHLD as i32 {
-                    send(stream, agent_request::Msg::Signal(AgentSignal { signo }));
-                }
-            }
+            forward_signals(stream, signals);
         }
         if input {
-            let mut chunk = vec![0u8; crate::node_run::STDIN_CHUNK];
-            match our_stdin.lock().read(&mut chunk) {
-                Ok(n) if n > 0 => {
-                    chunk.truncate(n);
-                    stdin_read = true;
-                    send(stream, agent_request::Msg::Stdin(chunk.into()));
-                }
-                _ => {
-                    stdin = Stdin::Ended;
-                    send(stream, agent_request::Msg::StdinEof(AgentStdinEof {}));
-                }
+            match relay_stdin_chunk(stream, &our_stdin) {
+                true => stdin_read = true,
+                false => stdin = Stdin::Ended,
             }
         }
         if !agent {
@@ -133,6 +119,34 @@ fn relay(stream: &mut UnixStream, signals: &Signals) -> Ended {
             Some(agent_reply::Msg::Taken(_) | agent_reply::Msg::Refused(_)) | None => {
                 return Ended::Lost { stdin_read }
             }
+        }
+    }
+}
+
+/// Sends the agent the signals that arrived.
+fn forward_signals(stream: &mut UnixStream, signals: &Signals) {
+    while let Some(signo) = signals.next() {
+        // SIGCHLD is for a local run; here it can only be an agent we
+        // started that found another one running, and left.
+        if signo != nix::sys::signal::Signal::SIGCHLD as i32 {
+            send(stream, agent_request::Msg::Signal(AgentSignal { signo }));
+        }
+    }
+}
+
+/// Sends the agent the next chunk of our stdin; `false` at its end (the
+/// agent is told).
+fn relay_stdin_chunk(stream: &mut UnixStream, stdin: &std::io::Stdin) -> bool {
+    let mut chunk = vec![0u8; crate::node_run::STDIN_CHUNK];
+    match stdin.lock().read(&mut chunk) {
+        Ok(n) if n > 0 => {
+            chunk.truncate(n);
+            send(stream, agent_request::Msg::Stdin(chunk.into()));
+            true
+        }
+        _ => {
+            send(stream, agent_request::Msg::StdinEof(AgentStdinEof {}));
+            false
         }
     }
 }
