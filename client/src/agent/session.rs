@@ -91,7 +91,12 @@ pub async fn serve(mut stream: UnixStream, shared: &Shared) -> Result<(), String
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // After "taken": a first fingerprint of a slow compiler must not pass
     // for a hung agent.
-    let code = match with_toolchain(prepared).await {
+    // Alive meanwhile too: a first fingerprint may take seconds.
+    let prepared = tokio::select! {
+        prepared = with_toolchain(prepared) => prepared,
+        () = keep_alive(writer.clone()) => Err("the heartbeat stopped".into()),
+    };
+    let code = match prepared {
         Ok(prepared) => run(prepared, fds, holder, &mut reader, writer.clone()).await,
         Err(reason) => {
             // On the job's stderr, as any message of the job's `mexec`.
