@@ -28,8 +28,13 @@ pub fn full_client() -> PathBuf {
     }
 }
 
+/// This process's binary, read once (the front needs it three times a
+/// job: its own path, and both binaries' identity).
 fn running() -> PathBuf {
-    std::env::current_exe().unwrap_or_default()
+    static RUNNING: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    RUNNING
+        .get_or_init(|| std::env::current_exe().unwrap_or_default())
+        .clone()
 }
 
 fn is_full_client(exe: &Path) -> bool {

@@ -21,13 +21,10 @@ pub async fn run(job: &Job, signals: &mut SignalStream) -> i32 {
         .current_dir(&job.cwd);
     let mut child = match command.spawn() {
         Ok(child) => child,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            crate::say!("command not found: {}", job.program());
-            return 127;
-        }
         Err(err) => {
-            crate::say!("cannot run {} locally: {err}", job.program());
-            return 126;
+            let (code, message) = spawn_failure(&job.program(), &err);
+            crate::say!("{message}");
+            return code;
         }
     };
     loop {
@@ -47,5 +44,14 @@ pub async fn run(job: &Job, signals: &mut SignalStream) -> i32 {
                 }
             }
         }
+    }
+}
+
+/// The exit code and message of a command that could not be started here,
+/// as a shell gives them: 127 for a command not found, else 126.
+pub fn spawn_failure(program: &str, err: &std::io::Error) -> (i32, String) {
+    match err.kind() {
+        std::io::ErrorKind::NotFound => (127, format!("command not found: {program}")),
+        _ => (126, format!("cannot run {program} locally: {err}")),
     }
 }

@@ -81,8 +81,8 @@ fn one_agent_makes_each_job_from_its_own_mexec_environment_and_directory() {
         .map(|e| e["route"].clone())
         .collect();
     assert_eq!(routes, ["agent"]);
-    // Options are laid over that job's variables: MEXEC_TIMEOUT=1 from
-    // the environment, --retry from the command line.
+    // With options on its command line (parsed by clap in the agent),
+    // the job still gets MEXEC_TIMEOUT=1 from its own environment.
     let started = Instant::now();
     let output = farm
         .mexec(second.path(), &["--retry", "--", "sleep", "5"])

@@ -94,7 +94,7 @@ pub async fn serve(mut stream: UnixStream, shared: &Shared) -> Result<(), String
     // Alive meanwhile too: a first fingerprint may take seconds.
     let prepared = tokio::select! {
         prepared = with_toolchain(prepared) => prepared,
-        () = keep_alive(writer.clone()) => Err("the heartbeat stopped".into()),
+        never = keep_alive(writer.clone()) => match never {},
     };
     let code = match prepared {
         Ok(prepared) => run(prepared, fds, holder, &mut reader, writer.clone()).await,
@@ -189,7 +189,7 @@ async fn run(
         code = job_run => Some(code),
         () = from_client(reader, to_client) => None,
         () = ask_for_stdin(stdin_wanted, writer.clone()) => None,
-        () = keep_alive(writer) => None,
+        never = keep_alive(writer) => match never {},
     }
 }
 
@@ -197,8 +197,8 @@ async fn run(
 const ALIVE_EVERY: Duration = Duration::from_secs(1);
 
 /// Tells the `mexec` every `ALIVE_EVERY` that the agent still runs its
-/// job; never ends by itself.
-async fn keep_alive(writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>) {
+/// job; never ends.
+async fn keep_alive(writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>) -> std::convert::Infallible {
     let alive = AgentReply {
         msg: Some(agent_reply::Msg::Alive(AgentAlive {})),
     };

@@ -62,7 +62,7 @@ fn relay(stream: &mut UnixStream, signals: &Signals) -> Ended {
             // The agent sends a message every second while it runs the
             // job: it hangs. Killed, its connections close and the node
             // kills the job, which may then run again.
-            kill_agent(stream);
+            kill_agent(stream, silence);
             return Ended::Lost { stdin_read };
         };
         let (agent, signal, input) = {
@@ -165,13 +165,12 @@ fn silence_limit() -> Duration {
 const DEFAULT_SILENCE: Duration = Duration::from_secs(10);
 
 /// Kills the agent at the other end of `stream` (SO_PEERCRED names it).
-fn kill_agent(stream: &UnixStream) {
+fn kill_agent(stream: &UnixStream, silent_for: Duration) {
     use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
     if let Ok(peer) = getsockopt(stream, PeerCredentials) {
         super::say(format_args!(
-            "the agent (pid {}) said nothing for {:?}; killed it",
-            peer.pid(),
-            silence_limit()
+            "the agent (pid {}) said nothing for {silent_for:?}; killed it",
+            peer.pid()
         ));
         crate::os::send_signal(peer.pid() as u32, nix::sys::signal::Signal::SIGKILL as i32);
     }

@@ -34,13 +34,10 @@ pub fn run(command: AgentRunLocally, signals: &Signals) -> i32 {
         .spawn();
     let mut child = match spawned {
         Ok(child) => child,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            super::say(format_args!("command not found: {name}"));
-            return 127;
-        }
         Err(err) => {
-            super::say(format_args!("cannot run {name} locally: {err}"));
-            return 126;
+            let (code, message) = crate::local::spawn_failure(&name, &err);
+            super::say(format_args!("{message}"));
+            return code;
         }
     };
     loop {
