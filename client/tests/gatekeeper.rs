@@ -535,3 +535,58 @@ fn a_gatekeeper_with_a_token_serves_only_requests_that_carry_it() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("missing or wrong token"), "{stderr}");
 }
+
+#[test]
+fn a_mexec_inside_a_farm_job_runs_its_command_there_in_the_jobs_slot() {
+    // One slot, held by the outer job: placing the inner command would
+    // wait for that slot for ever.
+    let cluster = Cluster::start(&[1], &[]);
+    let dir = job_dir();
+    let log = dir.path().join("jobs.jsonl");
+    let script = format!(
+        "echo outer $MEXEC_FARM_JOB; {} --explain -n sh -c 'echo inner $MEXEC_FARM_JOB'",
+        bin("mexec").display()
+    );
+    let mut outer = cluster.mexec(dir.path(), &["-n", "sh", "-c", &script]);
+    outer
+        .env("MEXEC_JOBLOG", &log)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = outer.spawn().unwrap();
+    let ended = wait_until(Duration::from_secs(30), || {
+        child.try_wait().unwrap().is_some()
+    });
+    if !ended {
+        let _ = child.kill();
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(ended, "the nested mexec waited for a slot: {stderr}");
+    assert!(output.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    let outer_id = lines[0].strip_prefix("outer ").unwrap();
+    assert!(!outer_id.is_empty(), "the job had no mark: {stdout}");
+    assert_eq!(lines[1], format!("inner {outer_id}"), "{stdout}");
+    assert!(
+        stderr.contains(&format!("inside farm job {outer_id}: running sh here")),
+        "{stderr}"
+    );
+    let mut placed: Vec<(String, String)> = joblog(&log)
+        .iter()
+        .map(|e| {
+            (
+                e["node"].as_str().unwrap().into(),
+                e["placed"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    placed.sort();
+    assert_eq!(
+        placed,
+        [
+            ("local".into(), "local".into()),
+            ("n1".into(), "remote".into())
+        ]
+    );
+}

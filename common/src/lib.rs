@@ -12,6 +12,8 @@
 //! - `clock`: milliseconds since the epoch, as state files and reports use.
 //! - `connector`: the one way every binary opens a channel (TLS, token,
 //!   timeouts).
+//! - `farm_job`: the mark a node sets in each job's environment, so a
+//!   `mexec` inside a job runs its command there.
 //! - `farm`: where the farm is (nodes, gatekeeper, token, TLS, the client
 //!   config file), as the programs that submit work read it.
 //! - `dial`: opening a client's channel, and reading why a connection
@@ -37,6 +39,7 @@ pub mod config_file;
 pub mod connector;
 pub mod dial;
 pub mod farm;
+pub mod farm_job;
 pub mod host;
 pub mod lease_ticket;
 pub mod load_query;

@@ -31,6 +31,11 @@ pub fn main() -> i32 {
         return direct::become_full_client("MEXEC_AGENT=0", None);
     }
     let origin = Origin::of_this_process();
+    if mexec_common::farm_job::outer_job(&origin.env).is_some() {
+        // The whole client runs it here. No agent: one started from a job
+        // would be part of that job, and end with it.
+        return direct::become_full_client("inside a farm job", None);
+    }
     let Ok(cwd) = origin.cwd.clone() else {
         // The whole client says what is wrong, or runs what needs no
         // directory (`--help`).

@@ -1,7 +1,8 @@
 //! The retry loop around one job: ask the route where to go, run there,
 //! and follow where the outcome leads: the next node, a back-off while the
 //! farm is busy, a rerun of a repeatable job whose node was lost, another
-//! way to the farm, or a local run when no node can take the job.
+//! way to the farm, or a local run when no node can take the job (or the
+//! job is itself inside a farm job).
 //!
 //! Layout:
 //! - `route`: the ways to the farm (direct, leased, relayed), each as where
@@ -50,6 +51,9 @@ pub async fn run(settings: &Settings, connector: &Connector, job: &Job) -> i32 {
         lost_retries: 0,
         backoff: BUSY_BACKOFF_START,
     };
+    if let Some(outer) = mexec_common::farm_job::outer_job(&job.env) {
+        return run.inside_farm_job(&outer.to_string_lossy()).await;
+    }
     run.drive(Route::for_settings(settings)).await
 }
 
@@ -163,6 +167,18 @@ impl<'a> JobRun<'a> {
     async fn abandon(&mut self, signal: i32) -> i32 {
         let _ = self.output.finish().await;
         128 + signal
+    }
+
+    /// A `mexec` that a farm job started: the command runs here, on that
+    /// job's node and in its slot (`mexec_common::farm_job` says why).
+    async fn inside_farm_job(&mut self, outer: &str) -> i32 {
+        self.context().explain(&format!(
+            "inside farm job {outer}: running {} here",
+            self.job.program()
+        ));
+        let code = local::run(self.job, self.signals).await;
+        self.report("local", "local", code);
+        code
     }
 
     async fn fall_back(&mut self, why: &str) -> i32 {

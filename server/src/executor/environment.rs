@@ -1,11 +1,12 @@
 //! The environment a job starts with: the client's, complete, or (for a
 //! client on another operating system) the node's defaults with what the
-//! client named laid over them.
+//! client named laid over them; and always the mark of a farm job.
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 
+use mexec_common::farm_job;
 use mexec_proto::v1::JobSpec;
 
 use super::account::Account;
@@ -16,7 +17,8 @@ pub const NODE_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// The variables `spec` runs with, for a job run as `run_as` (or as the
 /// daemon's own account). A job run as its `submitter`'s own account gets
-/// that account's HOME, USER and LOGNAME, as a login would.
+/// that account's HOME, USER and LOGNAME, as a login would. Every job
+/// gets `MEXEC_FARM_JOB`, its id, so a `mexec` it starts runs here.
 pub fn for_job(
     spec: &JobSpec,
     run_as: Option<&Account>,
@@ -37,6 +39,8 @@ pub fn for_job(
         env.retain(|(name, _)| !LOGIN_NAMES.iter().any(|login| name == login));
         env.extend(login_variables(account));
     }
+    env.retain(|(name, _)| name != farm_job::VARIABLE);
+    env.push((farm_job::VARIABLE.into(), spec.job_id.clone().into()));
     env
 }
 
@@ -177,10 +181,29 @@ mod tests {
             ..JobSpec::default()
         };
         let env = for_job(&spec, None, false);
-        assert_eq!(env.len(), 2);
+        assert_eq!(env.len(), 3);
         assert_eq!(lookup(&env, "PATH"), Some(OsStr::new("/opt/x")));
         assert_eq!(job_path(&spec), Some("/opt/x".into()));
         assert_eq!(job_path(&JobSpec::default()), None);
+    }
+
+    #[test]
+    fn every_job_is_marked_with_its_own_id_over_any_mark_sent() {
+        let spec = JobSpec {
+            job_id: "outer-7".into(),
+            env: vec![var(farm_job::VARIABLE, "planted"), var("A", "1")],
+            ..JobSpec::default()
+        };
+        for node_environment in [false, true] {
+            let spec = JobSpec {
+                node_environment,
+                ..spec.clone()
+            };
+            let env = for_job(&spec, None, false);
+            assert_eq!(farm_job::outer_job(&env), Some(OsStr::new("outer-7")));
+            let marks = env.iter().filter(|(k, _)| k == farm_job::VARIABLE);
+            assert_eq!(marks.count(), 1);
+        }
     }
 
     #[test]
@@ -231,7 +254,7 @@ mod tests {
         under_policy(&mut spec);
         let env = for_job(&spec, None, false);
         let names: Vec<_> = env.iter().map(|(k, _)| k.to_string_lossy()).collect();
-        assert_eq!(names, ["LANG", "LD_RUN_PATH", "PATH"]);
+        assert_eq!(names, ["LANG", "LD_RUN_PATH", "PATH", farm_job::VARIABLE]);
         assert_eq!(lookup(&env, "PATH"), Some(OsStr::new(NODE_PATH)));
     }
 }
