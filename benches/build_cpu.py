@@ -9,7 +9,12 @@ wait4's rusage), the executor's own CPU and its jobs' (/proc/PID/stat:
 utime, stime, cutime, cstime), and the agent's own. Local and mexec
 builds alternate, `--rounds` of each; medians are printed.
 
-    python3 benches/build_cpu.py [--rounds 3] [--jobs 3]
+`--single N` runs one of GMP's compiles (mpz/add.c) N times in a row
+instead, local and through mexec, and prints the same per compile, in
+milliseconds: with one job at a time nothing waits for a core, so what
+mexec adds is its own processes' CPU, one compile at a time.
+
+    python3 benches/build_cpu.py [--rounds 3] [--jobs 3] [--single N]
 
 Needs root (the executor runs jobs as nobody) and the release binaries
 (`cargo build --release`). Run it on an otherwise idle machine.
@@ -88,10 +93,62 @@ def build(tree, args, env):
     return {"wall": wall, "busy": busy1 - busy0, "idle": idle1 - idle0, "agent": agent}
 
 
+def compiles(cwd, command, env, count, executor):
+    """`count` runs of `command` one after another: per-run milliseconds."""
+    agents = {p: process_cpu(p)[0] for p in agent_pids()}
+    tree_before = os.times()
+    executor_before = process_cpu(executor.pid)
+    busy0, _ = machine_cpu()
+    started = time.monotonic()
+    for _ in range(count):
+        subprocess.run(command, cwd=cwd, env=env, check=True)
+    wall = time.monotonic() - started
+    busy1, _ = machine_cpu()
+    tree_after = os.times()
+    executor_after = process_cpu(executor.pid)
+    agent = sum(process_cpu(p)[0] - agents.get(p, 0.0) for p in agent_pids())
+    per = 1000.0 / count
+    return {
+        "wall": wall * per,
+        "busy": (busy1 - busy0) * per,
+        "make tree": (tree_after.children_user + tree_after.children_system
+                      - tree_before.children_user - tree_before.children_system) * per,
+        "executor's jobs": (executor_after[1] - executor_before[1]) * per,
+        "executor": (executor_after[0] - executor_before[0]) * per,
+        "agent": agent * per,
+    }
+
+
+def single(tree, count, rounds, local_env, remote_env, executor):
+    """One compile again and again, local against mexec; ms per compile."""
+    # The headers GMP generates first.
+    subprocess.run(["make", "-j3"], cwd=tree, env=local_env, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, check=True)
+    subprocess.run(["chown", "-R", "nobody:nogroup", str(tree)], check=True)
+    gcc = ["gcc", "-DHAVE_CONFIG_H", "-I.", "-I..", "-D__GMP_WITHIN_GMP", "-O2",
+           "-pedantic", "-fomit-frame-pointer", "-c", "add.c", "-o"]
+    cwd = tree / "mpz"
+    # Each its own output: the job's account could not overwrite root's.
+    variants = {
+        "local": ([*gcc, "add-local.o"], local_env),
+        "mexec": ([str(RELEASE / "mexec"), *gcc, "add-remote.o"], remote_env),
+    }
+    compiles(cwd, variants["mexec"][0], remote_env, 3, executor)
+    results = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, (command, env) in variants.items():
+            result = compiles(cwd, command, env, count, executor)
+            results[name].append(result)
+            print(name, {k: round(v, 2) for k, v in result.items()}, flush=True)
+    return results, "ms per compile"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=3)
+    parser.add_argument("--single", type=int, metavar="N",
+                        help="N compiles of one file in a row instead of whole builds")
     opts = parser.parse_args()
     load_before = open("/proc/loadavg").read().split()[0]
     work = pathlib.Path(tempfile.mkdtemp(prefix="mexec-build-cpu-"))
@@ -101,8 +158,9 @@ def main():
     subprocess.run(["./configure", "--disable-assembly", "--disable-shared"], cwd=tree,
                    stdout=subprocess.DEVNULL, check=True)
     subprocess.run(["chown", "-R", "nobody:nogroup", str(tree)], check=True)
+    # The agent's socket goes in a directory private to its user.
     state = work / "state"
-    state.mkdir()
+    state.mkdir(mode=0o700)
     port = free_port()
     executor = subprocess.Popen(
         [str(RELEASE / "mexecd"), "--listen", f"127.0.0.1:{port}", "--name", "n1",
@@ -120,12 +178,17 @@ def main():
         "mexec": ([j, f"CC={RELEASE / 'mexec'} gcc"], remote_env),
     }
     results = {name: [] for name in variants}
+    unit = "seconds"
     try:
+        if opts.single:
+            results, unit = single(tree, opts.single, opts.rounds, env, remote_env, executor)
         # One untimed build of each first: caches warm, the agent started.
         for args, variant_env in variants.values():
+            if opts.single:
+                break
             clean(tree)
             build(tree, args, variant_env)
-        for _ in range(opts.rounds):
+        for _ in range(0 if opts.single else opts.rounds):
             for name, (args, variant_env) in variants.items():
                 clean(tree)
                 tree_before = os.times()
@@ -143,9 +206,11 @@ def main():
     finally:
         executor.terminate()
         executor.wait()
-    keys = ["wall", "busy", "idle", "make tree", "executor's jobs", "executor", "agent"]
-    print(f"\nmedians of {opts.rounds} builds each, seconds (load average before: "
-          f"{load_before})")
+    keys = [k for k in ["wall", "busy", "idle", "make tree", "executor's jobs", "executor",
+                        "agent"] if k in results["local"][0]]
+    runs = f"{opts.rounds} rounds of {opts.single} compiles" if opts.single else \
+        f"{opts.rounds} builds"
+    print(f"\nmedians of {runs} each, {unit} (load average before: {load_before})")
     print("| variant | " + " | ".join(keys) + " |")
     print("|---|" + "---:|" * len(keys))
     for name, runs in results.items():
