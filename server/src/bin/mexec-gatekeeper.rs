@@ -7,12 +7,6 @@ use mexec_server::gatekeeper::observe::accounting::Accounting;
 use mexec_server::gatekeeper::{self, Flags, Observed, Settings};
 use mexec_server::web::WebListen;
 
-// Every job's messages and requests allocate (server/Cargo.toml says what
-// glibc's allocator cost).
-#[cfg(target_os = "linux")]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     if let Err(err) = real_main() {
         eprintln!("mexec-gatekeeper: {err:#}");

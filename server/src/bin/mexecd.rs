@@ -4,12 +4,6 @@
 use clap::Parser;
 use mexec_server::executor::{self, Flags, Settings, Watchers};
 
-// Every job's messages and requests allocate (server/Cargo.toml says what
-// glibc's allocator cost).
-#[cfg(target_os = "linux")]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     // The same binary is the daemon's group keeper when started as one.
     executor::group_keeper::serve_if_keeper();
