@@ -140,6 +140,9 @@ impl Job {
         settings.check_toolchain
             && !settings.foreign_client()
             && mexec_common::toolchain::is_compiler(&self.program())
+            // Inside a farm job the command runs where it is: there is no
+            // node to match, and its account may have no cache to use.
+            && mexec_common::farm_job::outer_job(&self.env).is_none()
     }
 
     /// Adds our fingerprint of the job's compiler: from the cache when it
